@@ -1,0 +1,93 @@
+//! Command line and environment configuration of the `monolith` binary.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The modular monolith shop.
+#[derive(Debug, Parser)]
+#[command(
+    name = "monolith",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the shop's HTTP API (the default).
+    Serve(ServeConfig),
+    /// Fill a database with generated customers, products and stock.
+    Seed(SeedConfig),
+}
+
+/// Configuration of the HTTP server.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "SHOP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Database: an SQLite file path (created if missing) or a postgres:// URL.
+    #[arg(long, env = "DATABASE_URL", default_value = "shop.db")]
+    pub database_url: String,
+    /// Largest pool of database connections.
+    #[arg(long, env = "SHOP_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// How long the payment provider may take before a charge counts as timed out (ms).
+    #[arg(long, env = "SHOP_PAYMENT_TIMEOUT_MS", default_value_t = 2000)]
+    pub payment_timeout_ms: u64,
+    /// Largest accepted request body, in bytes (larger ones get 413).
+    #[arg(long, env = "SHOP_BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+    /// How long shutdown waits for in-flight requests (seconds).
+    #[arg(long, env = "SHOP_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// At start, settle orders a crash left pending for longer than this (seconds).
+    #[arg(long, env = "SHOP_RECOVER_AFTER", default_value_t = 60)]
+    pub recover_after: u64,
+    /// Seed this many products (with stock) before serving, if the catalog is empty.
+    #[arg(long, env = "SHOP_SEED_PRODUCTS", default_value_t = 0)]
+    pub seed_products: u64,
+    /// Seed this many customers before serving, if there are none.
+    #[arg(long, env = "SHOP_SEED_CUSTOMERS", default_value_t = 0)]
+    pub seed_customers: u64,
+}
+
+impl ServeConfig {
+    /// The defaults, as if no flag or variable were given.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["monolith"]).serve
+    }
+
+    /// The payment timeout as a duration.
+    pub fn payment_timeout(&self) -> Duration {
+        Duration::from_millis(self.payment_timeout_ms)
+    }
+}
+
+/// Configuration of `monolith seed`.
+#[derive(Debug, Clone, Args)]
+pub struct SeedConfig {
+    /// How many products (each with stock) to add.
+    #[arg(long, default_value_t = 1000)]
+    pub products: u64,
+    /// How many customers to add.
+    #[arg(long, default_value_t = 100)]
+    pub customers: u64,
+    /// Database: an SQLite file path (created if missing) or a postgres:// URL.
+    #[arg(long, env = "DATABASE_URL", default_value = "shop.db")]
+    pub database_url: String,
+    /// Hide the progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}

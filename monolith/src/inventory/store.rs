@@ -1,0 +1,171 @@
+//! Storage of stock (`inventory_stock`) and reservations (`inventory_reservations`).
+
+use indicatif::ProgressBar;
+use rand::Rng;
+use sqlx::{QueryBuilder, Row};
+
+use super::{Reservation, Stock, StockLine};
+use crate::db::{self, Db};
+use crate::error::Result;
+
+async fn reserved(db: &Db, product_id: i64) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM inventory_reservations \
+         WHERE product_id = $1 AND status = 'held'",
+    )
+    .bind(product_id)
+    .fetch_one(db.pool())
+    .await?)
+}
+
+pub(super) async fn get(db: &Db, product_id: i64) -> Result<Option<Stock>> {
+    let row = sqlx::query("SELECT quantity, updated_at FROM inventory_stock WHERE product_id = $1")
+        .bind(product_id)
+        .fetch_optional(db.pool())
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(Stock {
+        product_id,
+        quantity: row.try_get("quantity")?,
+        reserved: reserved(db, product_id).await?,
+        updated_at: row.try_get("updated_at")?,
+    }))
+}
+
+pub(super) async fn set(db: &Db, product_id: i64, quantity: i64) -> Result<Stock> {
+    let row = sqlx::query(
+        "INSERT INTO inventory_stock (product_id, quantity, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (product_id) DO UPDATE SET quantity = excluded.quantity, updated_at = excluded.updated_at \
+         RETURNING quantity, updated_at",
+    )
+    .bind(product_id)
+    .bind(quantity)
+    .bind(db::now())
+    .fetch_one(db.pool())
+    .await?;
+    Ok(Stock {
+        product_id,
+        quantity: row.try_get("quantity")?,
+        reserved: reserved(db, product_id).await?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Takes every line out of stock and records the reservation, in one transaction. `lines` are
+/// sorted by product id and distinct.
+pub(super) async fn reserve(db: &Db, order_id: i64, lines: &[StockLine]) -> Result<Reservation> {
+    let now = db::now();
+    let mut tx = db.pool().begin().await?;
+    for line in lines {
+        let taken = sqlx::query(
+            "UPDATE inventory_stock SET quantity = quantity - $1, updated_at = $2 \
+             WHERE product_id = $3 AND quantity >= $1",
+        )
+        .bind(line.quantity)
+        .bind(&now)
+        .bind(line.product_id)
+        .execute(&mut *tx)
+        .await?;
+        if taken.rows_affected() == 0 {
+            let available: Option<i64> =
+                sqlx::query_scalar("SELECT quantity FROM inventory_stock WHERE product_id = $1")
+                    .bind(line.product_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            return Ok(Reservation::Insufficient {
+                product_id: line.product_id,
+                requested: line.quantity,
+                available: available.unwrap_or(0),
+            });
+        }
+    }
+    let mut insert = QueryBuilder::new(
+        "INSERT INTO inventory_reservations (order_id, product_id, quantity, status, created_at) ",
+    );
+    insert.push_values(lines, |mut row, line| {
+        row.push_bind(order_id)
+            .push_bind(line.product_id)
+            .push_bind(line.quantity)
+            .push_bind("held")
+            .push_bind(now.clone());
+    });
+    insert.build().execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(Reservation::Reserved)
+}
+
+pub(super) async fn commit(db: &Db, order_id: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE inventory_reservations SET status = 'committed' \
+         WHERE order_id = $1 AND status = 'held'",
+    )
+    .bind(order_id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Marks the held lines released and returns their units to stock, in one transaction; lines
+/// already released or committed are left alone, so a repeated release changes nothing.
+pub(super) async fn release(db: &Db, order_id: i64) -> Result<()> {
+    let now = db::now();
+    let mut tx = db.pool().begin().await?;
+    let rows = sqlx::query(
+        "UPDATE inventory_reservations SET status = 'released' \
+         WHERE order_id = $1 AND status = 'held' RETURNING product_id, quantity",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut lines = rows
+        .iter()
+        .map(|row| {
+            Ok(StockLine {
+                product_id: row.try_get("product_id")?,
+                quantity: row.try_get("quantity")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    lines.sort_by_key(|l| l.product_id);
+    for line in lines {
+        sqlx::query(
+            "UPDATE inventory_stock SET quantity = quantity + $1, updated_at = $2 WHERE product_id = $3",
+        )
+        .bind(line.quantity)
+        .bind(&now)
+        .bind(line.product_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Gives each product a random stock of 0 to 500 units, in batches inside one transaction.
+pub async fn seed_stock(
+    db: &Db,
+    product_ids: &[i64],
+    progress: &ProgressBar,
+) -> anyhow::Result<()> {
+    const BATCH: usize = 5000;
+    let now = db::now();
+    let mut rng = rand::thread_rng();
+    let mut tx = db.pool().begin().await?;
+    for chunk in product_ids.chunks(BATCH) {
+        let mut insert =
+            QueryBuilder::new("INSERT INTO inventory_stock (product_id, quantity, updated_at) ");
+        insert.push_values(chunk, |mut row, id| {
+            row.push_bind(*id)
+                .push_bind(rng.gen_range(0..=500_i64))
+                .push_bind(now.clone());
+        });
+        insert.push(
+            " ON CONFLICT (product_id) DO UPDATE SET quantity = excluded.quantity, updated_at = excluded.updated_at",
+        );
+        insert.build().execute(&mut *tx).await?;
+        progress.inc(chunk.len() as u64);
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -108,6 +108,7 @@ pub fn check(src: &Path, migrations: &Path) -> std::io::Result<Vec<Violation>> {
             }
         }
     }
+    violations.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     Ok(violations)
 }
 

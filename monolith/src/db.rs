@@ -219,3 +219,112 @@ mod tests {
         assert!(a.ends_with('Z'));
     }
 }
+
+/// A statement assembled at run time, with `$n` placeholders (which both backends accept;
+/// sqlx's `QueryBuilder<Any>` writes `?`, which PostgreSQL does not).
+#[derive(Default)]
+pub struct Statement {
+    sql: String,
+    args: sqlx::any::AnyArguments<'static>,
+    binds: usize,
+    error: Option<sqlx::error::BoxDynError>,
+}
+
+impl Statement {
+    /// A statement starting with `sql`.
+    pub fn new(sql: impl Into<String>) -> Self {
+        Statement {
+            sql: sql.into(),
+            ..Statement::default()
+        }
+    }
+
+    /// Appends SQL text.
+    pub fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Appends a placeholder bound to `value`.
+    pub fn bind<T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'static + sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        use sqlx::Arguments;
+        if let Err(err) = self.args.add(value) {
+            self.error.get_or_insert(err);
+        }
+        self.binds += 1;
+        self.sql.push('$');
+        self.sql.push_str(&self.binds.to_string());
+        self
+    }
+
+    /// Appends `v1, v2, ...` as placeholders.
+    pub fn bind_list<T, I>(&mut self, values: I) -> &mut Self
+    where
+        I: IntoIterator<Item = T>,
+        T: 'static + sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(value);
+        }
+        self
+    }
+
+    /// Appends `VALUES (...), (...)`, one tuple per item, each filled by `row`.
+    pub fn values<I, F>(&mut self, items: I, mut row: F) -> &mut Self
+    where
+        I: IntoIterator,
+        F: FnMut(&mut Tuple<'_>, I::Item),
+    {
+        self.push(" VALUES ");
+        for (i, item) in items.into_iter().enumerate() {
+            self.push(if i == 0 { "(" } else { "), (" });
+            row(
+                &mut Tuple {
+                    statement: self,
+                    first: true,
+                },
+                item,
+            );
+        }
+        self.push(")")
+    }
+
+    /// The query, ready to execute; the arguments move into it.
+    pub fn query(
+        &mut self,
+    ) -> Result<sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>>, sqlx::Error> {
+        if let Some(err) = self.error.take() {
+            return Err(sqlx::Error::Encode(err));
+        }
+        // Owned values: the 'static arguments shorten to the statement's borrow.
+        let args: sqlx::any::AnyArguments<'_> = std::mem::take(&mut self.args);
+        Ok(sqlx::query_with(&self.sql, args))
+    }
+}
+
+/// One `(...)` tuple of [`Statement::values`].
+pub struct Tuple<'s> {
+    statement: &'s mut Statement,
+    first: bool,
+}
+
+impl Tuple<'_> {
+    /// Appends a bound value to the tuple.
+    pub fn bind<T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'static + sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        if !self.first {
+            self.statement.push(", ");
+        }
+        self.first = false;
+        self.statement.bind(value);
+        self
+    }
+}

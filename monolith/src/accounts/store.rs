@@ -2,10 +2,10 @@
 
 use indicatif::ProgressBar;
 use sqlx::any::AnyRow;
-use sqlx::{QueryBuilder, Row};
+use sqlx::Row;
 
 use super::{Customer, NewCustomer};
-use crate::db::{self, Db};
+use crate::db::{self, Db, Statement};
 use crate::error::{Error, Result};
 
 const COLUMNS: &str = "id, email, name, created_at";
@@ -61,15 +61,14 @@ pub async fn seed_customers(db: &Db, count: u64, progress: &ProgressBar) -> anyh
     let mut done = 0;
     while done < count {
         let n = BATCH.min(count - done);
-        let mut insert =
-            QueryBuilder::new("INSERT INTO accounts_customers (email, name, created_at) ");
-        insert.push_values(0..n, |mut row, i| {
+        let mut insert = Statement::new("INSERT INTO accounts_customers (email, name, created_at)");
+        insert.values(0..n, |row, i| {
             let k = start as u64 + done + i + 1;
-            row.push_bind(format!("customer-{k}@example.com"))
-                .push_bind(format!("Customer {k}"))
-                .push_bind(now.clone());
+            row.bind(format!("customer-{k}@example.com"))
+                .bind(format!("Customer {k}"))
+                .bind(now.clone());
         });
-        insert.build().execute(&mut *tx).await?;
+        insert.query()?.execute(&mut *tx).await?;
         done += n;
         progress.inc(n);
     }

@@ -3,10 +3,10 @@
 use indicatif::ProgressBar;
 use rand::Rng;
 use sqlx::any::AnyRow;
-use sqlx::{Any, QueryBuilder, Row};
+use sqlx::Row;
 
 use super::{Product, ProductInput, ProductPage, ProductQuery};
-use crate::db::{self, Db};
+use crate::db::{self, Db, Statement};
 use crate::error::{Error, Result};
 
 const COLUMNS: &str = "id, sku, name, description, price_cents, currency, created_at, updated_at";
@@ -63,15 +63,11 @@ pub(super) async fn find_many(db: &Db, ids: &[i64]) -> Result<Vec<Product>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut select = QueryBuilder::<Any>::new(format!(
+    let mut select = Statement::new(format!(
         "SELECT {COLUMNS} FROM catalog_products WHERE id IN ("
     ));
-    let mut list = select.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    select.push(") ORDER BY id");
-    let rows = select.build().fetch_all(db.pool()).await?;
+    select.bind_list(ids.to_vec()).push(") ORDER BY id");
+    let rows = select.query()?.fetch_all(db.pool()).await?;
     Ok(rows.iter().map(product).collect::<Result<_, _>>()?)
 }
 
@@ -103,22 +99,22 @@ pub(super) async fn delete(db: &Db, id: i64) -> Result<bool> {
 }
 
 pub(super) async fn list(db: &Db, query: &ProductQuery) -> Result<ProductPage> {
-    let mut select = QueryBuilder::<Any>::new(format!(
+    let mut select = Statement::new(format!(
         "SELECT {COLUMNS} FROM catalog_products WHERE id > "
     ));
-    select.push_bind(query.after.unwrap_or(0));
+    select.bind(query.after.unwrap_or(0));
     if let Some(needle) = &query.name_contains {
         // lower() on both sides: PostgreSQL's LIKE is case-sensitive, SQLite's is not.
         select
             .push(" AND lower(name) LIKE ")
-            .push_bind(like_pattern(needle))
+            .bind(like_pattern(needle))
             .push(" ESCAPE '\\'");
     }
     // One extra row tells whether there is a next page without a COUNT.
     select
         .push(" ORDER BY id LIMIT ")
-        .push_bind(i64::from(query.limit) + 1);
-    let rows = select.build().fetch_all(db.pool()).await?;
+        .bind(i64::from(query.limit) + 1);
+    let rows = select.query()?.fetch_all(db.pool()).await?;
     let mut items = rows.iter().map(product).collect::<Result<Vec<_>, _>>()?;
     let next_after = if items.len() > query.limit as usize {
         items.truncate(query.limit as usize);
@@ -200,16 +196,16 @@ pub async fn seed_products(
     let mut done = 0;
     while done < count {
         let n = BATCH.min(count - done);
-        let mut insert = QueryBuilder::new(
-            "INSERT INTO catalog_products (sku, name, description, price_cents, currency, created_at, updated_at) ",
+        let mut insert = Statement::new(
+            "INSERT INTO catalog_products (sku, name, description, price_cents, currency, created_at, updated_at)",
         );
-        insert.push_values(0..n, |mut row, i| {
+        insert.values(0..n, |row, i| {
             let k = start as u64 + done + i + 1;
             let adjective = ADJECTIVES[rng.gen_range(0..ADJECTIVES.len())];
             let noun = NOUNS[rng.gen_range(0..NOUNS.len())];
-            row.push_bind(format!("SKU-{k:08}"))
-                .push_bind(format!("{adjective} {noun} {k}"))
-                .push_bind(format!(
+            row.bind(format!("SKU-{k:08}"))
+                .bind(format!("{adjective} {noun} {k}"))
+                .bind(format!(
                     "{} {} {} for everyday use.",
                     if adjective.starts_with(['E', 'O']) {
                         "An"
@@ -219,13 +215,13 @@ pub async fn seed_products(
                     adjective.to_lowercase(),
                     noun.to_lowercase()
                 ))
-                .push_bind(rng.gen_range(199..=49_999_i64))
-                .push_bind("EUR")
-                .push_bind(now.clone())
-                .push_bind(now.clone());
+                .bind(rng.gen_range(199..=49_999_i64))
+                .bind("EUR")
+                .bind(now.clone())
+                .bind(now.clone());
         });
         insert.push(" RETURNING id");
-        let rows = insert.build().fetch_all(&mut *tx).await?;
+        let rows = insert.query()?.fetch_all(&mut *tx).await?;
         for row in rows {
             ids.push(row.try_get::<i64, _>(0)?);
         }

@@ -2,10 +2,10 @@
 
 use indicatif::ProgressBar;
 use rand::Rng;
-use sqlx::{QueryBuilder, Row};
+use sqlx::Row;
 
 use super::{Reservation, Stock, StockLine};
-use crate::db::{self, Db};
+use crate::db::{self, Db, Statement};
 use crate::error::Result;
 
 async fn reserved(db: &Db, product_id: i64) -> Result<i64> {
@@ -80,17 +80,17 @@ pub(super) async fn reserve(db: &Db, order_id: i64, lines: &[StockLine]) -> Resu
             });
         }
     }
-    let mut insert = QueryBuilder::new(
-        "INSERT INTO inventory_reservations (order_id, product_id, quantity, status, created_at) ",
+    let mut insert = Statement::new(
+        "INSERT INTO inventory_reservations (order_id, product_id, quantity, status, created_at)",
     );
-    insert.push_values(lines, |mut row, line| {
-        row.push_bind(order_id)
-            .push_bind(line.product_id)
-            .push_bind(line.quantity)
-            .push_bind("held")
-            .push_bind(now.clone());
+    insert.values(lines, |row, line| {
+        row.bind(order_id)
+            .bind(line.product_id)
+            .bind(line.quantity)
+            .bind("held")
+            .bind(now.clone());
     });
-    insert.build().execute(&mut *tx).await?;
+    insert.query()?.execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(Reservation::Reserved)
 }
@@ -154,16 +154,16 @@ pub async fn seed_stock(
     let mut tx = db.pool().begin().await?;
     for chunk in product_ids.chunks(BATCH) {
         let mut insert =
-            QueryBuilder::new("INSERT INTO inventory_stock (product_id, quantity, updated_at) ");
-        insert.push_values(chunk, |mut row, id| {
-            row.push_bind(*id)
-                .push_bind(rng.gen_range(0..=500_i64))
-                .push_bind(now.clone());
+            Statement::new("INSERT INTO inventory_stock (product_id, quantity, updated_at)");
+        insert.values(chunk, |row, id| {
+            row.bind(*id)
+                .bind(rng.gen_range(0..=500_i64))
+                .bind(now.clone());
         });
         insert.push(
             " ON CONFLICT (product_id) DO UPDATE SET quantity = excluded.quantity, updated_at = excluded.updated_at",
         );
-        insert.build().execute(&mut *tx).await?;
+        insert.query()?.execute(&mut *tx).await?;
         progress.inc(chunk.len() as u64);
     }
     tx.commit().await?;

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, QueryBuilder, Row};
+use sqlx::Row;
 
 use super::{Order, OrderItem};
-use crate::db::{self, Db};
+use crate::db::{self, Db, Statement};
 use crate::error::Result;
 
 const ORDER_COLUMNS: &str =
@@ -50,16 +50,16 @@ pub(super) async fn insert_pending(
         .fetch_one(&mut *tx)
         .await?;
     let mut created = order(&row)?;
-    let mut insert = QueryBuilder::<Any>::new(
-        "INSERT INTO orders_items (order_id, product_id, quantity, unit_price_cents) ",
+    let mut insert = Statement::new(
+        "INSERT INTO orders_items (order_id, product_id, quantity, unit_price_cents)",
     );
-    insert.push_values(items, |mut row, item| {
-        row.push_bind(created.id)
-            .push_bind(item.product_id)
-            .push_bind(item.quantity)
-            .push_bind(item.unit_price_cents);
+    insert.values(items, |row, item| {
+        row.bind(created.id)
+            .bind(item.product_id)
+            .bind(item.quantity)
+            .bind(item.unit_price_cents);
     });
-    insert.build().execute(&mut *tx).await?;
+    insert.query()?.execute(&mut *tx).await?;
     tx.commit().await?;
     created.items = items.to_vec();
     Ok(created)
@@ -84,16 +84,14 @@ async fn with_items(db: &Db, mut orders: Vec<Order>) -> Result<Vec<Order>> {
     if orders.is_empty() {
         return Ok(orders);
     }
-    let mut select = QueryBuilder::<Any>::new(
+    let mut select = Statement::new(
         "SELECT order_id, product_id, quantity, unit_price_cents FROM orders_items WHERE order_id IN (",
     );
-    let mut list = select.separated(", ");
-    for o in &orders {
-        list.push_bind(o.id);
-    }
-    select.push(") ORDER BY order_id, product_id");
+    select
+        .bind_list(orders.iter().map(|o| o.id).collect::<Vec<_>>())
+        .push(") ORDER BY order_id, product_id");
     let mut items: HashMap<i64, Vec<OrderItem>> = HashMap::new();
-    for row in select.build().fetch_all(db.pool()).await? {
+    for row in select.query()?.fetch_all(db.pool()).await? {
         items
             .entry(row.try_get("order_id")?)
             .or_default()

@@ -1,0 +1,240 @@
+//! The `monolith` binary as a process: serving on port 0, graceful shutdown on SIGTERM with a
+//! request in flight, seeding, and clear errors for bad configuration.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_monolith");
+
+/// A `monolith serve` process, killed if the test ends early.
+struct Served {
+    child: Child,
+    base: String,
+}
+
+impl Served {
+    fn start(db: &str, extra: &[&str]) -> Served {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", db])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start monolith");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the listening line");
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Served { child, base }
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "the server did not exit in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn serves_seeded_shop_and_drains_in_flight_requests_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shop.db");
+    let mut served = Served::start(
+        db.to_str().unwrap(),
+        &[
+            "--seed-products",
+            "20",
+            "--seed-customers",
+            "3",
+            "--payment-timeout-ms",
+            "1500",
+        ],
+    );
+    let http = reqwest::Client::new();
+    let base = served.base.clone();
+
+    // The seeded shop takes the README's order.
+    let placed = http
+        .post(format!("{base}/orders"))
+        .json(&json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}], "card_token": "tok_ok"}))
+        .send()
+        .await
+        .unwrap();
+    let status = placed.status();
+    let body: Value = placed.json().await.unwrap();
+    // Seeded stock is random and may be 0 for product 1: both outcomes prove the saga ran.
+    assert!(
+        (status == 201 && body["status"] == "confirmed")
+            || (status == 409 && body["type"] == "/problems/out-of-stock"),
+        "{status} {body}"
+    );
+
+    // Put stock on product 2 and start an order whose charge takes the full payment timeout.
+    let stock = http
+        .put(format!("{base}/inventory/2"))
+        .json(&json!({"quantity": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stock.status(), 200);
+    let slow = tokio::spawn({
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            http.post(format!("{base}/orders"))
+                .json(&json!({"customer_id": 2, "items": [{"product_id": 2, "quantity": 1}], "card_token": "tok_timeout"}))
+                .send()
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stock: Value = http
+            .get(format!("{base}/inventory/2"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stock["reserved"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow order never reserved its stock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // SIGTERM with the request in flight: it still completes, then the process exits cleanly.
+    served.terminate();
+    let response = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request was answered");
+    assert_eq!(response.status(), 402);
+    let status = tokio::task::spawn_blocking(move || served.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn seed_fills_a_database_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("seeded.db");
+    let output = Command::new(BIN)
+        .args([
+            "seed",
+            "--products",
+            "2500",
+            "--customers",
+            "30",
+            "--quiet",
+            "--database-url",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("seeded 2500 products (with stock) and 30 customers"),
+        "{stdout}"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use monolith::catalog::{CatalogApi, ProductQuery};
+        let db = monolith::db::Db::connect(db.to_str().unwrap(), &Default::default())
+            .await
+            .unwrap();
+        let catalog = monolith::catalog::Catalog::new(db.clone());
+        let mut count = 0;
+        let mut after = None;
+        loop {
+            let page = catalog
+                .list_products(ProductQuery {
+                    limit: 100,
+                    after,
+                    name_contains: None,
+                })
+                .await
+                .unwrap();
+            count += page.items.len();
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(count, 2500);
+        let services = monolith::app::Services::new(
+            &db,
+            std::sync::Arc::new(monolith::payments::FakeProvider::new()),
+            Duration::from_secs(1),
+        );
+        let stock = services.inventory.stock(2500).await.unwrap();
+        assert!(stock.updated_at.is_some(), "every product has stock");
+        assert!(services.accounts.customer(30).await.unwrap().is_some());
+        assert!(services.accounts.customer(31).await.unwrap().is_none());
+    });
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_with_a_clear_message() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["serve", "--listen", "not-an-address"],
+            "invalid value 'not-an-address'",
+        ),
+        (
+            &["seed", "--database-url", "mysql://localhost/shop"],
+            "unsupported database URL",
+        ),
+        (&["seed", "--products", "-5"], "unexpected argument '-5'"),
+    ];
+    for (args, message) in cases {
+        let output = Command::new(BIN).args(args).output().unwrap();
+        assert!(!output.status.success(), "{args:?} must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -1,1 +1,40 @@
-fn main() {}
+//! Seeding speed: 100,000 products (each with stock) into a fresh SQLite file and, when
+//! `TEST_DATABASE_URL` is set, into a fresh PostgreSQL schema.
+//!
+//! `cargo bench -p monolith --bench seed` (set `BENCH_PRODUCTS` for another count). The target
+//! (BENCHMARKS.md): under 10 s on each backend on a 2-core machine.
+
+use std::time::Instant;
+
+use e2e::TestDb;
+use monolith::db::{Db, DbOptions};
+
+fn main() -> anyhow::Result<()> {
+    let products: u64 = std::env::var("BENCH_PRODUCTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let mut targets = vec![("sqlite", TestDb::sqlite().await)];
+        if std::env::var(e2e::PG_ENV).is_ok() {
+            targets.push(("postgres", TestDb::postgres().await));
+        } else {
+            println!("postgres: skipped ({} is not set)", e2e::PG_ENV);
+        }
+        for (name, test_db) in targets {
+            let db = Db::connect(&test_db.url, &DbOptions::default()).await?;
+            let start = Instant::now();
+            let report = monolith::seed::seed(&db, products, 0, false).await?;
+            let elapsed = start.elapsed();
+            println!(
+                "{name}: seeded {} products with stock in {:.2} s ({:.0} products/s)",
+                report.products,
+                elapsed.as_secs_f64(),
+                report.products as f64 / elapsed.as_secs_f64()
+            );
+            db.close().await;
+        }
+        Ok(())
+    })
+}

@@ -74,8 +74,12 @@ impl AccountsApi for Accounts {
 }
 
 fn validate(new: NewCustomer) -> Result<NewCustomer> {
-    let email = new.email.trim().to_lowercase();
-    let name = new.name.trim().to_owned();
+    let NewCustomer {
+        email: raw_email,
+        name,
+    } = new;
+    let email = raw_email.trim().to_lowercase();
+    let name = name.trim().to_owned();
     let valid_email = email.len() <= 254
         && email
             .split_once('@')
@@ -83,8 +87,7 @@ fn validate(new: NewCustomer) -> Result<NewCustomer> {
         && !email.contains(char::is_whitespace);
     if !valid_email {
         return Err(Error::Unprocessable(format!(
-            "email {:?} is not a valid address",
-            new.email
+            "email {raw_email:?} is not a valid address"
         )));
     }
     if name.is_empty() || name.chars().count() > 200 {

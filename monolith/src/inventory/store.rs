@@ -142,7 +142,7 @@ pub(super) async fn release(db: &Db, order_id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Gives each product a random stock of 0 to 500 units, in batches inside one transaction.
+/// Gives each product a random stock of 10 to 500 units, in batches inside one transaction.
 pub async fn seed_stock(
     db: &Db,
     product_ids: &[i64],
@@ -157,7 +157,7 @@ pub async fn seed_stock(
             Statement::new("INSERT INTO inventory_stock (product_id, quantity, updated_at)");
         insert.values(chunk, |row, id| {
             row.bind(*id)
-                .bind(rng.gen_range(0..=500_i64))
+                .bind(rng.gen_range(10..=500_i64))
                 .bind(now.clone());
         });
         insert.push(

@@ -12,88 +12,9 @@ use monolith::db::{Db, DbOptions};
 use monolith::http::metrics::Metrics;
 use monolith::payments::FakeProvider;
 use serde_json::{json, Value};
-use sqlx::Connection;
 use tower::ServiceExt;
 
-/// The env var naming the PostgreSQL server for the PostgreSQL variants.
-pub const PG_ENV: &str = "TEST_DATABASE_URL";
-
-/// A database of its own for one test: an SQLite file in a temporary folder, or a fresh schema
-/// on the PostgreSQL server (dropped when the test ends).
-pub struct TestDb {
-    pub url: String,
-    _dir: Option<tempfile::TempDir>,
-    schema: Option<(String, String)>,
-}
-
-impl TestDb {
-    pub async fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let url = format!("sqlite://{}", dir.path().join("shop.db").display());
-        TestDb {
-            url,
-            _dir: Some(dir),
-            schema: None,
-        }
-    }
-
-    pub async fn postgres() -> TestDb {
-        let base = std::env::var(PG_ENV).unwrap_or_else(|_| {
-            panic!("{PG_ENV} is not set: the PostgreSQL variants need a server, e.g. {PG_ENV}=postgres://postgres@127.0.0.1:5432/test")
-        });
-        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&base)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {base}: {e}"));
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut conn)
-            .await
-            .expect("create schema");
-        conn.close().await.ok();
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-        TestDb {
-            url,
-            _dir: None,
-            schema: Some((base, schema)),
-        }
-    }
-
-    pub async fn connect(&self) -> Db {
-        let options = DbOptions {
-            max_connections: 8,
-            ..DbOptions::default()
-        };
-        Db::connect(&self.url, &options)
-            .await
-            .expect("connect and migrate")
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some((base, schema)) = self.schema.take() else {
-            return;
-        };
-        // Drop runs inside the test's runtime: clean up from a thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&base)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                Ok::<_, std::io::Error>(())
-            })
-        })
-        .join();
-    }
-}
+pub use e2e::{eventually, TestDb};
 
 /// A shop served in-process.
 pub struct TestApp {
@@ -116,7 +37,13 @@ impl TestApp {
     }
 
     pub async fn with_payment_timeout(test_db: TestDb, timeout: Duration) -> TestApp {
-        let db = test_db.connect().await;
+        let options = DbOptions {
+            max_connections: 8,
+            ..DbOptions::default()
+        };
+        let db = Db::connect(&test_db.url, &options)
+            .await
+            .expect("connect and migrate");
         let provider = Arc::new(FakeProvider::new());
         let services = Services::new(&db, provider.clone(), timeout);
         let router = app::router(&services, &db, Metrics::new(), BODY_LIMIT);
@@ -283,18 +210,5 @@ impl TestResponse {
             self.text
         );
         self
-    }
-}
-
-/// Polls `check` until it holds or `deadline` passes.
-pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -1,4 +1,3 @@
-#![allow(unreachable_pub)] // helpers are `pub` to the test modules of this one binary
 //! The shop's integration tests, one binary: in-process requests (`Router::oneshot`) against a
 //! fresh database per test, plus process-level tests of the `monolith` binary.
 //!
@@ -6,23 +5,13 @@
 //! needs `TEST_DATABASE_URL` and is marked ignored, so a plain `cargo test` lists it as
 //! `ignored, PostgreSQL: ...`; `.ci/run` runs those with `-- --ignored`. Each gets its own schema.
 
-/// Declares the SQLite and PostgreSQL variants of `async fn $name(db: TestDb)`.
-macro_rules! db_test {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name($crate::helpers::TestDb::sqlite().await).await
-            }
+// Helpers are `pub` for the test modules of this one binary.
+#![allow(unreachable_pub)]
+// A panic is how a test reports an unexpected error.
+#![allow(clippy::unwrap_used)]
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
-            async fn postgres() {
-                super::$name($crate::helpers::TestDb::postgres().await).await
-            }
-        }
-    )*};
-}
+#[macro_use]
+extern crate e2e;
 
 mod accounts;
 mod boundaries;

@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{Customer, NewCustomer};
-use crate::db::{self, Db, Statement};
+use crate::db::{self, Db};
 use crate::error::{Error, Result};
 
 const COLUMNS: &str = "id, email, name, created_at";
@@ -61,7 +61,7 @@ pub async fn seed_customers(db: &Db, count: u64, progress: &ProgressBar) -> anyh
     let mut done = 0;
     while done < count {
         let n = BATCH.min(count - done);
-        let mut insert = Statement::new("INSERT INTO accounts_customers (email, name, created_at)");
+        let mut insert = db.statement("INSERT INTO accounts_customers (email, name, created_at)");
         insert.values(0..n, |row, i| {
             let k = start as u64 + done + i + 1;
             row.bind(format!("customer-{k}@example.com"))

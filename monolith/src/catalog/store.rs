@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{Product, ProductInput, ProductPage, ProductQuery};
-use crate::db::{self, Db, Statement};
+use crate::db::{self, Db};
 use crate::error::{Error, Result};
 
 const COLUMNS: &str = "id, sku, name, description, price_cents, currency, created_at, updated_at";
@@ -63,7 +63,7 @@ pub(super) async fn find_many(db: &Db, ids: &[i64]) -> Result<Vec<Product>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut select = Statement::new(format!(
+    let mut select = db.statement(format!(
         "SELECT {COLUMNS} FROM catalog_products WHERE id IN ("
     ));
     select.bind_list(ids.to_vec()).push(") ORDER BY id");
@@ -99,7 +99,7 @@ pub(super) async fn delete(db: &Db, id: i64) -> Result<bool> {
 }
 
 pub(super) async fn list(db: &Db, query: &ProductQuery) -> Result<ProductPage> {
-    let mut select = Statement::new(format!(
+    let mut select = db.statement(format!(
         "SELECT {COLUMNS} FROM catalog_products WHERE id > "
     ));
     select.bind(query.after.unwrap_or(0));
@@ -196,7 +196,7 @@ pub async fn seed_products(
     let mut done = 0;
     while done < count {
         let n = BATCH.min(count - done);
-        let mut insert = Statement::new(
+        let mut insert = db.statement(
             "INSERT INTO catalog_products (sku, name, description, price_cents, currency, created_at, updated_at)",
         );
         insert.values(0..n, |row, i| {

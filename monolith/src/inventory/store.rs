@@ -5,7 +5,7 @@ use rand::Rng;
 use sqlx::Row;
 
 use super::{Reservation, Stock, StockLine};
-use crate::db::{self, Db, Statement};
+use crate::db::{self, Db};
 use crate::error::Result;
 
 async fn reserved(db: &Db, product_id: i64) -> Result<i64> {
@@ -80,7 +80,7 @@ pub(super) async fn reserve(db: &Db, order_id: i64, lines: &[StockLine]) -> Resu
             });
         }
     }
-    let mut insert = Statement::new(
+    let mut insert = db.statement(
         "INSERT INTO inventory_reservations (order_id, product_id, quantity, status, created_at)",
     );
     insert.values(lines, |row, line| {
@@ -154,7 +154,7 @@ pub async fn seed_stock(
     let mut tx = db.pool().begin().await?;
     for chunk in product_ids.chunks(BATCH) {
         let mut insert =
-            Statement::new("INSERT INTO inventory_stock (product_id, quantity, updated_at)");
+            db.statement("INSERT INTO inventory_stock (product_id, quantity, updated_at)");
         insert.values(chunk, |row, id| {
             row.bind(*id)
                 .bind(rng.gen_range(10..=500_i64))

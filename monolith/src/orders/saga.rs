@@ -80,8 +80,8 @@ pub(super) async fn place(orders: &Orders, request: PlaceOrder) -> Result<Order>
             "product {missing} does not exist"
         )));
     }
-    let currency = products[0].currency.clone();
-    if products.iter().any(|p| p.currency != currency) {
+    let currency = &products[0].currency;
+    if products.iter().any(|p| &p.currency != currency) {
         return Err(Error::Unprocessable(
             "all items of an order must share one currency".to_owned(),
         ));
@@ -115,7 +115,7 @@ pub(super) async fn place(orders: &Orders, request: PlaceOrder) -> Result<Order>
             let reason = format!(
                 "out of stock: product {product_id} has {available} units, {requested} requested"
             );
-            let order = settle(orders, order.id, "rejected", Some(&reason)).await?;
+            let order = settle(orders, order, "rejected", Some(&reason)).await?;
             return Err(order_failed(
                 StatusCode::CONFLICT,
                 "out-of-stock",
@@ -127,7 +127,7 @@ pub(super) async fn place(orders: &Orders, request: PlaceOrder) -> Result<Order>
             // The reservation may or may not have committed: release is idempotent, so undo it
             // before failing the order; if even that fails, recovery settles the order later.
             orders.inventory.release(order.id).await?;
-            settle(orders, order.id, "rejected", Some("inventory unavailable")).await?;
+            settle(orders, order, "rejected", Some("inventory unavailable")).await?;
             return Err(err);
         }
     }
@@ -135,19 +135,19 @@ pub(super) async fn place(orders: &Orders, request: PlaceOrder) -> Result<Order>
     let charge = ChargeRequest {
         order_id: order.id,
         amount_cents: total,
-        currency,
+        currency: order.currency.clone(),
         card_token: request.card_token,
     };
     let reason = match orders.payments.charge(charge).await? {
         ChargeOutcome::Approved { .. } => {
             orders.inventory.commit(order.id).await?;
-            return settle(orders, order.id, "confirmed", None).await;
+            return settle(orders, order, "confirmed", None).await;
         }
         ChargeOutcome::Declined { reason } => format!("payment declined: {reason}"),
         ChargeOutcome::TimedOut => "payment provider timed out".to_owned(),
     };
     orders.inventory.release(order.id).await?;
-    let order = settle(orders, order.id, "payment_failed", Some(&reason)).await?;
+    let order = settle(orders, order, "payment_failed", Some(&reason)).await?;
     Err(order_failed(
         StatusCode::PAYMENT_REQUIRED,
         "payment-failed",
@@ -156,10 +156,22 @@ pub(super) async fn place(orders: &Orders, request: PlaceOrder) -> Result<Order>
     ))
 }
 
-/// Moves a pending order to its final status and returns it. If the order is no longer pending
+/// Moves the pending `order` to its final status and returns it. If it is no longer pending
 /// (recovery settled it meanwhile), the stored order is returned unchanged.
-async fn settle(orders: &Orders, id: i64, status: &str, reason: Option<&str>) -> Result<Order> {
-    store::finish(&orders.db, id, status, reason).await?;
+async fn settle(
+    orders: &Orders,
+    order: Order,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<Order> {
+    if let Some(settled) = store::finish(&orders.db, order.id, status, reason).await? {
+        // The items never change once written: no need to read them back.
+        return Ok(Order {
+            items: order.items,
+            ..settled
+        });
+    }
+    let id = order.id;
     store::find(&orders.db, id)
         .await?
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("order {id} vanished while being placed")))

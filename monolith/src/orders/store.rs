@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{Order, OrderItem};
-use crate::db::{self, Db, Statement};
+use crate::db::{self, Db};
 use crate::error::Result;
 
 const ORDER_COLUMNS: &str =
@@ -50,9 +50,8 @@ pub(super) async fn insert_pending(
         .fetch_one(&mut *tx)
         .await?;
     let mut created = order(&row)?;
-    let mut insert = Statement::new(
-        "INSERT INTO orders_items (order_id, product_id, quantity, unit_price_cents)",
-    );
+    let mut insert =
+        db.statement("INSERT INTO orders_items (order_id, product_id, quantity, unit_price_cents)");
     insert.values(items, |row, item| {
         row.bind(created.id)
             .bind(item.product_id)
@@ -65,26 +64,33 @@ pub(super) async fn insert_pending(
     Ok(created)
 }
 
-/// Moves a `pending` order to a final status; an order already settled is left alone.
-pub(super) async fn finish(db: &Db, id: i64, status: &str, reason: Option<&str>) -> Result<bool> {
-    let done = sqlx::query(
+/// Moves a `pending` order to a final status and returns it without its items; `None` when the
+/// order was not pending (settled already, or unknown), which leaves it alone.
+pub(super) async fn finish(
+    db: &Db,
+    id: i64,
+    status: &str,
+    reason: Option<&str>,
+) -> Result<Option<Order>> {
+    let sql = format!(
         "UPDATE orders_orders SET status = $1, failure_reason = $2, updated_at = $3 \
-         WHERE id = $4 AND status = 'pending'",
-    )
-    .bind(status)
-    .bind(reason)
-    .bind(db::now())
-    .bind(id)
-    .execute(db.pool())
-    .await?;
-    Ok(done.rows_affected() > 0)
+         WHERE id = $4 AND status = 'pending' RETURNING {ORDER_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(status)
+        .bind(reason)
+        .bind(db::now())
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.as_ref().map(order).transpose()?)
 }
 
 async fn with_items(db: &Db, mut orders: Vec<Order>) -> Result<Vec<Order>> {
     if orders.is_empty() {
         return Ok(orders);
     }
-    let mut select = Statement::new(
+    let mut select = db.statement(
         "SELECT order_id, product_id, quantity, unit_price_cents FROM orders_items WHERE order_id IN (",
     );
     select

@@ -33,13 +33,7 @@ fn main() -> anyhow::Result<()> {
     let clients: usize = env_or("BENCH_CLIENTS", 64);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let mut targets = vec![("sqlite", TestDb::sqlite().await)];
-        if std::env::var(e2e::PG_ENV).is_ok() {
-            targets.push(("postgres", TestDb::postgres().await));
-        } else {
-            println!("postgres: skipped ({} is not set)", e2e::PG_ENV);
-        }
-        for (name, test_db) in targets {
+        for (name, test_db) in e2e::available_backends().await {
             run(name, &test_db, Duration::from_secs(seconds), clients).await?;
         }
         Ok(())

@@ -6,7 +6,6 @@
 
 use std::time::Instant;
 
-use e2e::TestDb;
 use monolith::db::{Db, DbOptions};
 
 fn main() -> anyhow::Result<()> {
@@ -16,13 +15,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(100_000);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let mut targets = vec![("sqlite", TestDb::sqlite().await)];
-        if std::env::var(e2e::PG_ENV).is_ok() {
-            targets.push(("postgres", TestDb::postgres().await));
-        } else {
-            println!("postgres: skipped ({} is not set)", e2e::PG_ENV);
-        }
-        for (name, test_db) in targets {
+        for (name, test_db) in e2e::available_backends().await {
             let db = Db::connect(&test_db.url, &DbOptions::default()).await?;
             let start = Instant::now();
             let report = monolith::seed::seed(&db, products, 0, false).await?;

@@ -62,6 +62,18 @@ impl TestDb {
     }
 }
 
+/// A fresh SQLite database, and a fresh PostgreSQL schema when [`PG_ENV`] is set (otherwise
+/// it prints that PostgreSQL is skipped). For benchmarks, which measure whatever is available.
+pub async fn available_backends() -> Vec<(&'static str, TestDb)> {
+    let mut backends = vec![("sqlite", TestDb::sqlite().await)];
+    if std::env::var(PG_ENV).is_ok() {
+        backends.push(("postgres", TestDb::postgres().await));
+    } else {
+        println!("postgres: skipped ({PG_ENV} is not set)");
+    }
+    backends
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some((base, schema)) = self.schema.take() else {

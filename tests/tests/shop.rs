@@ -10,6 +10,21 @@ use e2e::TestDb;
 
 db_test!(shopping_journey);
 
+async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+async fn post_json(http: &reqwest::Client, url: impl reqwest::IntoUrl, body: &Value) -> Value {
+    http.post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn shopping_journey(db: TestDb) {
     let config = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -31,7 +46,7 @@ async fn shopping_journey(db: TestDb) {
     let mut seen = 0;
     let mut url = format!("{base}/catalog/products?limit=7");
     loop {
-        let page: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        let page = get_json(&http, url.as_str()).await;
         seen += page["items"].as_array().unwrap().len();
         match page["next"].as_str() {
             Some(next) => url = format!("{base}/catalog/products?limit=7&after={next}"),
@@ -40,25 +55,19 @@ async fn shopping_journey(db: TestDb) {
     }
     assert_eq!(seen, 30);
 
-    let customer: Value = http
-        .post(format!("{base}/accounts"))
-        .json(&json!({"email": "journey@example.com", "name": "Journey"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let customer = post_json(
+        &http,
+        format!("{base}/accounts"),
+        &json!({"email": "journey@example.com", "name": "Journey"}),
+    )
+    .await;
     let customer = customer["id"].as_i64().unwrap();
-    let product: Value = http
-        .post(format!("{base}/catalog/products"))
-        .json(&json!({"sku": "JOURNEY-1", "name": "Travel Mug", "price_cents": 1800, "currency": "EUR"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let product = post_json(
+        &http,
+        format!("{base}/catalog/products"),
+        &json!({"sku": "JOURNEY-1", "name": "Travel Mug", "price_cents": 1800, "currency": "EUR"}),
+    )
+    .await;
     let product = product["id"].as_i64().unwrap();
     let put = http
         .put(format!("{base}/inventory/{product}"))
@@ -100,26 +109,12 @@ async fn shopping_journey(db: TestDb) {
         "application/problem+json"
     );
 
-    let stock: Value = http
-        .get(format!("{base}/inventory/{product}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stock = get_json(&http, format!("{base}/inventory/{product}")).await;
     assert_eq!(
         (stock["quantity"].as_i64(), stock["reserved"].as_i64()),
         (Some(1), Some(0))
     );
-    let orders: Value = http
-        .get(format!("{base}/orders?customer_id={customer}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let orders = get_json(&http, format!("{base}/orders?customer_id={customer}")).await;
     let statuses: Vec<&str> = orders["items"]
         .as_array()
         .unwrap()

@@ -103,7 +103,7 @@ pub(super) async fn place(orders: &Orders, request: PlaceOrder) -> Result<Order>
         .ok_or_else(|| Error::Unprocessable("the order total is too large".to_owned()))?;
 
     let order =
-        store::insert_pending(&orders.db, request.customer_id, &currency, total, &items).await?;
+        store::insert_pending(&orders.db, request.customer_id, currency, total, &items).await?;
 
     match orders.inventory.reserve(order.id, &lines).await {
         Ok(Reservation::Reserved) => {}

@@ -1,0 +1,532 @@
+//! Configuration: command-line flags (each also an env var) and the TOML file.
+//!
+//! Quick start needs no file: `--monolith URL` sends everything to the monolith. The file
+//! declares the upstreams (each with one or more instances) and the carve-outs:
+//!
+//! ```toml
+//! [proxy]
+//! override_header = true          # accept X-Strangler-Target: monolith|service on reads
+//!
+//! [upstreams.monolith]
+//! instances = ["http://127.0.0.1:8080"]
+//!
+//! [upstreams.catalog]
+//! instances = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
+//! request_timeout_ms = 5000
+//!
+//! [[carveouts]]
+//! name = "catalog"
+//! upstream = "catalog"
+//! phase = "canary"
+//! percent = 10
+//! sticky = { header = "X-User-Id" }   # or { cookie = "session" }, or "client-ip" (default)
+//! routes = [
+//!   { methods = ["GET", "HEAD", "POST"], path = "/catalog/products" },
+//!   { methods = ["GET", "HEAD", "PUT", "DELETE"], path = "/catalog/products/{id}" },
+//! ]
+//! shadow = { ignore = ["/updated_at"], headers = ["content-type"], in_canary = false }
+//! ```
+//!
+//! Everything is validated before use ([`Config::load`]): unknown keys, malformed URLs,
+//! unknown upstreams, bad phases and ambiguous routes are errors that name the culprit.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use http::{Method, Uri};
+use serde::Deserialize;
+
+use crate::phase::Phase;
+use crate::routes::{Pattern, Route, RouteTable};
+
+/// The `strangler-proxy` command line.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "strangler-proxy", version, about = "The strangler-fig proxy")]
+pub struct ProxyArgs {
+    /// Address to serve on.
+    #[arg(long, env = "STRANGLER_LISTEN", default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// The monolith's URL (overrides `[upstreams.monolith]` of the file).
+    #[arg(long, env = "STRANGLER_MONOLITH")]
+    pub monolith: Option<String>,
+    /// The TOML configuration file (reloaded on SIGHUP).
+    #[arg(long, env = "STRANGLER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// How long shutdown waits for in-flight requests (seconds).
+    #[arg(long, env = "STRANGLER_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Worker threads (default: the CPUs this process may use).
+    #[arg(long, env = "STRANGLER_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+/// The TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    proxy: ProxySection,
+    #[serde(default)]
+    upstreams: BTreeMap<String, UpstreamSection>,
+    #[serde(default)]
+    carveouts: Vec<CarveOutSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ProxySection {
+    override_header: bool,
+    max_body_bytes: u64,
+    max_header_bytes: usize,
+    shadow_concurrency: usize,
+    shadow_max_body_bytes: usize,
+    mismatch_samples: usize,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            override_header: false,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            shadow_concurrency: 64,
+            shadow_max_body_bytes: 1024 * 1024,
+            mismatch_samples: 100,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamSection {
+    instances: Vec<String>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_request_timeout")]
+    request_timeout_ms: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    1_000
+}
+
+fn default_request_timeout() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CarveOutSection {
+    name: String,
+    upstream: String,
+    phase: String,
+    percent: Option<f64>,
+    #[serde(default)]
+    sticky: StickySection,
+    routes: Vec<RouteSection>,
+    #[serde(default)]
+    shadow: ShadowSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum StickySection {
+    #[default]
+    ClientIp,
+    #[serde(untagged)]
+    Keyed(StickyKey),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum StickyKey {
+    Header(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSection {
+    #[serde(default)]
+    methods: Vec<String>,
+    path: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowSection {
+    #[serde(default)]
+    ignore: Vec<String>,
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    in_canary: bool,
+}
+
+/// Who a caller is, for the sticky canary split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// The value of this request header (lower-cased name); the client IP when absent.
+    Header(http::HeaderName),
+    /// The value of this cookie; the client IP when absent.
+    Cookie(String),
+    /// The client IP.
+    ClientIp,
+}
+
+/// An upstream and its instances.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    /// Its name in the file (`monolith` for the monolith).
+    pub name: String,
+    /// Base URLs of its instances (`http://host:port`).
+    pub instances: Vec<Uri>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request to receiving the response head.
+    pub request_timeout: Duration,
+}
+
+/// What to compare between the monolith's and the service's response to a shadowed read.
+#[derive(Debug, Clone, Default)]
+pub struct ShadowSpec {
+    /// JSON pointers whose values may differ (e.g. `/updated_at`).
+    pub ignore: Vec<String>,
+    /// Headers that must be equal (lower-cased).
+    pub headers: Vec<String>,
+    /// Also shadow the monolith-served reads of a canary.
+    pub in_canary: bool,
+}
+
+/// A carve-out as configured.
+#[derive(Debug, Clone)]
+pub struct CarveOutSpec {
+    /// Its name.
+    pub name: String,
+    /// Index of its service in [`Config::upstreams`].
+    pub upstream: usize,
+    /// Its phase at start-up (the control plane may change it).
+    pub phase: Phase,
+    /// How callers are told apart for the canary split.
+    pub sticky: Sticky,
+    /// Shadow comparison settings.
+    pub shadow: ShadowSpec,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// Every upstream; index 0 is the monolith.
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Every carve-out.
+    pub carveouts: Vec<CarveOutSpec>,
+    /// The routes of every carve-out.
+    pub routes: RouteTable,
+    /// Whether `X-Strangler-Target` is honoured.
+    pub override_header: bool,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Most shadow comparisons in flight; more are dropped (and counted).
+    pub shadow_concurrency: usize,
+    /// Largest response body a shadow comparison buffers.
+    pub shadow_max_body_bytes: usize,
+    /// How many mismatch samples are kept per carve-out.
+    pub mismatch_samples: usize,
+    /// Shutdown drain bound.
+    pub shutdown_timeout: Duration,
+    /// Worker threads.
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// Reads the file named by the arguments (if any) and validates everything.
+    pub fn load(args: &ProxyArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::from_file(file, args).with_context(|| match &args.config {
+            Some(path) => format!("invalid configuration in {}", path.display()),
+            None => "invalid configuration".to_owned(),
+        })
+    }
+
+    /// Parses and validates TOML text (as [`Config::load`] would read it from a file).
+    pub fn from_toml(text: &str, args: &ProxyArgs) -> anyhow::Result<Config> {
+        let file: FileConfig = toml::from_str(text)?;
+        Self::from_file(file, args)
+    }
+
+    fn from_file(mut file: FileConfig, args: &ProxyArgs) -> anyhow::Result<Config> {
+        if let Some(monolith) = &args.monolith {
+            file.upstreams.insert(
+                "monolith".to_owned(),
+                UpstreamSection {
+                    instances: vec![monolith.clone()],
+                    connect_timeout_ms: default_connect_timeout(),
+                    request_timeout_ms: default_request_timeout(),
+                },
+            );
+        }
+        let Some(monolith) = file.upstreams.remove("monolith") else {
+            bail!("no monolith: pass --monolith URL or declare [upstreams.monolith]");
+        };
+        let mut upstreams = vec![upstream("monolith", &monolith)?];
+        for (name, section) in file.upstreams {
+            upstreams.push(upstream(&name, &section)?);
+        }
+
+        let mut carveouts = Vec::new();
+        let mut routes = Vec::new();
+        for (index, section) in file.carveouts.into_iter().enumerate() {
+            let name = section.name.clone();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!("carve-out name {name:?}: use letters, digits, - and _");
+            }
+            if carveouts.iter().any(|c: &CarveOutSpec| c.name == name) {
+                bail!("carve-out {name} is declared twice");
+            }
+            let upstream = upstreams
+                .iter()
+                .position(|u| u.name == section.upstream)
+                .with_context(|| {
+                    format!("carve-out {name}: unknown upstream {:?}", section.upstream)
+                })?;
+            if upstream == 0 {
+                bail!("carve-out {name}: its upstream must be a service, not the monolith");
+            }
+            let phase = Phase::from_parts(&section.phase, section.percent)
+                .map_err(|e| anyhow::anyhow!("carve-out {name}: {e}"))?;
+            if section.routes.is_empty() {
+                bail!("carve-out {name} has no routes");
+            }
+            for route in section.routes {
+                let methods = route
+                    .methods
+                    .iter()
+                    .map(|m| {
+                        Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                            .with_context(|| format!("carve-out {name}: invalid method {m:?}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let pattern =
+                    Pattern::parse(&route.path).with_context(|| format!("carve-out {name}"))?;
+                routes.push(Route {
+                    methods,
+                    pattern,
+                    carveout: index,
+                    carveout_name: name.clone(),
+                });
+            }
+            let sticky = match section.sticky {
+                StickySection::ClientIp => Sticky::ClientIp,
+                StickySection::Keyed(StickyKey::Header(header)) => Sticky::Header(
+                    http::HeaderName::from_bytes(header.to_ascii_lowercase().as_bytes())
+                        .with_context(|| {
+                            format!("carve-out {name}: invalid sticky header {header:?}")
+                        })?,
+                ),
+                StickySection::Keyed(StickyKey::Cookie(cookie)) => Sticky::Cookie(cookie),
+            };
+            for pointer in &section.shadow.ignore {
+                if !pointer.is_empty() && !pointer.starts_with('/') {
+                    bail!(
+                        "carve-out {name}: shadow ignore {pointer:?} is not a JSON pointer (/a/b)"
+                    );
+                }
+            }
+            carveouts.push(CarveOutSpec {
+                name,
+                upstream,
+                phase,
+                sticky,
+                shadow: ShadowSpec {
+                    ignore: section.shadow.ignore,
+                    headers: section
+                        .shadow
+                        .headers
+                        .iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .collect(),
+                    in_canary: section.shadow.in_canary,
+                },
+            });
+        }
+        let routes = RouteTable::new(routes)?;
+        let proxy = file.proxy;
+        if proxy.max_header_bytes < 8192 {
+            bail!("max_header_bytes must be at least 8192");
+        }
+        Ok(Config {
+            listen: args.listen,
+            upstreams,
+            carveouts,
+            routes,
+            override_header: proxy.override_header,
+            max_body_bytes: proxy.max_body_bytes,
+            max_header_bytes: proxy.max_header_bytes,
+            shadow_concurrency: proxy.shadow_concurrency,
+            shadow_max_body_bytes: proxy.shadow_max_body_bytes,
+            mismatch_samples: proxy.mismatch_samples.max(1),
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+            workers: args.workers,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+}
+
+fn upstream(name: &str, section: &UpstreamSection) -> anyhow::Result<UpstreamSpec> {
+    if section.instances.is_empty() {
+        bail!("upstream {name} has no instances");
+    }
+    let instances = section
+        .instances
+        .iter()
+        .map(|url| {
+            let uri: Uri = url
+                .trim_end_matches('/')
+                .parse()
+                .with_context(|| format!("upstream {name}: invalid URL {url:?}"))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                bail!("upstream {name}: {url:?} must be an http://host:port URL");
+            }
+            if uri.path() != "/" && !uri.path().is_empty() {
+                bail!("upstream {name}: {url:?} must not have a path");
+            }
+            Ok(uri)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(UpstreamSpec {
+        name: name.to_owned(),
+        instances,
+        connect_timeout: Duration::from_millis(section.connect_timeout_ms),
+        request_timeout: Duration::from_millis(section.request_timeout_ms),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ProxyArgs {
+        ProxyArgs::parse_from(["strangler-proxy"])
+    }
+
+    const FULL: &str = r#"
+        [proxy]
+        override_header = true
+        [upstreams.monolith]
+        instances = ["http://127.0.0.1:8080"]
+        [upstreams.catalog]
+        instances = ["http://127.0.0.1:8081", "http://127.0.0.1:8082/"]
+        request_timeout_ms = 500
+        [[carveouts]]
+        name = "catalog"
+        upstream = "catalog"
+        phase = "canary"
+        percent = 12.5
+        sticky = { header = "X-User-Id" }
+        routes = [{ methods = ["get", "HEAD"], path = "/catalog/products/{id}" }]
+        shadow = { ignore = ["/updated_at"], headers = ["Content-Type"] }
+    "#;
+
+    #[test]
+    fn a_full_file_is_read() {
+        let config = Config::from_toml(FULL, &args()).unwrap();
+        assert_eq!(config.upstreams[0].name, "monolith");
+        assert_eq!(config.upstreams[1].instances.len(), 2);
+        assert_eq!(
+            config.upstreams[1].request_timeout,
+            Duration::from_millis(500)
+        );
+        let catalog = &config.carveouts[0];
+        assert_eq!(catalog.phase, Phase::Canary { basis_points: 1250 });
+        assert_eq!(
+            catalog.sticky,
+            Sticky::Header(http::HeaderName::from_static("x-user-id"))
+        );
+        assert_eq!(catalog.shadow.headers, ["content-type"]);
+        assert!(config.override_header);
+        let route = config
+            .routes
+            .find(&Method::GET, "/catalog/products/3")
+            .unwrap();
+        assert_eq!(route.carveout, 0);
+        assert!(config
+            .routes
+            .find(&Method::PUT, "/catalog/products/3")
+            .is_none());
+    }
+
+    #[test]
+    fn quick_start_needs_only_the_monolith() {
+        let quick =
+            ProxyArgs::parse_from(["strangler-proxy", "--monolith", "http://127.0.0.1:8080"]);
+        let config = Config::load(&quick).unwrap();
+        assert_eq!(config.upstreams.len(), 1);
+        assert!(config.carveouts.is_empty());
+        assert!(format!("{:#}", Config::load(&args()).unwrap_err()).contains("no monolith"));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let cases = [
+            (
+                FULL.replace("percent = 12.5", "percent = 120"),
+                "percent must be between 0 and 100",
+            ),
+            (
+                FULL.replace("upstream = \"catalog\"", "upstream = \"nope\""),
+                "unknown upstream",
+            ),
+            (
+                FULL.replace("phase = \"canary\"", "phase = \"live\""),
+                "unknown phase",
+            ),
+            (
+                FULL.replace("http://127.0.0.1:8081", "ftp://x"),
+                "must be an http://host:port URL",
+            ),
+            (
+                FULL.replace("/catalog/products/{id}", "catalog"),
+                "must start with /",
+            ),
+            (
+                FULL.replace("override_header", "overide_header"),
+                "unknown field",
+            ),
+            (
+                FULL.replace("\"/updated_at\"", "\"updated_at\""),
+                "not a JSON pointer",
+            ),
+            (
+                FULL.replace(
+                    "routes = [{",
+                    "routes = [{ methods = [\"GET\"], path = \"/catalog/products/{sku}\" }, {",
+                ),
+                "ambiguous routes",
+            ),
+        ];
+        for (text, message) in cases {
+            let err = format!("{:#}", Config::from_toml(&text, &args()).unwrap_err());
+            assert!(err.contains(message), "expected {message:?} in {err:?}");
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The proxy's Prometheus metrics.
+//!
+//! Label sets are bounded (carve-out, target, status class, upstream) and their handles are
+//! resolved once per configuration, so the request path only increments atomics.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::phase::Target;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    carveout: String,
+    target: String,
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    carveout: String,
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CarveOutLabels {
+    carveout: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    carveout: String,
+    phase: String,
+}
+
+/// Every metric family of the proxy.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+    fallbacks: Family<CarveOutLabels, Counter>,
+    shadow_compared: Family<CarveOutLabels, Counter>,
+    shadow_mismatched: Family<CarveOutLabels, Counter>,
+    shadow_dropped: Family<CarveOutLabels, Counter>,
+    phase: Family<PhaseLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family in a fresh registry.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("strangler");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ])
+        });
+        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        let fallbacks = Family::<CarveOutLabels, Counter>::default();
+        let shadow_compared = Family::<CarveOutLabels, Counter>::default();
+        let shadow_mismatched = Family::<CarveOutLabels, Counter>::default();
+        let shadow_dropped = Family::<CarveOutLabels, Counter>::default();
+        let phase = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by carve-out, target and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response head, by carve-out and target",
+            latency.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed upstream calls, by upstream and kind (connect, timeout, protocol)",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "fallbacks",
+            "Canary reads the service failed and the monolith answered",
+            fallbacks.clone(),
+        );
+        registry.register(
+            "shadow_comparisons",
+            "Shadow responses compared with the monolith's",
+            shadow_compared.clone(),
+        );
+        registry.register(
+            "shadow_mismatches",
+            "Shadow comparisons that found a difference",
+            shadow_mismatched.clone(),
+        );
+        registry.register(
+            "shadow_dropped",
+            "Shadow copies not sent because the shadow queue was full",
+            shadow_dropped.clone(),
+        );
+        registry.register(
+            "carveout_phase",
+            "1 for each carve-out's current phase",
+            phase.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            latency,
+            upstream_errors,
+            fallbacks,
+            shadow_compared,
+            shadow_mismatched,
+            shadow_dropped,
+            phase,
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Resolved handles for one carve-out (`-` for requests no carve-out owns).
+    pub fn route(&self, carveout: &str) -> RouteMetrics {
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let handles = |target: Target| TargetMetrics {
+            requests: classes.map(|class| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        carveout: carveout.to_owned(),
+                        target: target.as_str().to_owned(),
+                        class: class.to_owned(),
+                    })
+                    .clone()
+            }),
+            latency: self
+                .latency
+                .get_or_create(&RouteLabels {
+                    carveout: carveout.to_owned(),
+                    target: target.as_str().to_owned(),
+                })
+                .clone(),
+        };
+        let labels = CarveOutLabels {
+            carveout: carveout.to_owned(),
+        };
+        RouteMetrics {
+            monolith: handles(Target::Monolith),
+            service: handles(Target::Service),
+            fallbacks: self.fallbacks.get_or_create(&labels).clone(),
+            shadow_compared: self.shadow_compared.get_or_create(&labels).clone(),
+            shadow_mismatched: self.shadow_mismatched.get_or_create(&labels).clone(),
+            shadow_dropped: self.shadow_dropped.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts a failed call to an upstream.
+    pub fn upstream_error(&self, upstream: &str, kind: &str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records a carve-out's phase (1 for the current one, 0 for the others).
+    pub fn set_phase(&self, carveout: &str, phase: &str) {
+        for name in ["monolith", "shadow", "canary", "extracted", "retired"] {
+            self.phase
+                .get_or_create(&PhaseLabels {
+                    carveout: carveout.to_owned(),
+                    phase: name.to_owned(),
+                })
+                .set(i64::from(name == phase));
+        }
+    }
+}
+
+/// Metric handles of one carve-out.
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    monolith: TargetMetrics,
+    service: TargetMetrics,
+    /// Fallbacks to the monolith.
+    pub fallbacks: Counter,
+    /// Shadow comparisons.
+    pub shadow_compared: Counter,
+    /// Shadow mismatches.
+    pub shadow_mismatched: Counter,
+    /// Dropped shadow copies.
+    pub shadow_dropped: Counter,
+}
+
+#[derive(Clone, Debug)]
+struct TargetMetrics {
+    requests: [Counter; 5],
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    /// Records one answered request.
+    pub fn record(&self, target: Target, status: u16, seconds: f64) {
+        let handles = match target {
+            Target::Monolith => &self.monolith,
+            Target::Service => &self.service,
+        };
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        handles.requests[class].inc();
+        handles.latency.observe(seconds);
+    }
+}

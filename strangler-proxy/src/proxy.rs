@@ -1,0 +1,412 @@
+//! The request path: refuse what is malformed, find the carve-out, decide the target from its
+//! phase, forward with hygiene, fall back or shadow as the phase says, and stream the answer back.
+//!
+//! The routing state ([`Routing`]: routes, carve-outs with their phases, upstream pools) is an
+//! immutable snapshot behind an `ArcSwap`. A request takes the snapshot current when it arrives
+//! and keeps it to the end; a phase change or a reload swaps in a new snapshot, so no in-flight
+//! request is dropped or sees half a change.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::compare::{Comparator, Observed};
+use crate::config::{CarveOutSpec, Config, Sticky};
+use crate::hygiene::{add_forwarding, check_framing, strip_hop_by_hop};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::phase::{self, Decision, Phase, Target};
+use crate::problem::problem;
+use crate::routes::RouteTable;
+use crate::shadow::{pick_headers, MismatchStore, ShadowJob, Shadower};
+use crate::upstream::{Upstream, UpstreamError};
+
+static OVERRIDE_HEADER: HeaderName = HeaderName::from_static("x-strangler-target");
+
+/// A carve-out with its live phase.
+#[derive(Debug, Clone)]
+pub struct CarveOut {
+    /// The configured carve-out.
+    pub spec: CarveOutSpec,
+    /// Its current phase.
+    pub phase: Phase,
+    metrics: RouteMetrics,
+    comparator: Comparator,
+}
+
+/// One consistent snapshot of everything routing depends on.
+#[derive(Debug)]
+pub struct Routing {
+    routes: RouteTable,
+    carveouts: Vec<CarveOut>,
+    upstreams: Vec<Arc<Upstream>>,
+    unrouted: RouteMetrics,
+    override_header: bool,
+    max_body_bytes: u64,
+}
+
+impl Routing {
+    /// Builds a snapshot from a validated configuration.
+    pub fn new(config: &Config, metrics: &Metrics) -> Routing {
+        let carveouts = config
+            .carveouts
+            .iter()
+            .map(|spec| {
+                metrics.set_phase(&spec.name, spec.phase.name());
+                CarveOut {
+                    spec: spec.clone(),
+                    phase: spec.phase,
+                    metrics: metrics.route(&spec.name),
+                    comparator: Comparator::new(&spec.shadow.ignore, &spec.shadow.headers),
+                }
+            })
+            .collect();
+        Routing {
+            routes: config.routes.clone(),
+            carveouts,
+            upstreams: config
+                .upstreams
+                .iter()
+                .cloned()
+                .map(|u| Arc::new(Upstream::new(u)))
+                .collect(),
+            unrouted: metrics.route("-"),
+            override_header: config.override_header,
+            max_body_bytes: config.max_body_bytes,
+        }
+    }
+
+    /// The carve-outs and their phases.
+    pub fn carveouts(&self) -> &[CarveOut] {
+        &self.carveouts
+    }
+
+    /// A copy of this snapshot with one carve-out in another phase.
+    pub fn with_phase(&self, carveout: &str, phase: Phase, metrics: &Metrics) -> Option<Routing> {
+        let index = self
+            .carveouts
+            .iter()
+            .position(|c| c.spec.name == carveout)?;
+        let mut carveouts = self.carveouts.clone();
+        carveouts[index].phase = phase;
+        metrics.set_phase(carveout, phase.name());
+        Some(Routing {
+            routes: self.routes.clone(),
+            carveouts,
+            upstreams: self.upstreams.clone(),
+            unrouted: self.unrouted.clone(),
+            override_header: self.override_header,
+            max_body_bytes: self.max_body_bytes,
+        })
+    }
+}
+
+/// The data plane.
+pub struct Proxy {
+    routing: ArcSwap<Routing>,
+    metrics: Metrics,
+    shadower: Shadower,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy for `config`.
+    pub fn new(config: &Config) -> Proxy {
+        let metrics = Metrics::new();
+        let routing = Routing::new(config, &metrics);
+        Proxy {
+            routing: ArcSwap::from_pointee(routing),
+            shadower: Shadower::new(
+                config.shadow_concurrency,
+                config.shadow_max_body_bytes,
+                MismatchStore::new(config.mismatch_samples),
+            ),
+            metrics,
+        }
+    }
+
+    /// The current routing snapshot.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing.load_full()
+    }
+
+    /// Swaps in a new configuration (upstreams, routes, carve-outs), keeping the phases the
+    /// control plane set for carve-outs that still exist.
+    pub fn reload(&self, config: &Config) {
+        let current = self.routing.load();
+        let mut next = Routing::new(config, &self.metrics);
+        for carveout in &mut next.carveouts {
+            if let Some(old) = current
+                .carveouts
+                .iter()
+                .find(|c| c.spec.name == carveout.spec.name)
+            {
+                carveout.phase = old.phase;
+                self.metrics
+                    .set_phase(&carveout.spec.name, old.phase.name());
+            }
+        }
+        self.routing.store(Arc::new(next));
+    }
+
+    /// Moves a carve-out to `phase` for every request that arrives from now on. Returns false
+    /// for an unknown carve-out.
+    pub fn set_phase(&self, carveout: &str, phase: Phase) -> bool {
+        let mut changed = false;
+        self.routing.rcu(
+            |current| match current.with_phase(carveout, phase, &self.metrics) {
+                Some(next) => {
+                    changed = true;
+                    Arc::new(next)
+                }
+                None => {
+                    changed = false;
+                    Arc::clone(current)
+                }
+            },
+        );
+        changed
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The shadow mismatch samples.
+    pub fn mismatches(&self) -> &MismatchStore {
+        self.shadower.store()
+    }
+
+    /// Answers one request.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let routing = self.routing.load_full();
+        let declared = match check_framing(request.headers()) {
+            Ok(length) => length,
+            Err(err) => return problem(StatusCode::BAD_REQUEST, "bad-framing", &err.to_string()),
+        };
+        if declared.is_some_and(|l| l > routing.max_body_bytes) {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                &format!("the request body exceeds {} bytes", routing.max_body_bytes),
+            );
+        }
+        if has_dot_segment(request.uri().path()) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-path",
+                "paths with . or .. segments are refused",
+            );
+        }
+        let has_body = declared.is_some_and(|l| l > 0)
+            || request.headers().contains_key(header::TRANSFER_ENCODING);
+        let route = routing.routes.find(request.method(), request.uri().path());
+        let (carveout, decision) = match route {
+            None => (
+                None,
+                Decision {
+                    target: Target::Monolith,
+                    shadow: false,
+                    fallback: false,
+                },
+            ),
+            Some(route) => {
+                let carveout = &routing.carveouts[route.carveout];
+                let read = matches!(*request.method(), Method::GET | Method::HEAD);
+                let pinned = if routing.override_header {
+                    request
+                        .headers()
+                        .get(&OVERRIDE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                } else {
+                    None
+                };
+                let bucket = match carveout.phase {
+                    Phase::Canary { .. } => caller_bucket(carveout, request.headers(), client),
+                    _ => 0,
+                };
+                let decision =
+                    carveout
+                        .phase
+                        .decide(read, bucket, pinned, carveout.spec.shadow.in_canary);
+                (Some(carveout), decision)
+            }
+        };
+        let metrics = carveout.map_or(&routing.unrouted, |c| &c.metrics);
+
+        let (mut parts, body) = request.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        add_forwarding(&mut parts.headers, client.ip());
+        let body = if has_body {
+            ProxyBody::Limited {
+                inner: body,
+                seen: 0,
+                limit: routing.max_body_bytes,
+            }
+        } else {
+            ProxyBody::Streamed(body)
+        };
+        // A bodiless read can be sent again: keep what is needed to replay it (fallback) or
+        // copy it (shadow).
+        let replay = (decision.fallback || decision.shadow) && !has_body;
+        let copy = replay.then(|| {
+            (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+            )
+        });
+
+        let service = carveout.map(|c| Arc::clone(&routing.upstreams[c.spec.upstream]));
+        let monolith = &routing.upstreams[0];
+        let upstream = match decision.target {
+            Target::Service => service.as_ref().unwrap_or(monolith),
+            Target::Monolith => monolith,
+        };
+        let mut target = decision.target;
+        let mut result = upstream.send(Request::from_parts(parts, body)).await;
+
+        if decision.fallback {
+            let failed = match &result {
+                Ok(response) => response.status().is_server_error(),
+                Err(_) => true,
+            };
+            if failed {
+                if let (Some((method, uri, headers)), Some(carveout)) = (&copy, carveout) {
+                    if let Err(err) = &result {
+                        self.metrics.upstream_error(upstream.name(), err.kind());
+                    }
+                    carveout.metrics.fallbacks.inc();
+                    target = Target::Monolith;
+                    result = monolith.send(rebuild(method, uri, headers)).await;
+                }
+            }
+        }
+
+        let mut response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                let target_upstream = if target == Target::Monolith {
+                    monolith
+                } else {
+                    upstream
+                };
+                self.metrics
+                    .upstream_error(target_upstream.name(), err.kind());
+                let response = upstream_problem(&err);
+                metrics.record(
+                    target,
+                    response.status().as_u16(),
+                    start.elapsed().as_secs_f64(),
+                );
+                return response;
+            }
+        };
+        strip_hop_by_hop(response.headers_mut());
+        metrics.record(
+            target,
+            response.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
+
+        if decision.shadow && target == Target::Monolith {
+            if let (Some((method, uri, headers)), Some(carveout), Some(service)) =
+                (copy, carveout, service)
+            {
+                if let Some(permit) = self.shadower.try_start(&carveout.metrics) {
+                    let primary = Observed {
+                        status: response.status().as_u16(),
+                        headers: pick_headers(response.headers(), carveout.comparator.headers()),
+                        body: None,
+                    };
+                    let (parts, body) = response.into_parts();
+                    let (body, primary_body) = ProxyBody::tee(body, self.shadower.max_body());
+                    self.shadower.spawn(
+                        ShadowJob {
+                            carveout: carveout.spec.name.clone(),
+                            method,
+                            uri,
+                            headers,
+                            primary,
+                            primary_body,
+                            service,
+                            comparator: carveout.comparator.clone(),
+                            metrics: carveout.metrics.clone(),
+                        },
+                        permit,
+                    );
+                    return Response::from_parts(parts, body);
+                }
+            }
+        }
+        response.map(ProxyBody::Streamed)
+    }
+}
+
+/// Whether a path has a `.` or `..` segment (raw or percent-encoded), which upstreams might
+/// resolve to a route the proxy did not choose.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    }) || path.to_ascii_lowercase().contains("%2f")
+}
+
+/// The caller's canary bucket: its sticky key hashed with the carve-out's name.
+fn caller_bucket(carveout: &CarveOut, headers: &HeaderMap, client: SocketAddr) -> u32 {
+    let name = &carveout.spec.name;
+    let key = match &carveout.spec.sticky {
+        Sticky::Header(header) => headers.get(header).map(HeaderValue::as_bytes),
+        Sticky::Cookie(cookie) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == cookie).then_some(v.as_bytes())
+            }),
+        Sticky::ClientIp => None,
+    };
+    match key {
+        Some(key) => phase::bucket(name, key),
+        None => phase::bucket(name, client.ip().to_string().as_bytes()),
+    }
+}
+
+fn rebuild(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Request<ProxyBody> {
+    let mut request = Request::new(ProxyBody::empty());
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers.clone();
+    request
+}
+
+fn upstream_problem(err: &UpstreamError) -> Response<ProxyBody> {
+    let (status, slug) = match err {
+        UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"),
+        UpstreamError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+        UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
+            (StatusCode::BAD_GATEWAY, "upstream-unavailable")
+        }
+    };
+    problem(status, slug, &err.to_string())
+}

@@ -1,0 +1,208 @@
+//! Shadow reads: a copy of a monolith-served read goes to the service off the critical path, and
+//! the two responses are compared.
+//!
+//! The primary response streams to the client untouched while a bounded copy of it is taken
+//! ([`crate::body::ProxyBody::tee`]). The shadow call runs in its own task, only if one of a fixed
+//! number of slots is free (otherwise it is dropped and counted), so shadowing never slows the
+//! primary. Mismatches are counted and a sample of each (with its differences) is kept in a
+//! bounded store per carve-out that the admin API reads.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Uri};
+use http_body_util::{BodyExt, Limited};
+use serde::Serialize;
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::body::ProxyBody;
+use crate::compare::{Comparator, Difference, Observed};
+use crate::metrics::RouteMetrics;
+use crate::upstream::Upstream;
+
+/// One recorded mismatch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mismatch {
+    /// When it was seen (Unix milliseconds).
+    pub at_ms: u64,
+    /// The request method.
+    pub method: String,
+    /// The request path and query.
+    pub path: String,
+    /// What differed (the monolith's value is `expected`, the service's `actual`).
+    pub differences: Vec<Difference>,
+}
+
+/// The latest mismatches of each carve-out, at most `capacity` each.
+#[derive(Debug, Clone)]
+pub struct MismatchStore {
+    inner: Arc<Mutex<HashMap<String, VecDeque<Mismatch>>>>,
+    capacity: usize,
+}
+
+impl MismatchStore {
+    /// A store keeping `capacity` samples per carve-out.
+    pub fn new(capacity: usize) -> Self {
+        MismatchStore {
+            inner: Arc::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn push(&self, carveout: &str, mismatch: Mismatch) {
+        // A std mutex: held for a push, never across an await.
+        let mut all = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = all.entry(carveout.to_owned()).or_default();
+        if samples.len() == self.capacity {
+            samples.pop_front();
+        }
+        samples.push_back(mismatch);
+    }
+
+    /// The kept mismatches of a carve-out, oldest first.
+    pub fn list(&self, carveout: &str) -> Vec<Mismatch> {
+        let all = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(carveout)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What a shadow comparison needs from the primary exchange.
+pub struct ShadowJob {
+    /// The carve-out's name.
+    pub carveout: String,
+    /// The read's method.
+    pub method: Method,
+    /// The read's URI (path and query).
+    pub uri: Uri,
+    /// The headers sent upstream.
+    pub headers: HeaderMap,
+    /// The monolith's status and compared headers.
+    pub primary: Observed,
+    /// The monolith's body, when it has been streamed to the client.
+    pub primary_body: oneshot::Receiver<Option<Bytes>>,
+    /// The service.
+    pub service: Arc<Upstream>,
+    /// How to compare.
+    pub comparator: Comparator,
+    /// Where to count.
+    pub metrics: RouteMetrics,
+}
+
+/// Runs shadow jobs within a bounded number of slots.
+#[derive(Debug, Clone)]
+pub struct Shadower {
+    slots: Arc<Semaphore>,
+    max_body: usize,
+    store: MismatchStore,
+}
+
+impl Shadower {
+    /// At most `concurrency` comparisons in flight, bodies up to `max_body` bytes.
+    pub fn new(concurrency: usize, max_body: usize, store: MismatchStore) -> Self {
+        Shadower {
+            slots: Arc::new(Semaphore::new(concurrency)),
+            max_body,
+            store,
+        }
+    }
+
+    /// The largest body a comparison buffers.
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    /// The mismatch store.
+    pub fn store(&self) -> &MismatchStore {
+        &self.store
+    }
+
+    /// Whether a slot is free now; if not, the shadow copy is dropped (and counted).
+    pub fn try_start(&self, metrics: &RouteMetrics) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                metrics.shadow_dropped.inc();
+                None
+            }
+        }
+    }
+
+    /// Sends the copy to the service and compares, in the background.
+    pub fn spawn(&self, job: ShadowJob, permit: tokio::sync::OwnedSemaphorePermit) {
+        let max_body = self.max_body;
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut request = Request::new(ProxyBody::empty());
+            *request.method_mut() = job.method.clone();
+            *request.uri_mut() = job.uri.clone();
+            *request.headers_mut() = job.headers;
+            let actual = match job.service.send(request).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let headers = pick_headers(response.headers(), job.comparator.headers());
+                    let body = Limited::new(response.into_body(), max_body)
+                        .collect()
+                        .await
+                        .ok()
+                        .map(|b| b.to_bytes().to_vec());
+                    Observed {
+                        status,
+                        headers,
+                        body,
+                    }
+                }
+                // The service failing is a mismatch like any other: the monolith answered.
+                Err(err) => Observed {
+                    status: 502,
+                    headers: Vec::new(),
+                    body: Some(err.to_string().into_bytes()),
+                },
+            };
+            let Ok(Some(primary_body)) = job.primary_body.await else {
+                // The client went away or the body was too large to compare: nothing to judge.
+                return;
+            };
+            let expected = Observed {
+                body: Some(primary_body.to_vec()),
+                ..job.primary
+            };
+            job.metrics.shadow_compared.inc();
+            let differences = job.comparator.compare(&expected, &actual);
+            if !differences.is_empty() {
+                job.metrics.shadow_mismatched.inc();
+                let at_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                store.push(
+                    &job.carveout,
+                    Mismatch {
+                        at_ms,
+                        method: job.method.to_string(),
+                        path: job.uri.to_string(),
+                        differences,
+                    },
+                );
+            }
+        });
+    }
+}
+
+/// The compared headers present in `headers`, as (name, value).
+pub fn pick_headers(headers: &HeaderMap, names: &[String]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|name| {
+            headers.get(name.as_str()).map(|v| {
+                (
+                    name.clone(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+        })
+        .collect()
+}

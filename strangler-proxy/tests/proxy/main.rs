@@ -1,0 +1,14 @@
+//! The proxy's integration tests: the real server on 127.0.0.1 port 0 in front of stub
+//! upstreams that report who served each request and what they received.
+
+// A panic is how a test reports an unexpected error.
+#![allow(clippy::unwrap_used)]
+// Helpers are `pub` for the test modules of this one binary.
+#![allow(unreachable_pub)]
+
+mod canary;
+mod hygiene;
+mod phases;
+mod resilience;
+mod shadow;
+mod support;

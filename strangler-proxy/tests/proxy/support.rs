@@ -1,0 +1,231 @@
+//! Stub upstreams and a proxy served on port 0.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use strangler_proxy::config::{Config, ProxyArgs};
+use strangler_proxy::proxy::Proxy;
+use strangler_proxy::server::Server;
+use tokio::net::TcpListener;
+
+/// How a stub answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// 200 with a JSON description of the request.
+    Ok = 0,
+    /// 500.
+    Fail = 1,
+    /// Never answers.
+    Hang = 2,
+}
+
+/// A stub upstream on port 0.
+#[derive(Clone)]
+pub struct Stub {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    mode: Arc<AtomicU8>,
+    /// Extra JSON fields merged into every answer (to make two stubs differ).
+    extra: Arc<std::sync::Mutex<Value>>,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl Stub {
+    pub async fn start(name: &'static str) -> Stub {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stub = Stub {
+            name,
+            addr,
+            hits: Arc::default(),
+            mode: Arc::default(),
+            extra: Arc::new(std::sync::Mutex::new(json!({}))),
+            stop: Arc::default(),
+        };
+        let app = axum::Router::new()
+            .fallback(answer)
+            .with_state(stub.clone());
+        let stop = stub.stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
+                .ok();
+        });
+        stub
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    pub fn set_extra(&self, extra: Value) {
+        *self.extra.lock().unwrap() = extra;
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting connections (the port is closed).
+    pub fn stop(&self) {
+        self.stop.notify_waiters();
+    }
+}
+
+async fn answer(State(stub): State<Stub>, request: Request) -> Response {
+    stub.hits.fetch_add(1, Ordering::SeqCst);
+    match stub.mode.load(Ordering::SeqCst) {
+        1 => return (StatusCode::INTERNAL_SERVER_ERROR, "stub failure").into_response(),
+        2 => std::future::pending::<()>().await,
+        _ => {}
+    }
+    let (parts, body) = request.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let headers: serde_json::Map<String, Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let mut reply = json!({
+        "served_by": stub.name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.to_string(),
+        "headers": headers,
+        "body_len": body.len(),
+    });
+    if let (Some(reply), Some(extra)) = (
+        reply.as_object_mut(),
+        stub.extra.lock().unwrap().as_object(),
+    ) {
+        for (k, v) in extra {
+            reply.insert(k.clone(), v.clone());
+        }
+    }
+    axum::Json(reply).into_response()
+}
+
+/// A proxy served on port 0.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestProxy {
+    /// Serves `toml` (whose `{monolith}` and `{service}` are replaced by the stubs' URLs).
+    pub async fn start(toml: &str, monolith: &Stub, service: &Stub) -> TestProxy {
+        let text = toml
+            .replace("{monolith}", &monolith.url())
+            .replace("{service}", &service.url());
+        let args = ProxyArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            monolith: None,
+            config: None,
+            shutdown_timeout: 5,
+            workers: None,
+        };
+        let config = Config::from_toml(&text, &args).unwrap();
+        let server = Server::bind(&config).await.unwrap();
+        let addr = server.local_addr();
+        let proxy = server.proxy();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async {
+            let _ = stopped.await;
+        }));
+        TestProxy {
+            addr,
+            proxy,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// GET `path` with extra headers; returns (status, JSON body or null).
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self.http.get(self.url(path));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends `method` to `path` with a small JSON body; returns (status, JSON body or null).
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), self.url(path))
+            .json(&json!({"x": 1}));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A configuration with one carve-out `catalog` owning `/catalog/*` (every method), in `phase`.
+pub fn catalog_config(phase: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [proxy]
+        override_header = true
+        [upstreams.monolith]
+        instances = ["{{monolith}}"]
+        [upstreams.catalog]
+        instances = ["{{service}}"]
+        request_timeout_ms = 1000
+        [[carveouts]]
+        name = "catalog"
+        upstream = "catalog"
+        {phase}
+        sticky = {{ header = "X-User-Id" }}
+        routes = [{{ path = "/catalog/*" }}]
+        {extra}
+        "#
+    )
+}
+
+pub use e2e::eventually;

@@ -29,10 +29,18 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         .workers
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
+    // On one CPU a single-threaded runtime keeps a request, its client connection and its
+    // server connection on one thread: no cross-thread wake-ups.
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async {
         let server = Server::bind(&config).await?;
         println!("listening on http://{}", server.local_addr());

@@ -62,6 +62,29 @@ pub struct ProxyArgs {
     /// Worker threads (default: the CPUs this process may use).
     #[arg(long, env = "STRANGLER_WORKERS")]
     pub workers: Option<usize>,
+    /// Address of the admin API (its own listener).
+    #[arg(long, env = "STRANGLER_ADMIN_LISTEN", default_value = "127.0.0.1:9001")]
+    pub admin_listen: SocketAddr,
+    /// Bearer token the admin API requires (required on a non-loopback address).
+    #[arg(long, env = "STRANGLER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// The control database: an SQLite path or a postgres:// URL shared by every replica.
+    #[arg(
+        long,
+        env = "STRANGLER_CONTROL_DB",
+        default_value = "strangler-control.db"
+    )]
+    pub control_db: String,
+    /// How often each replica reads the control database for changes (ms).
+    #[arg(long, env = "STRANGLER_SYNC_INTERVAL_MS", default_value_t = 200)]
+    pub sync_interval_ms: u64,
+}
+
+impl ProxyArgs {
+    /// The defaults, as if no flag or variable were given.
+    pub fn defaults() -> ProxyArgs {
+        ProxyArgs::parse_from(["strangler-proxy"])
+    }
 }
 
 /// The TOML file.
@@ -244,6 +267,14 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Worker threads.
     pub workers: Option<usize>,
+    /// Admin API address.
+    pub admin_listen: SocketAddr,
+    /// Admin API token.
+    pub admin_token: Option<String>,
+    /// Control database URL.
+    pub control_db: String,
+    /// Control database poll interval.
+    pub sync_interval: Duration,
 }
 
 impl Config {
@@ -366,6 +397,13 @@ impl Config {
         }
         let routes = RouteTable::new(routes)?;
         let proxy = file.proxy;
+        let admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
+        if admin_token.is_none() && !args.admin_listen.ip().is_loopback() {
+            bail!(
+                "the admin API on {} is not loopback: set --admin-token (STRANGLER_ADMIN_TOKEN)",
+                args.admin_listen
+            );
+        }
         if proxy.max_header_bytes < 8192 {
             bail!("max_header_bytes must be at least 8192");
         }
@@ -382,6 +420,10 @@ impl Config {
             mismatch_samples: proxy.mismatch_samples.max(1),
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             workers: args.workers,
+            admin_listen: args.admin_listen,
+            admin_token,
+            control_db: args.control_db.clone(),
+            sync_interval: Duration::from_millis(args.sync_interval_ms.max(10)),
         })
     }
 }
@@ -483,6 +525,26 @@ mod tests {
         assert_eq!(config.upstreams.len(), 1);
         assert!(config.carveouts.is_empty());
         assert!(format!("{:#}", Config::load(&args()).unwrap_err()).contains("no monolith"));
+    }
+
+    #[test]
+    fn the_admin_api_needs_a_token_off_loopback() {
+        let open = ProxyArgs::parse_from([
+            "strangler-proxy",
+            "--monolith",
+            "http://127.0.0.1:1",
+            "--admin-listen",
+            "0.0.0.0:9001",
+        ]);
+        assert!(format!("{:#}", Config::load(&open).unwrap_err()).contains("--admin-token"));
+        let guarded = ProxyArgs {
+            admin_token: Some("s3cret".to_owned()),
+            ..open
+        };
+        assert_eq!(
+            Config::load(&guarded).unwrap().admin_token.as_deref(),
+            Some("s3cret")
+        );
     }
 
     #[test]

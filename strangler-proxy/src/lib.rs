@@ -9,11 +9,15 @@
 //!   routing snapshot that phase changes swap atomically;
 //! - [`upstream`], [`body`], [`hygiene`]: pooled clients, streamed bodies, header rules;
 //! - [`shadow`] and [`compare`]: shadow reads and the response comparator;
-//! - [`server`]: the accept loop and graceful shutdown.
+//! - [`server`]: the accept loop and graceful shutdown;
+//! - [`control`]: phases in a shared control database, the audit log, the admin API;
+//! - [`app`]: one replica, all of the above served together.
 
+pub mod app;
 pub mod body;
 pub mod compare;
 pub mod config;
+pub mod control;
 pub mod hygiene;
 pub mod metrics;
 pub mod phase;

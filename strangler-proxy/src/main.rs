@@ -1,8 +1,9 @@
 //! The `strangler-proxy` binary: parses the configuration and serves.
 
 use clap::Parser;
+use strangler_proxy::app::Replica;
 use strangler_proxy::config::{Config, ProxyArgs};
-use strangler_proxy::server::Server;
+use strangler_proxy::control::ControlPlane;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -42,10 +43,41 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             .build()?
     };
     runtime.block_on(async {
-        let server = Server::bind(&config).await?;
-        println!("listening on http://{}", server.local_addr());
-        server.run_until(shutdown_signal()).await
+        let replica = Replica::build(&config).await?;
+        // Printed on stdout so scripts and tests can find the ports when listening on port 0.
+        println!(
+            "listening on http://{} (admin http://{})",
+            replica.local_addr(),
+            replica.admin_addr()
+        );
+        tokio::spawn(reload_on_sighup(args.clone(), replica.control()));
+        replica.run_until(shutdown_signal()).await
     })
+}
+
+/// SIGHUP reloads the configuration file; an invalid file keeps the running configuration.
+async fn reload_on_sighup(args: ProxyArgs, control: ControlPlane) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot listen for SIGHUP; reloading is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match Config::load(&args) {
+            Ok(config) => match control.reload(&config).await {
+                Ok(()) => tracing::info!("reloaded the configuration"),
+                Err(err) => {
+                    tracing::error!(error = %err, "reloaded the routes, but the control database failed")
+                }
+            },
+            Err(err) => {
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    "the new configuration is invalid; keeping the running one"
+                );
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -86,6 +86,16 @@ impl Routing {
         &self.carveouts
     }
 
+    /// The routes, most specific first.
+    pub fn routes(&self) -> &[crate::routes::Route] {
+        self.routes.routes()
+    }
+
+    /// The name of the upstream at `index`.
+    pub fn upstream_name(&self, index: usize) -> &str {
+        self.upstreams.get(index).map_or("", |u| u.name())
+    }
+
     /// A copy of this snapshot with one carve-out in another phase.
     pub fn with_phase(&self, carveout: &str, phase: Phase, metrics: &Metrics) -> Option<Routing> {
         let index = self

@@ -6,9 +6,14 @@
 // Helpers are `pub` for the test modules of this one binary.
 #![allow(unreachable_pub)]
 
+#[macro_use]
+extern crate e2e;
+
 mod canary;
+mod control;
 mod hygiene;
 mod phases;
+mod process;
 mod resilience;
 mod shadow;
 mod support;

@@ -142,10 +142,8 @@ impl TestProxy {
             .replace("{service}", &service.url());
         let args = ProxyArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
-            monolith: None,
-            config: None,
             shutdown_timeout: 5,
-            workers: None,
+            ..ProxyArgs::defaults()
         };
         let config = Config::from_toml(&text, &args).unwrap();
         let server = Server::bind(&config).await.unwrap();

@@ -1,0 +1,326 @@
+//! The admin API, on its own listener: carve-outs, phase changes, the audit log, shadow
+//! mismatches and metrics.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /carveouts` | every carve-out with its phase |
+//! | `GET /carveouts/{name}` | one carve-out |
+//! | `POST /carveouts/{name}/phase` | `{"phase", "percent"?, "reason", "force"?, "actor"?}` |
+//! | `GET /audit?carveout=&limit=` | audit entries, newest first |
+//! | `GET /carveouts/{name}/mismatches` | the latest shadow mismatches |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /livez` | liveness (no token needed) |
+//!
+//! Every route but `/livez` needs `Authorization: Bearer <token>` when a token is configured;
+//! the proxy refuses to start the admin API on a non-loopback address without one. Errors are
+//! problem+json.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::store::{AuditEntry, CarveOutState};
+use super::{ControlPlane, PhaseChange, TransitionError};
+use crate::phase::Phase;
+
+/// State of the admin routes.
+#[derive(Clone)]
+struct Admin {
+    control: ControlPlane,
+    token: Option<Arc<str>>,
+}
+
+/// The admin router. `token`: the bearer token required on every route but `/livez`.
+pub fn router(control: ControlPlane, token: Option<String>) -> Router {
+    let admin = Admin {
+        control,
+        token: token.map(Arc::from),
+    };
+    Router::new()
+        .route("/carveouts", get(list))
+        .route("/carveouts/{name}", get(show))
+        .route("/carveouts/{name}/phase", post(set_phase))
+        .route("/carveouts/{name}/mismatches", get(mismatches))
+        .route("/audit", get(audit))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            authorize,
+        ))
+        .route("/livez", get(|| async { "ok" }))
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such admin route") })
+        .with_state(admin)
+}
+
+fn problem(status: StatusCode, slug: &str, detail: &str) -> Response {
+    let body = serde_json::json!({
+        "type": format!("/problems/{slug}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    if let Some(token) = &admin.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let valid = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
+        if !valid {
+            let mut response = problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin token is required (Authorization: Bearer <token>)",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so response time does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A carve-out as the admin API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CarveOutView {
+    /// Its name.
+    pub name: String,
+    /// `monolith`, `shadow`, `canary`, `extracted` or `retired`.
+    pub phase: String,
+    /// The canary share (0 to 100), for `canary`.
+    pub percent: Option<f64>,
+    /// Its service upstream.
+    pub upstream: String,
+    /// Its routes, as `METHODS pattern`.
+    pub routes: Vec<String>,
+    /// State version (bumped by each change).
+    pub version: i64,
+    /// Last change: when, who, why.
+    pub updated_at: String,
+    /// Who made the last change.
+    pub updated_by: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn view(control: &ControlPlane, state: CarveOutState) -> CarveOutView {
+    let routing = control.proxy().routing();
+    let live = routing
+        .carveouts()
+        .iter()
+        .find(|c| c.spec.name == state.name);
+    let routes = routing
+        .routes()
+        .iter()
+        .filter(|r| r.carveout_name == state.name)
+        .map(|r| {
+            let methods = if r.methods.is_empty() {
+                "*".to_owned()
+            } else {
+                r.methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            format!("{methods} {}", r.pattern.as_str())
+        })
+        .collect();
+    CarveOutView {
+        name: state.name,
+        phase: state.phase.name().to_owned(),
+        percent: match state.phase {
+            Phase::Canary { basis_points } => Some(f64::from(basis_points) / 100.0),
+            _ => None,
+        },
+        upstream: live.map_or_else(String::new, |c| {
+            routing.upstream_name(c.spec.upstream).to_owned()
+        }),
+        routes,
+        version: state.version,
+        updated_at: state.updated_at,
+        updated_by: state.updated_by,
+        reason: state.reason,
+    }
+}
+
+fn internal(err: &sqlx::Error) -> Response {
+    tracing::error!(error = %err, "control database error");
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the control database failed; see the proxy's log",
+    )
+}
+
+async fn list(State(admin): State<Admin>) -> Response {
+    match admin.control.store().states().await {
+        Ok(states) => Json(
+            states
+                .into_iter()
+                .map(|s| view(&admin.control, s))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(err) => internal(&err),
+    }
+}
+
+async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    match admin.control.store().state(&name).await {
+        Ok(Some(state)) => Json(view(&admin.control, state)).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("no carve-out named {name}"),
+        ),
+        Err(err) => internal(&err),
+    }
+}
+
+/// The body of `POST /carveouts/{name}/phase`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseRequest {
+    /// The new phase.
+    pub phase: String,
+    /// The canary share (0 to 100, 0.01 steps), for `canary`.
+    pub percent: Option<f64>,
+    /// Why (required; recorded in the audit log).
+    pub reason: String,
+    /// Allow skipping phases (recorded as forced).
+    #[serde(default)]
+    pub force: bool,
+    /// Who asks (default `admin`).
+    pub actor: Option<String>,
+}
+
+async fn set_phase(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    body: Result<Json<PhaseRequest>, JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return problem(rejection.status(), "invalid-body", &rejection.body_text())
+        }
+    };
+    let to = match Phase::from_parts(&request.phase, request.percent) {
+        Ok(phase) => phase,
+        Err(reason) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", &reason),
+    };
+    let change = PhaseChange {
+        to,
+        actor: request.actor.unwrap_or_else(|| "admin".to_owned()),
+        reason: request.reason,
+        force: request.force,
+    };
+    match admin.control.transition(&name, change).await {
+        Ok(state) => Json(view(&admin.control, state)).into_response(),
+        Err(err) => {
+            let (status, slug) = match &err {
+                TransitionError::UnknownCarveOut(_) => (StatusCode::NOT_FOUND, "not-found"),
+                TransitionError::Invalid(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request")
+                }
+                TransitionError::Skips { .. } => (StatusCode::CONFLICT, "transition-refused"),
+                TransitionError::Guarded { .. } => (StatusCode::CONFLICT, "precheck-failed"),
+                TransitionError::Conflict(_) => (StatusCode::CONFLICT, "concurrent-change"),
+                TransitionError::Store(err) => return internal(err),
+            };
+            problem(status, slug, &err.to_string())
+        }
+    }
+}
+
+/// Query of `GET /audit`.
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    carveout: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn audit(
+    State(admin): State<Admin>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                &rejection.body_text(),
+            )
+        }
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-query",
+            "limit must be between 1 and 1000",
+        );
+    }
+    match admin
+        .control
+        .store()
+        .audit(query.carveout.as_deref(), limit)
+        .await
+    {
+        Ok(entries) => Json::<Vec<AuditEntry>>(entries).into_response(),
+        Err(err) => internal(&err),
+    }
+}
+
+async fn mismatches(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    let known = admin
+        .control
+        .proxy()
+        .routing()
+        .carveouts()
+        .iter()
+        .any(|c| c.spec.name == name);
+    if !known {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("no carve-out named {name}"),
+        );
+    }
+    Json(admin.control.proxy().mismatches().list(&name)).into_response()
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        admin.control.proxy().metrics().render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,232 @@
+//! The control plane: carve-out phases live in a control database shared by every proxy
+//! replica; changes go through [`ControlPlane::transition`], are audited, and reach every replica.
+//!
+//! - **Ordering**: monolith → shadow → canary → extracted → retired, and back, one step at a
+//!   time (changing a canary's percent is always one step). Skipping is refused unless forced;
+//!   a forced change is marked in the audit log.
+//! - **Guards**: [`PhaseGuard`]s run before a change is written and can refuse it, naming why
+//!   (the data-sync cut-over plugs its pre-checks in here).
+//! - **Consistency**: a change is written with the version it was decided on; a concurrent
+//!   change makes it fail with a conflict instead of silently overwriting.
+//! - **Propagation**: the replica that made a change applies it at once; every replica also
+//!   polls the database ([`ControlPlane::sync`], every 200 ms by default), so all apply a change
+//!   well within a second. Applying swaps the routing snapshot: in-flight requests finish on
+//!   the snapshot they started with.
+
+pub mod admin;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::phase::Phase;
+use crate::proxy::Proxy;
+use store::{CarveOutState, ControlStore};
+
+/// A check that must pass before a carve-out changes phase.
+#[async_trait]
+pub trait PhaseGuard: Send + Sync {
+    /// `Ok` lets the change through; `Err` names what failed.
+    async fn check(&self, carveout: &str, from: Phase, to: Phase) -> Result<(), String>;
+}
+
+/// A requested phase change.
+#[derive(Debug, Clone)]
+pub struct PhaseChange {
+    /// The new phase.
+    pub to: Phase,
+    /// Who asks.
+    pub actor: String,
+    /// Why (required).
+    pub reason: String,
+    /// Override the one-step rule.
+    pub force: bool,
+}
+
+/// Why a phase change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// No such carve-out.
+    #[error("no carve-out named {0}")]
+    UnknownCarveOut(String),
+    /// The request is incomplete (no reason, no actor).
+    #[error("{0}")]
+    Invalid(String),
+    /// The change skips phases and was not forced.
+    #[error("{carveout} cannot go from {from} to {to} in one step (monolith → shadow → canary → extracted → retired, one step at a time); pass force to override")]
+    Skips {
+        /// The carve-out.
+        carveout: String,
+        /// Its phase.
+        from: Phase,
+        /// The requested phase.
+        to: Phase,
+    },
+    /// A guard refused.
+    #[error("{carveout} cannot go to {to}: {reasons}")]
+    Guarded {
+        /// The carve-out.
+        carveout: String,
+        /// The requested phase.
+        to: Phase,
+        /// What failed, `; `-separated.
+        reasons: String,
+    },
+    /// Another change landed first.
+    #[error("{0} was changed by someone else meanwhile; read it again and retry")]
+    Conflict(String),
+    /// The control database failed.
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
+
+/// The control plane of one replica.
+#[derive(Clone)]
+pub struct ControlPlane {
+    store: ControlStore,
+    proxy: Arc<Proxy>,
+    guards: Arc<Vec<Arc<dyn PhaseGuard>>>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Seeds the store with the proxy's carve-outs and applies the stored phases.
+    pub async fn start(store: ControlStore, proxy: Arc<Proxy>) -> anyhow::Result<ControlPlane> {
+        let specs: Vec<_> = proxy
+            .routing()
+            .carveouts()
+            .iter()
+            .map(|c| c.spec.clone())
+            .collect();
+        store.seed(&specs).await?;
+        let control = ControlPlane {
+            store,
+            proxy,
+            guards: Arc::new(Vec::new()),
+        };
+        control.sync().await?;
+        Ok(control)
+    }
+
+    /// Adds a guard run before every change.
+    pub fn with_guard(mut self, guard: Arc<dyn PhaseGuard>) -> Self {
+        let mut guards = (*self.guards).clone();
+        guards.push(guard);
+        self.guards = Arc::new(guards);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &ControlStore {
+        &self.store
+    }
+
+    /// The data plane this control plane drives.
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Applies a reloaded configuration: new routes and upstreams in the data plane, carve-outs
+    /// new to the file seeded in the store, and the stored phases applied.
+    pub async fn reload(&self, config: &crate::config::Config) -> Result<(), sqlx::Error> {
+        self.proxy.reload(config);
+        self.store.seed(&config.carveouts).await?;
+        self.sync().await.map(|_| ())
+    }
+
+    /// Applies the stored phases to this replica's data plane; returns how many changed.
+    pub async fn sync(&self) -> Result<usize, sqlx::Error> {
+        let routing = self.proxy.routing();
+        let mut changed = 0;
+        for state in self.store.states().await? {
+            let live = routing
+                .carveouts()
+                .iter()
+                .find(|c| c.spec.name == state.name);
+            if live.is_some_and(|c| c.phase != state.phase)
+                && self.proxy.set_phase(&state.name, state.phase)
+            {
+                tracing::info!(carveout = %state.name, phase = %state.phase, by = %state.updated_by, "applied a phase change");
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Polls the store every `interval` until the task is dropped.
+    pub async fn sync_forever(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(err) = self.sync().await {
+                tracing::warn!(error = %err, "cannot read the control database; keeping the current phases");
+            }
+        }
+    }
+
+    /// Changes a carve-out's phase: checks the ordering rule and the guards, writes the change
+    /// and its audit entry, and applies it to this replica.
+    pub async fn transition(
+        &self,
+        carveout: &str,
+        change: PhaseChange,
+    ) -> Result<CarveOutState, TransitionError> {
+        if change.reason.trim().is_empty() {
+            return Err(TransitionError::Invalid("a reason is required".to_owned()));
+        }
+        if change.actor.trim().is_empty() {
+            return Err(TransitionError::Invalid("an actor is required".to_owned()));
+        }
+        let current = self
+            .store
+            .state(carveout)
+            .await?
+            .ok_or_else(|| TransitionError::UnknownCarveOut(carveout.to_owned()))?;
+        let from = current.phase;
+        let to = change.to;
+        let skips = from.rank().abs_diff(to.rank()) > 1;
+        if skips && !change.force {
+            return Err(TransitionError::Skips {
+                carveout: carveout.to_owned(),
+                from,
+                to,
+            });
+        }
+        let mut failures = Vec::new();
+        for guard in self.guards.iter() {
+            if let Err(reason) = guard.check(carveout, from, to).await {
+                failures.push(reason);
+            }
+        }
+        if !failures.is_empty() {
+            return Err(TransitionError::Guarded {
+                carveout: carveout.to_owned(),
+                to,
+                reasons: failures.join("; "),
+            });
+        }
+        let forced = skips && change.force;
+        let state = self
+            .store
+            .change(
+                &current,
+                to,
+                change.actor.trim(),
+                change.reason.trim(),
+                forced,
+            )
+            .await?
+            .ok_or_else(|| TransitionError::Conflict(carveout.to_owned()))?;
+        self.proxy.set_phase(carveout, state.phase);
+        tracing::info!(carveout, from = %from, to = %to, actor = %change.actor, forced, "phase changed");
+        Ok(state)
+    }
+}

@@ -1,0 +1,221 @@
+//! The control database: each carve-out's live phase and the audit log, shared by every replica.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::migrate::Migrator;
+use sqlx::Row;
+
+use crate::config::CarveOutSpec;
+use crate::phase::Phase;
+
+static SQLITE: Migrator = sqlx::migrate!("../migrations/control/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("../migrations/control/postgres");
+
+const MIGRATIONS: sqlkit::Migrations = sqlkit::Migrations {
+    name: "control",
+    sqlite: &SQLITE,
+    postgres: &POSTGRES,
+};
+
+/// A carve-out's stored state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CarveOutState {
+    /// The carve-out.
+    pub name: String,
+    /// Its phase.
+    pub phase: Phase,
+    /// Bumped by every change; a change names the version it was decided on.
+    pub version: i64,
+    /// When it last changed (RFC 3339, UTC).
+    pub updated_at: String,
+    /// Who changed it.
+    pub updated_by: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One audited change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// Sequence number.
+    pub id: i64,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// The carve-out.
+    pub carveout: String,
+    /// Who.
+    pub actor: String,
+    /// The phase before (`canary 10.00%` style).
+    pub from: String,
+    /// The phase after.
+    pub to: String,
+    /// Why.
+    pub reason: String,
+    /// Whether the ordering rule was overridden with force.
+    pub forced: bool,
+}
+
+/// The control database.
+#[derive(Debug, Clone)]
+pub struct ControlStore {
+    db: sqlkit::Db,
+}
+
+fn phase_columns(phase: Phase) -> (&'static str, i64) {
+    match phase {
+        Phase::Canary { basis_points } => ("canary", i64::from(basis_points)),
+        other => (other.name(), 0),
+    }
+}
+
+fn state(row: &AnyRow) -> Result<CarveOutState, sqlx::Error> {
+    let name: String = row.try_get("phase")?;
+    let basis_points: i64 = row.try_get("basis_points")?;
+    let phase = match name.as_str() {
+        "canary" => Phase::Canary {
+            basis_points: u32::try_from(basis_points)
+                .unwrap_or(0)
+                .min(crate::phase::BUCKETS),
+        },
+        other => Phase::from_parts(other, None).map_err(|e| sqlx::Error::Decode(e.into()))?,
+    };
+    Ok(CarveOutState {
+        name: row.try_get("name")?,
+        phase,
+        version: row.try_get("version")?,
+        updated_at: row.try_get("updated_at")?,
+        updated_by: row.try_get("updated_by")?,
+        reason: row.try_get("reason")?,
+    })
+}
+
+const STATE_COLUMNS: &str = "name, phase, basis_points, version, updated_at, updated_by, reason";
+
+impl ControlStore {
+    /// Connects (an SQLite path or a postgres:// URL) and migrates.
+    pub async fn connect(url: &str) -> anyhow::Result<ControlStore> {
+        let options = sqlkit::DbOptions {
+            max_connections: 4,
+            ..sqlkit::DbOptions::default()
+        };
+        Ok(ControlStore {
+            db: sqlkit::Db::connect(url, &options, &MIGRATIONS).await?,
+        })
+    }
+
+    /// Adds the carve-outs the database does not know yet, in their configured phase. Known ones
+    /// keep their stored phase: the database, not the file, is the truth once a replica ran.
+    pub async fn seed(&self, carveouts: &[CarveOutSpec]) -> Result<(), sqlx::Error> {
+        for carveout in carveouts {
+            let (phase, basis_points) = phase_columns(carveout.phase);
+            sqlx::query(
+                "INSERT INTO control_carveouts (name, phase, basis_points, version, updated_at, updated_by, reason) \
+                 VALUES ($1, $2, $3, 1, $4, 'config', 'seeded from the configuration file') \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&carveout.name)
+            .bind(phase)
+            .bind(basis_points)
+            .bind(sqlkit::now())
+            .execute(self.db.pool())
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Every carve-out's state, by name.
+    pub async fn states(&self) -> Result<Vec<CarveOutState>, sqlx::Error> {
+        let sql = format!("SELECT {STATE_COLUMNS} FROM control_carveouts ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(self.db.pool()).await?;
+        rows.iter().map(state).collect()
+    }
+
+    /// One carve-out's state.
+    pub async fn state(&self, name: &str) -> Result<Option<CarveOutState>, sqlx::Error> {
+        let sql = format!("SELECT {STATE_COLUMNS} FROM control_carveouts WHERE name = $1");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(state).transpose()
+    }
+
+    /// Moves a carve-out from the state at `expected_version` to `to`, and audits it, in one
+    /// transaction. Returns `None` when the state changed meanwhile (nothing is written).
+    pub async fn change(
+        &self,
+        current: &CarveOutState,
+        to: Phase,
+        actor: &str,
+        reason: &str,
+        forced: bool,
+    ) -> Result<Option<CarveOutState>, sqlx::Error> {
+        let (phase, basis_points) = phase_columns(to);
+        let now = sqlkit::now();
+        let mut tx = self.db.pool().begin().await?;
+        let sql = format!(
+            "UPDATE control_carveouts SET phase = $1, basis_points = $2, version = version + 1, \
+             updated_at = $3, updated_by = $4, reason = $5 WHERE name = $6 AND version = $7 \
+             RETURNING {STATE_COLUMNS}"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(phase)
+            .bind(basis_points)
+            .bind(&now)
+            .bind(actor)
+            .bind(reason)
+            .bind(&current.name)
+            .bind(current.version)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO control_audit (at, carveout, actor, from_phase, to_phase, reason, forced) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&now)
+        .bind(&current.name)
+        .bind(actor)
+        .bind(current.phase.to_string())
+        .bind(to.to_string())
+        .bind(reason)
+        .bind(i64::from(forced))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(state(&row)?))
+    }
+
+    /// The latest audit entries (of one carve-out, or all), newest first.
+    pub async fn audit(
+        &self,
+        carveout: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, sqlx::Error> {
+        let mut select = self
+            .db
+            .statement("SELECT id, at, carveout, actor, from_phase, to_phase, reason, forced FROM control_audit");
+        if let Some(carveout) = carveout {
+            select.push(" WHERE carveout = ").bind(carveout.to_owned());
+        }
+        select.push(" ORDER BY id DESC LIMIT ").bind(limit);
+        let rows = select.query()?.fetch_all(self.db.pool()).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    carveout: row.try_get("carveout")?,
+                    actor: row.try_get("actor")?,
+                    from: row.try_get("from_phase")?,
+                    to: row.try_get("to_phase")?,
+                    reason: row.try_get("reason")?,
+                    forced: row.try_get::<i64, _>("forced")? != 0,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,384 @@
+//! The control plane: admin API auth, phase transitions and their audit, guards, and replicas
+//! sharing one control database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use e2e::TestDb;
+use serde_json::{json, Value};
+use strangler_proxy::app::Replica;
+use strangler_proxy::config::{Config, ProxyArgs};
+use strangler_proxy::control::PhaseGuard;
+use strangler_proxy::phase::Phase;
+
+use crate::support::{catalog_config, eventually, Stub};
+
+const TOKEN: &str = "test-token";
+
+/// A replica on port 0 (data plane and admin) with `control_db`, served in the background.
+struct TestReplica {
+    replica_addr: std::net::SocketAddr,
+    admin: String,
+    control: strangler_proxy::control::ControlPlane,
+    http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestReplica {
+    async fn start(control_db: &str, monolith: &Stub, service: &Stub) -> TestReplica {
+        let text = catalog_config("phase = \"monolith\"", "")
+            .replace("{monolith}", &monolith.url())
+            .replace("{service}", &service.url());
+        let args = ProxyArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some(TOKEN.to_owned()),
+            control_db: control_db.to_owned(),
+            sync_interval_ms: 100,
+            ..ProxyArgs::defaults()
+        };
+        let config = Config::from_toml(&text, &args).unwrap();
+        let replica = Replica::build(&config).await.unwrap();
+        let replica_addr = replica.local_addr();
+        let admin = format!("http://{}", replica.admin_addr());
+        let control = replica.control();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(replica.run_until(async {
+            let _ = stopped.await;
+        }));
+        TestReplica {
+            replica_addr,
+            admin,
+            control,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+        }
+    }
+
+    async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.admin))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn set_phase(&self, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/carveouts/catalog/phase", self.admin))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn served_by(&self, path: &str) -> String {
+        let r = self
+            .http
+            .get(format!("http://{}{path}", self.replica_addr))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        body["served_by"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for TestReplica {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_a_missing_or_wrong_token() {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let db = TestDb::sqlite().await;
+    let replica = TestReplica::start(&db.url, &monolith, &service).await;
+    let url = format!("{}/carveouts", replica.admin);
+    let none = replica.http.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    assert_eq!(none.headers()["content-type"], "application/problem+json");
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    let wrong = replica
+        .http
+        .get(&url)
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let flip = replica
+        .http
+        .post(format!("{}/carveouts/catalog/phase", replica.admin))
+        .json(&json!({"phase": "shadow", "reason": "sneaky"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(flip.status(), 401);
+    assert_eq!(
+        replica.served_by("/catalog/x").await,
+        "monolith",
+        "nothing changed"
+    );
+    let (status, list) = replica.admin_get("/carveouts").await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["name"], "catalog");
+    assert_eq!(list[0]["phase"], "monolith");
+    assert_eq!(list[0]["routes"], json!(["* /catalog/*"]));
+    let live = replica
+        .http
+        .get(format!("{}/livez", replica.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200, "liveness needs no token");
+}
+
+#[tokio::test]
+async fn transitions_follow_the_order_and_are_audited() {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let db = TestDb::sqlite().await;
+    let replica = TestReplica::start(&db.url, &monolith, &service).await;
+
+    let (status, body) = replica
+        .set_phase(json!({"phase": "extracted", "reason": "yolo"}))
+        .await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (409, Some("/problems/transition-refused")),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("one step at a time"),
+        "{body}"
+    );
+    assert_eq!(replica.served_by("/catalog/x").await, "monolith");
+
+    for (request, phase) in [
+        (
+            json!({"phase": "shadow", "reason": "compare first", "actor": "ana"}),
+            "shadow",
+        ),
+        (
+            json!({"phase": "canary", "percent": 100, "reason": "all in", "actor": "ana"}),
+            "canary",
+        ),
+    ] {
+        let (status, body) = replica.set_phase(request).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["phase"], phase);
+    }
+    assert_eq!(
+        replica.served_by("/catalog/x").await,
+        "service",
+        "applied at once on this replica"
+    );
+
+    let (status, body) = replica
+        .set_phase(json!({"phase": "monolith", "reason": "rollback", "force": true, "actor": "bo"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(replica.served_by("/catalog/x").await, "monolith");
+
+    for (request, status, slug) in [
+        (
+            json!({"phase": "shadow", "reason": ""}),
+            422,
+            "invalid-request",
+        ),
+        (
+            json!({"phase": "canary", "percent": 150, "reason": "x"}),
+            422,
+            "invalid-phase",
+        ),
+        (
+            json!({"phase": "live", "reason": "x"}),
+            422,
+            "invalid-phase",
+        ),
+        (json!({"phase": "shadow"}), 422, "invalid-body"),
+    ] {
+        let (got, body) = replica.set_phase(request.clone()).await;
+        assert_eq!(
+            (got, body["type"].as_str()),
+            (status, Some(format!("/problems/{slug}").as_str())),
+            "{request}: {body}"
+        );
+    }
+    let unknown = replica
+        .http
+        .post(format!("{}/carveouts/nope/phase", replica.admin))
+        .bearer_auth(TOKEN)
+        .json(&json!({"phase": "shadow", "reason": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    let (status, audit) = replica.admin_get("/audit?carveout=catalog").await;
+    assert_eq!(status, 200);
+    let entries: Vec<(String, String, String, bool)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_owned(),
+                e["to"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+                e["forced"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (
+                "canary 100.00%".to_owned(),
+                "monolith".to_owned(),
+                "bo".to_owned(),
+                true
+            ),
+            (
+                "shadow".to_owned(),
+                "canary 100.00%".to_owned(),
+                "ana".to_owned(),
+                false
+            ),
+            (
+                "monolith".to_owned(),
+                "shadow".to_owned(),
+                "ana".to_owned(),
+                false
+            ),
+        ]
+    );
+    assert_eq!(audit[0]["reason"], "rollback");
+    let (_, shown) = replica.admin_get("/carveouts/catalog").await;
+    assert_eq!(
+        (shown["phase"].as_str(), shown["updated_by"].as_str()),
+        (Some("monolith"), Some("bo"))
+    );
+    let (status, mismatches) = replica.admin_get("/carveouts/catalog/mismatches").await;
+    assert_eq!((status, mismatches), (200, json!([])));
+    let (status, _) = replica.admin_get("/carveouts/nope/mismatches").await;
+    assert_eq!(status, 404);
+    let metrics = replica
+        .http
+        .get(format!("{}/metrics", replica.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains(r#"strangler_carveout_phase{carveout="catalog",phase="monolith"} 1"#),
+        "{text}"
+    );
+}
+
+struct Refuse;
+
+#[async_trait]
+impl PhaseGuard for Refuse {
+    async fn check(&self, _carveout: &str, _from: Phase, to: Phase) -> Result<(), String> {
+        if to == Phase::Shadow {
+            Err("sync lag is 42 s (limit 5 s)".to_owned())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failing_guard_changes_nothing_and_says_why() {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let db = TestDb::sqlite().await;
+    let replica = TestReplica::start(&db.url, &monolith, &service).await;
+    let control = replica.control.clone().with_guard(Arc::new(Refuse));
+    let change = strangler_proxy::control::PhaseChange {
+        to: Phase::Shadow,
+        actor: "ana".to_owned(),
+        reason: "try".to_owned(),
+        force: true,
+    };
+    let err = control.transition("catalog", change).await.unwrap_err();
+    assert!(err.to_string().contains("sync lag is 42 s"), "{err}");
+    assert_eq!(
+        control
+            .store()
+            .state("catalog")
+            .await
+            .unwrap()
+            .unwrap()
+            .phase,
+        Phase::Monolith
+    );
+    assert!(control
+        .store()
+        .audit(Some("catalog"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A change decided on a stale version is refused, not applied over the newer one.
+    let stale = control.store().state("catalog").await.unwrap().unwrap();
+    let newer = control
+        .store()
+        .change(&stale, Phase::Shadow, "bo", "first", false)
+        .await
+        .unwrap();
+    assert!(newer.is_some());
+    assert!(control
+        .store()
+        .change(&stale, Phase::Monolith, "cy", "second", false)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+db_test!(two_replicas_converge_within_a_second);
+
+async fn two_replicas_converge_within_a_second(db: TestDb) {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let a = TestReplica::start(&db.url, &monolith, &service).await;
+    let b = TestReplica::start(&db.url, &monolith, &service).await;
+    for (phase, expected) in [
+        (json!({"phase": "shadow", "reason": "r"}), "monolith"),
+        (
+            json!({"phase": "canary", "percent": 100, "reason": "r"}),
+            "service",
+        ),
+        (json!({"phase": "extracted", "reason": "r"}), "service"),
+        (
+            json!({"phase": "canary", "percent": 0, "reason": "r"}),
+            "monolith",
+        ),
+    ] {
+        let (status, body) = a.set_phase(phase).await;
+        assert_eq!(status, 200, "{body}");
+        let flipped = Instant::now();
+        eventually(
+            Duration::from_secs(1),
+            "replica b to apply the change",
+            || async { b.served_by("/catalog/x").await == expected },
+        )
+        .await;
+        assert!(flipped.elapsed() < Duration::from_secs(1));
+        let (_, shown) = b.admin_get("/carveouts/catalog").await;
+        assert_eq!(shown["version"], body["version"], "b reads the same state");
+    }
+}

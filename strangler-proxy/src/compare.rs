@@ -6,7 +6,7 @@
 //! diffing uses [`Comparator`]; it is shaped as a library type so contract verification can use
 //! the same comparison.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The parts of a response that are compared.
@@ -21,7 +21,7 @@ pub struct Observed {
 }
 
 /// One difference between the expected and the actual response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Difference {
     /// Where: `status`, `header:<name>`, `body`, or a JSON pointer into the body (`/items/0/name`).
     pub path: String,

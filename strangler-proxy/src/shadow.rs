@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Limited};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::body::ProxyBody;
@@ -23,7 +23,7 @@ use crate::metrics::RouteMetrics;
 use crate::upstream::Upstream;
 
 /// One recorded mismatch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Mismatch {
     /// When it was seen (Unix milliseconds).
     pub at_ms: u64,

@@ -1,6 +1,6 @@
 //! The control database: each carve-out's live phase and the audit log, shared by every replica.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::migrate::Migrator;
 use sqlx::Row;
@@ -35,7 +35,7 @@ pub struct CarveOutState {
 }
 
 /// One audited change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// Sequence number.
     pub id: i64,

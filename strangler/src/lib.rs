@@ -1,0 +1,369 @@
+//! The operator CLI: every command is a call to a proxy replica's admin API, printed as a
+//! readable table (or JSON with `--json`). Errors (unreachable admin, refused transition, bad
+//! token) are one clear line on stderr and a non-zero exit.
+
+use std::fmt::Write as _;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use strangler_proxy::control::admin::{CarveOutView, PhaseRequest};
+use strangler_proxy::control::store::AuditEntry;
+use strangler_proxy::shadow::Mismatch;
+
+/// Operate a strangler-fig migration: inspect carve-outs and move them through their phases.
+#[derive(Debug, Parser)]
+#[command(name = "strangler", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Where to reach the proxy.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// How to reach the admin API.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The admin API of any proxy replica.
+    #[arg(
+        long,
+        global = true,
+        env = "STRANGLER_ADMIN_URL",
+        default_value = "http://127.0.0.1:9001"
+    )]
+    pub admin_url: String,
+    /// The admin API's bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "STRANGLER_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Carve-outs and their phases.
+    Carveouts {
+        /// list or show.
+        #[command(subcommand)]
+        command: CarveoutsCommand,
+    },
+    /// Change a carve-out's phase.
+    Phase {
+        /// set.
+        #[command(subcommand)]
+        command: PhaseCommand,
+    },
+    /// The audit log of phase changes, newest first.
+    Audit {
+        /// Only this carve-out's changes.
+        name: Option<String>,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// The latest shadow mismatches of a carve-out.
+    Mismatches {
+        /// The carve-out.
+        name: String,
+    },
+}
+
+/// `strangler carveouts ...`.
+#[derive(Debug, Subcommand)]
+pub enum CarveoutsCommand {
+    /// Every carve-out.
+    List,
+    /// One carve-out.
+    Show {
+        /// The carve-out.
+        name: String,
+    },
+}
+
+/// `strangler phase ...`.
+#[derive(Debug, Subcommand)]
+pub enum PhaseCommand {
+    /// Move a carve-out to a phase: monolith, shadow, canary (with --percent), extracted, retired.
+    Set {
+        /// The carve-out.
+        name: String,
+        /// The new phase.
+        phase: String,
+        /// The canary share, 0 to 100 (0.01 steps).
+        #[arg(long)]
+        percent: Option<f64>,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Allow skipping phases (recorded as forced).
+        #[arg(long)]
+        force: bool,
+        /// Who you are (default: $USER).
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
+    },
+}
+
+struct Admin {
+    http: reqwest::Client,
+    args: AdminArgs,
+}
+
+impl Admin {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.args.admin_url.trim_end_matches('/'));
+        let request = self.http.request(method, url);
+        match &self.args.admin_token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.args.admin_url))?;
+        let status = response.status();
+        let body: Value = response.json().await.with_context(|| {
+            format!(
+                "the admin API at {} answered {status} with no JSON",
+                self.args.admin_url
+            )
+        })?;
+        if !status.is_success() {
+            let detail = body["detail"].as_str().unwrap_or("no detail");
+            match status.as_u16() {
+                401 => bail!("the admin API refused the token: {detail} (set --admin-token or STRANGLER_ADMIN_TOKEN)"),
+                _ => bail!("{detail} ({status})"),
+            }
+        }
+        serde_json::from_value(body).context("the admin API answered in an unexpected shape")
+    }
+}
+
+/// Runs a parsed command and returns what to print.
+pub async fn run(cli: Cli) -> anyhow::Result<String> {
+    let admin = Admin {
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?,
+        args: cli.admin.clone(),
+    };
+    let json = cli.admin.json;
+    match cli.command {
+        Command::Carveouts {
+            command: CarveoutsCommand::List,
+        } => {
+            let list: Vec<CarveOutView> = admin
+                .call(admin.request(reqwest::Method::GET, "/carveouts"))
+                .await?;
+            Ok(if json {
+                to_json(&list)?
+            } else {
+                carveout_table(&list)
+            })
+        }
+        Command::Carveouts {
+            command: CarveoutsCommand::Show { name },
+        } => {
+            let one: CarveOutView = admin
+                .call(admin.request(reqwest::Method::GET, &format!("/carveouts/{name}")))
+                .await?;
+            Ok(if json {
+                to_json(&one)?
+            } else {
+                carveout_details(&one)
+            })
+        }
+        Command::Phase {
+            command:
+                PhaseCommand::Set {
+                    name,
+                    phase,
+                    percent,
+                    reason,
+                    force,
+                    actor,
+                },
+        } => {
+            let body = PhaseRequest {
+                phase,
+                percent,
+                reason,
+                force,
+                actor: Some(actor),
+            };
+            let request = admin
+                .request(reqwest::Method::POST, &format!("/carveouts/{name}/phase"))
+                .json(&body);
+            let changed: CarveOutView = admin.call(request).await?;
+            Ok(if json {
+                to_json(&changed)?
+            } else {
+                format!("{} is now {}\n", changed.name, phase_text(&changed))
+            })
+        }
+        Command::Audit { name, limit } => {
+            let mut path = format!("/audit?limit={limit}");
+            if let Some(name) = &name {
+                path.push_str("&carveout=");
+                path.push_str(name);
+            }
+            let entries: Vec<AuditEntry> = admin
+                .call(admin.request(reqwest::Method::GET, &path))
+                .await?;
+            Ok(if json {
+                to_json(&entries)?
+            } else {
+                audit_table(&entries)
+            })
+        }
+        Command::Mismatches { name } => {
+            let path = format!("/carveouts/{name}/mismatches");
+            let mismatches: Vec<Mismatch> = admin
+                .call(admin.request(reqwest::Method::GET, &path))
+                .await?;
+            Ok(if json {
+                to_json(&mismatches)?
+            } else {
+                mismatch_text(&name, &mismatches)
+            })
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
+}
+
+fn phase_text(c: &CarveOutView) -> String {
+    match c.percent {
+        Some(percent) => format!("{} {percent}%", c.phase),
+        None => c.phase.clone(),
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn carveout_table(list: &[CarveOutView]) -> String {
+    if list.is_empty() {
+        return "no carve-outs\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                phase_text(c),
+                c.upstream.clone(),
+                c.updated_at.clone(),
+                c.updated_by.clone(),
+                c.reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "PHASE", "SERVICE", "CHANGED", "BY", "REASON"],
+        &rows,
+    )
+}
+
+fn carveout_details(c: &CarveOutView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "name:     {}", c.name);
+    let _ = writeln!(out, "phase:    {}", phase_text(c));
+    let _ = writeln!(out, "service:  {}", c.upstream);
+    let _ = writeln!(
+        out,
+        "changed:  {} by {} ({})",
+        c.updated_at, c.updated_by, c.reason
+    );
+    let _ = writeln!(out, "version:  {}", c.version);
+    let _ = writeln!(out, "routes:");
+    for route in &c.routes {
+        let _ = writeln!(out, "  {route}");
+    }
+    out
+}
+
+fn audit_table(entries: &[AuditEntry]) -> String {
+    if entries.is_empty() {
+        return "no changes recorded\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                e.carveout.clone(),
+                e.from.clone(),
+                e.to.clone(),
+                e.actor.clone(),
+                if e.forced {
+                    "yes".to_owned()
+                } else {
+                    String::new()
+                },
+                e.reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["WHEN", "CARVE-OUT", "FROM", "TO", "BY", "FORCED", "REASON"],
+        &rows,
+    )
+}
+
+fn mismatch_text(name: &str, mismatches: &[Mismatch]) -> String {
+    if mismatches.is_empty() {
+        return format!("no shadow mismatches recorded for {name}\n");
+    }
+    let mut out = String::new();
+    for m in mismatches {
+        let _ = writeln!(out, "{} {} (at {} ms)", m.method, m.path, m.at_ms);
+        for d in &m.differences {
+            let _ = writeln!(
+                out,
+                "  {}: monolith {} / service {}",
+                d.path, d.expected, d.actual
+            );
+        }
+    }
+    out
+}

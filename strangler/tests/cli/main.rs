@@ -1,0 +1,230 @@
+//! The `strangler` binary against a proxy replica served in-process on port 0.
+
+// A panic is how a test reports an unexpected error.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use serde_json::Value;
+use strangler_proxy::app::Replica;
+use strangler_proxy::config::{Config, ProxyArgs};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strangler");
+const TOKEN: &str = "cli-token";
+
+struct Running {
+    admin: String,
+    _db: e2e::TestDb,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn replica() -> Running {
+    let db = e2e::TestDb::sqlite().await;
+    let args = ProxyArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some(TOKEN.to_owned()),
+        control_db: db.url.clone(),
+        ..ProxyArgs::defaults()
+    };
+    let text = r#"
+        [upstreams.monolith]
+        instances = ["http://127.0.0.1:1"]
+        [upstreams.catalog]
+        instances = ["http://127.0.0.1:2"]
+        [[carveouts]]
+        name = "catalog"
+        upstream = "catalog"
+        phase = "monolith"
+        routes = [{ methods = ["GET"], path = "/catalog/products/{id}" }]
+    "#;
+    let config = Config::from_toml(text, &args).unwrap();
+    let replica = Replica::build(&config).await.unwrap();
+    let admin = format!("http://{}", replica.admin_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(replica.run_until(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        admin,
+        _db: db,
+        stop: Some(stop),
+    }
+}
+
+/// Runs the CLI; returns (success, stdout, stderr).
+async fn cli(admin: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(BIN);
+    command
+        .args(["--admin-url", admin, "--admin-token", token])
+        .args(args)
+        .env_remove("STRANGLER_ADMIN_URL")
+        .env_remove("STRANGLER_ADMIN_TOKEN");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_inspect_and_flip_carveouts() {
+    let running = replica().await;
+    let admin = running.admin.as_str();
+
+    let (ok, out, err) = cli(admin, TOKEN, &["carveouts", "list"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("catalog  monolith  catalog"),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(
+        admin,
+        TOKEN,
+        &[
+            "phase", "set", "catalog", "shadow", "--reason", "compare", "--actor", "ana",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "catalog is now shadow\n");
+    let (ok, out, _) = cli(
+        admin,
+        TOKEN,
+        &[
+            "phase",
+            "set",
+            "catalog",
+            "canary",
+            "--percent",
+            "12.5",
+            "--reason",
+            "ramp",
+        ],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(out, "catalog is now canary 12.5%\n");
+
+    // A skip is refused with the reason, and the exit code says so.
+    let (ok, out, err) = cli(
+        admin,
+        TOKEN,
+        &["phase", "set", "catalog", "retired", "--reason", "skip"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(out.is_empty());
+    assert!(
+        err.starts_with("error: catalog cannot go from canary 12.50% to retired in one step"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        admin,
+        TOKEN,
+        &[
+            "phase", "set", "catalog", "retired", "--reason", "skip", "--force", "--actor", "bo",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+
+    let (ok, out, _) = cli(admin, TOKEN, &["--json", "carveouts", "show", "catalog"]).await;
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (shown["phase"].as_str(), shown["updated_by"].as_str()),
+        (Some("retired"), Some("bo"))
+    );
+    let (ok, out, _) = cli(admin, TOKEN, &["carveouts", "show", "catalog"]).await;
+    assert!(ok);
+    assert!(
+        out.contains("routes:\n  GET /catalog/products/{id}"),
+        "{out}"
+    );
+
+    let (ok, out, _) = cli(admin, TOKEN, &["audit", "catalog"]).await;
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(
+        lines[1].contains("canary 12.50%  retired")
+            && lines[1].contains("bo")
+            && lines[1].contains("yes"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(admin, TOKEN, &["--json", "audit"]).await;
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let (ok, out, _) = cli(admin, TOKEN, &["mismatches", "catalog"]).await;
+    assert!(ok);
+    assert_eq!(out, "no shadow mismatches recorded for catalog\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_clear_line_and_a_failing_exit() {
+    let running = replica().await;
+    let (ok, _, err) = cli(&running.admin, "wrong", &["carveouts", "list"]).await;
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: the admin API refused the token"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&running.admin, TOKEN, &["carveouts", "show", "nope"]).await;
+    assert!(!ok);
+    assert!(err.contains("no carve-out named nope"), "{err}");
+    let (ok, _, err) = cli(
+        &running.admin,
+        TOKEN,
+        &[
+            "phase",
+            "set",
+            "catalog",
+            "canary",
+            "--reason",
+            "no percent",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("canary needs a percent"), "{err}");
+    let (ok, _, err) = cli("http://127.0.0.1:1", TOKEN, &["carveouts", "list"]).await;
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: cannot reach the admin API at http://127.0.0.1:1"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &running.admin,
+        TOKEN,
+        &["phase", "set", "catalog", "shadow"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("--reason"), "{err}");
+}

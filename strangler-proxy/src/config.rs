@@ -12,7 +12,10 @@
 //!
 //! [upstreams.catalog]
 //! instances = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
-//! request_timeout_ms = 5000
+//! request_timeout_ms = 5000       # connect_timeout_ms = 1000 by default
+//! retries = 1                     # bodiless idempotent requests; budget: 20 % of requests
+//! breaker_failures = 5            # consecutive failures that eject an instance ...
+//! breaker_open_ms = 5000          # ... for this long, then one probe
 //!
 //! [[carveouts]]
 //! name = "catalog"
@@ -131,6 +134,36 @@ struct UpstreamSection {
     connect_timeout_ms: u64,
     #[serde(default = "default_request_timeout")]
     request_timeout_ms: u64,
+    #[serde(default = "default_retries")]
+    retries: u32,
+    #[serde(default = "default_retry_budget")]
+    retry_budget_percent: u32,
+    #[serde(default = "default_retry_floor")]
+    retry_min_per_second: u32,
+    #[serde(default = "default_breaker_failures")]
+    breaker_failures: u32,
+    #[serde(default = "default_breaker_open")]
+    breaker_open_ms: u64,
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+fn default_retry_budget() -> u32 {
+    20
+}
+
+fn default_retry_floor() -> u32 {
+    10
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+
+fn default_breaker_open() -> u64 {
+    5_000
 }
 
 fn default_connect_timeout() -> u64 {
@@ -212,6 +245,10 @@ pub struct UpstreamSpec {
     pub connect_timeout: Duration,
     /// Time allowed from sending the request to receiving the response head.
     pub request_timeout: Duration,
+    /// Retry policy and budget.
+    pub retry: crate::resilience::RetrySettings,
+    /// Circuit breaker of each instance.
+    pub breaker: crate::resilience::BreakerSettings,
 }
 
 /// What to compare between the monolith's and the service's response to a shadowed read.
@@ -304,6 +341,11 @@ impl Config {
                     instances: vec![monolith.clone()],
                     connect_timeout_ms: default_connect_timeout(),
                     request_timeout_ms: default_request_timeout(),
+                    retries: default_retries(),
+                    retry_budget_percent: default_retry_budget(),
+                    retry_min_per_second: default_retry_floor(),
+                    breaker_failures: default_breaker_failures(),
+                    breaker_open_ms: default_breaker_open(),
                 },
             );
         }
@@ -455,11 +497,23 @@ fn upstream(name: &str, section: &UpstreamSection) -> anyhow::Result<UpstreamSpe
             Ok(uri)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if section.breaker_failures == 0 {
+        bail!("upstream {name}: breaker_failures must be at least 1");
+    }
     Ok(UpstreamSpec {
         name: name.to_owned(),
         instances,
         connect_timeout: Duration::from_millis(section.connect_timeout_ms),
         request_timeout: Duration::from_millis(section.request_timeout_ms),
+        retry: crate::resilience::RetrySettings {
+            attempts: section.retries,
+            percent: section.retry_budget_percent,
+            min_per_second: section.retry_min_per_second,
+        },
+        breaker: crate::resilience::BreakerSettings {
+            failures: section.breaker_failures,
+            open_for: Duration::from_millis(section.breaker_open_ms),
+        },
     })
 }
 

@@ -7,7 +7,8 @@
 //! - [`phase`]: phases, the per-request decision, and the sticky monotone canary buckets;
 //! - [`proxy`]: the request path (hygiene, target choice, fallback, shadow), over an immutable
 //!   routing snapshot that phase changes swap atomically;
-//! - [`upstream`], [`body`], [`hygiene`]: pooled clients, streamed bodies, header rules;
+//! - [`upstream`], [`resilience`]: pooled clients, breakers, retries within a budget;
+//! - [`body`], [`hygiene`]: streamed bodies, header rules;
 //! - [`shadow`] and [`compare`]: shadow reads and the response comparator;
 //! - [`server`]: the accept loop and graceful shutdown;
 //! - [`control`]: phases in a shared control database, the audit log, the admin API;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod phase;
 mod problem;
 pub mod proxy;
+pub mod resilience;
 pub mod routes;
 pub mod server;
 pub mod shadow;

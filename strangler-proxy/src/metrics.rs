@@ -40,6 +40,17 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    upstream: String,
+    instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamOnly {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     carveout: String,
     phase: String,
@@ -57,6 +68,8 @@ pub struct Metrics {
     shadow_mismatched: Family<CarveOutLabels, Counter>,
     shadow_dropped: Family<CarveOutLabels, Counter>,
     phase: Family<PhaseLabels, Gauge>,
+    breaker_open: Family<InstanceLabels, Gauge>,
+    retries: Family<UpstreamOnly, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,6 +101,8 @@ impl Metrics {
         let shadow_mismatched = Family::<CarveOutLabels, Counter>::default();
         let shadow_dropped = Family::<CarveOutLabels, Counter>::default();
         let phase = Family::<PhaseLabels, Gauge>::default();
+        let breaker_open = Family::<InstanceLabels, Gauge>::default();
+        let retries = Family::<UpstreamOnly, Counter>::default();
         registry.register(
             "requests",
             "Requests answered, by carve-out, target and status class",
@@ -128,6 +143,16 @@ impl Metrics {
             "1 for each carve-out's current phase",
             phase.clone(),
         );
+        registry.register(
+            "breaker_open",
+            "1 while an upstream instance's circuit breaker is open",
+            breaker_open.clone(),
+        );
+        registry.register(
+            "retries",
+            "Requests sent again after a failed attempt, by upstream",
+            retries.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             requests,
@@ -138,7 +163,28 @@ impl Metrics {
             shadow_mismatched,
             shadow_dropped,
             phase,
+            breaker_open,
+            retries,
         }
+    }
+
+    /// The breaker-state gauge of one upstream instance.
+    pub fn breaker_gauge(&self, upstream: &str, instance: &str) -> Gauge {
+        self.breaker_open
+            .get_or_create(&InstanceLabels {
+                upstream: upstream.to_owned(),
+                instance: instance.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The retry counter of one upstream.
+    pub fn retries(&self, upstream: &str) -> Counter {
+        self.retries
+            .get_or_create(&UpstreamOnly {
+                upstream: upstream.to_owned(),
+            })
+            .clone()
     }
 
     /// The registry in the Prometheus text format.

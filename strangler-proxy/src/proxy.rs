@@ -24,7 +24,7 @@ use crate::phase::{self, Decision, Phase, Target};
 use crate::problem::problem;
 use crate::routes::RouteTable;
 use crate::shadow::{pick_headers, MismatchStore, ShadowJob, Shadower};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Replay, Upstream, UpstreamError};
 
 static OVERRIDE_HEADER: HeaderName = HeaderName::from_static("x-strangler-target");
 
@@ -73,7 +73,7 @@ impl Routing {
                 .upstreams
                 .iter()
                 .cloned()
-                .map(|u| Arc::new(Upstream::new(u)))
+                .map(|u| Arc::new(Upstream::new(u, metrics)))
                 .collect(),
             unrouted: metrics.route("-"),
             override_header: config.override_header,
@@ -273,40 +273,38 @@ impl Proxy {
         } else {
             ProxyBody::Streamed(body)
         };
-        // A bodiless read can be sent again: keep what is needed to replay it (fallback) or
-        // copy it (shadow).
-        let replay = (decision.fallback || decision.shadow) && !has_body;
-        let copy = replay.then(|| {
-            (
-                parts.method.clone(),
-                parts.uri.clone(),
-                parts.headers.clone(),
-            )
-        });
-
         let service = carveout.map(|c| Arc::clone(&routing.upstreams[c.spec.upstream]));
         let monolith = &routing.upstreams[0];
         let upstream = match decision.target {
             Target::Service => service.as_ref().unwrap_or(monolith),
             Target::Monolith => monolith,
         };
+        // A bodiless request can be sent again: keep what a retry, a fallback or a shadow copy
+        // needs. A request with a body is streamed once and never replayed.
+        let replayable =
+            !has_body && (decision.fallback || decision.shadow || upstream.retries(&parts.method));
+        let replay = replayable.then(|| Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
+        let retry = replay.as_ref().filter(|r| upstream.retries(&r.method));
         let mut target = decision.target;
-        let mut result = upstream.send(Request::from_parts(parts, body)).await;
+        let mut result = upstream.send(Request::from_parts(parts, body), retry).await;
 
         if decision.fallback {
             let failed = match &result {
                 Ok(response) => response.status().is_server_error(),
                 Err(_) => true,
             };
-            if failed {
-                if let (Some((method, uri, headers)), Some(carveout)) = (&copy, carveout) {
-                    if let Err(err) = &result {
-                        self.metrics.upstream_error(upstream.name(), err.kind());
-                    }
-                    carveout.metrics.fallbacks.inc();
-                    target = Target::Monolith;
-                    result = monolith.send(rebuild(method, uri, headers)).await;
+            if let (true, Some(replay), Some(carveout)) = (failed, &replay, carveout) {
+                if let Err(err) = &result {
+                    self.metrics.upstream_error(upstream.name(), err.kind());
                 }
+                carveout.metrics.fallbacks.inc();
+                target = Target::Monolith;
+                let retry = Some(replay).filter(|r| monolith.retries(&r.method));
+                result = monolith.send(replay.request(), retry).await;
             }
         }
 
@@ -337,9 +335,7 @@ impl Proxy {
         );
 
         if decision.shadow && target == Target::Monolith {
-            if let (Some((method, uri, headers)), Some(carveout), Some(service)) =
-                (copy, carveout, service)
-            {
+            if let (Some(replay), Some(carveout), Some(service)) = (replay, carveout, service) {
                 if let Some(permit) = self.shadower.try_start(&carveout.metrics) {
                     let primary = Observed {
                         status: response.status().as_u16(),
@@ -351,9 +347,7 @@ impl Proxy {
                     self.shadower.spawn(
                         ShadowJob {
                             carveout: carveout.spec.name.clone(),
-                            method,
-                            uri,
-                            headers,
+                            request: replay,
                             primary,
                             primary_body,
                             service,
@@ -402,18 +396,11 @@ fn caller_bucket(carveout: &CarveOut, headers: &HeaderMap, client: SocketAddr) -
     }
 }
 
-fn rebuild(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Request<ProxyBody> {
-    let mut request = Request::new(ProxyBody::empty());
-    *request.method_mut() = method.clone();
-    *request.uri_mut() = uri.clone();
-    *request.headers_mut() = headers.clone();
-    request
-}
-
 fn upstream_problem(err: &UpstreamError) -> Response<ProxyBody> {
     let (status, slug) = match err {
         UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"),
         UpstreamError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+        UpstreamError::Open { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit-open"),
         UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
             (StatusCode::BAD_GATEWAY, "upstream-unavailable")
         }

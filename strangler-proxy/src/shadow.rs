@@ -12,15 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Uri};
+use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::body::ProxyBody;
 use crate::compare::{Comparator, Difference, Observed};
 use crate::metrics::RouteMetrics;
-use crate::upstream::Upstream;
+use crate::upstream::{Replay, Upstream};
 
 /// One recorded mismatch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,12 +73,8 @@ impl MismatchStore {
 pub struct ShadowJob {
     /// The carve-out's name.
     pub carveout: String,
-    /// The read's method.
-    pub method: Method,
-    /// The read's URI (path and query).
-    pub uri: Uri,
-    /// The headers sent upstream.
-    pub headers: HeaderMap,
+    /// The read, as sent to the monolith.
+    pub request: Replay,
     /// The monolith's status and compared headers.
     pub primary: Observed,
     /// The monolith's body, when it has been streamed to the client.
@@ -137,11 +132,8 @@ impl Shadower {
         let store = self.store.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut request = Request::new(ProxyBody::empty());
-            *request.method_mut() = job.method.clone();
-            *request.uri_mut() = job.uri.clone();
-            *request.headers_mut() = job.headers;
-            let actual = match job.service.send(request).await {
+            // No retries for a copy: it must not add load beyond one request.
+            let actual = match job.service.send(job.request.request(), None).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let headers = pick_headers(response.headers(), job.comparator.headers());
@@ -182,8 +174,8 @@ impl Shadower {
                     &job.carveout,
                     Mismatch {
                         at_ms,
-                        method: job.method.to_string(),
-                        path: job.uri.to_string(),
+                        method: job.request.method.to_string(),
+                        path: job.request.uri.to_string(),
                         differences,
                     },
                 );

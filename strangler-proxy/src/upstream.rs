@@ -1,18 +1,22 @@
-//! Upstreams: a pooled HTTP/1.1 keep-alive client per upstream, instances chosen round robin,
-//! and timeouts that turn into 502/504 instead of hangs.
+//! Upstreams: a pooled HTTP/1.1 keep-alive client per upstream, instances chosen round robin
+//! past open circuit breakers (outlier ejection), retries of replayable requests within the
+//! retry budget, and timeouts that turn into 502/504 instead of hangs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::body::{is_body_too_large, ProxyBody};
 use crate::config::UpstreamSpec;
+use crate::metrics::Metrics;
+use crate::resilience::{Admission, Breaker, RetryBudget};
 
 /// Why an upstream call failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,12 @@ pub enum UpstreamError {
     /// The request body passed the size limit while streaming.
     #[error("the request body is too large")]
     BodyTooLarge,
+    /// Every instance's circuit breaker is open.
+    #[error("every instance of {upstream} is failing (circuit open)")]
+    Open {
+        /// The upstream's name.
+        upstream: String,
+    },
     /// The exchange failed (connection reset, protocol error).
     #[error("{upstream} failed: {source}")]
     Protocol {
@@ -51,9 +61,37 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::BodyTooLarge => "body_too_large",
+            UpstreamError::Open { .. } => "circuit_open",
             UpstreamError::Protocol { .. } => "protocol",
         }
     }
+}
+
+/// What is needed to send a bodiless request again (retry, fallback, shadow).
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The method.
+    pub method: Method,
+    /// The URI (path and query).
+    pub uri: Uri,
+    /// The headers as sent upstream.
+    pub headers: HeaderMap,
+}
+
+impl Replay {
+    /// A fresh request with an empty body.
+    pub fn request(&self) -> Request<ProxyBody> {
+        let mut request = Request::new(ProxyBody::empty());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+struct Instance {
+    uri: Uri,
+    breaker: Breaker,
 }
 
 /// One upstream with its connection pool.
@@ -61,6 +99,9 @@ pub struct Upstream {
     spec: UpstreamSpec,
     client: Client<HttpConnector, ProxyBody>,
     next: AtomicUsize,
+    instances: Vec<Instance>,
+    budget: RetryBudget,
+    retries: Counter,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -72,8 +113,8 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// A pool for `spec`.
-    pub fn new(spec: UpstreamSpec) -> Self {
+    /// A pool for `spec`, reporting to `metrics`.
+    pub fn new(spec: UpstreamSpec, metrics: &Metrics) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(spec.connect_timeout));
@@ -81,11 +122,30 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(connector);
+        let instances = spec
+            .instances
+            .iter()
+            .map(|uri| Instance {
+                uri: uri.clone(),
+                breaker: Breaker::new(
+                    spec.breaker,
+                    metrics.breaker_gauge(&spec.name, &uri.to_string()),
+                ),
+            })
+            .collect();
         Upstream {
+            budget: RetryBudget::new(spec.retry),
+            retries: metrics.retries(&spec.name),
             spec,
             client,
             next: AtomicUsize::new(0),
+            instances,
         }
+    }
+
+    /// Whether a bodiless request with this method may be retried here.
+    pub fn retries(&self, method: &Method) -> bool {
+        self.budget.attempts() > 0 && is_idempotent(method)
     }
 
     /// Its name.
@@ -93,22 +153,70 @@ impl Upstream {
         &self.spec.name
     }
 
-    fn pick(&self) -> &Uri {
-        let n = self.spec.instances.len();
-        let i = if n == 1 {
+    /// The next instance in round-robin order whose breaker admits a call.
+    fn pick(&self) -> Option<(&Instance, Admission)> {
+        let n = self.instances.len();
+        let start = if n == 1 {
             0
         } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % n
+            self.next.fetch_add(1, Ordering::Relaxed)
         };
-        &self.spec.instances[i]
+        (0..n).find_map(|k| {
+            let instance = &self.instances[(start + k) % n];
+            instance
+                .breaker
+                .admit()
+                .map(|admission| (instance, admission))
+        })
     }
 
-    /// Sends `request` (whose URI carries the path and query) to an instance.
+    /// Sends `request` (whose URI carries the path and query). When `replay` is given (a bodiless
+    /// idempotent request), a failed attempt is retried on the next instance within the budget.
     pub async fn send(
         &self,
+        request: Request<ProxyBody>,
+        replay: Option<&Replay>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.budget.deposit();
+        let mut request = Some(request);
+        let mut attempt = 0;
+        loop {
+            let open = || UpstreamError::Open {
+                upstream: self.spec.name.clone(),
+            };
+            let (instance, admission) = self.pick().ok_or_else(open)?;
+            let next = request
+                .take()
+                .or_else(|| replay.map(Replay::request))
+                .ok_or_else(open)?;
+            let result = self.attempt(&instance.uri, next).await;
+            let failed = match &result {
+                Ok(response) => response.status().is_server_error(),
+                Err(UpstreamError::BodyTooLarge) => false,
+                Err(_) => true,
+            };
+            if failed {
+                instance.breaker.failure(admission);
+            } else {
+                instance.breaker.success(admission);
+            }
+            let retry = replay.is_some()
+                && attempt < self.budget.attempts()
+                && retryable(&result)
+                && self.budget.withdraw();
+            if !retry {
+                return result;
+            }
+            attempt += 1;
+            self.retries.inc();
+        }
+    }
+
+    async fn attempt(
+        &self,
+        instance: &Uri,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let instance = self.pick();
         let path_and_query = request
             .uri()
             .path_and_query()
@@ -139,5 +247,25 @@ impl Upstream {
                 timeout,
             }),
         }
+    }
+}
+
+/// Methods a retry cannot turn into a second, different effect (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+fn retryable(result: &Result<Response<Incoming>, UpstreamError>) -> bool {
+    match result {
+        Ok(response) => matches!(response.status().as_u16(), 502..=504),
+        Err(
+            UpstreamError::Connect { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Protocol { .. },
+        ) => true,
+        Err(UpstreamError::BodyTooLarge | UpstreamError::Open { .. }) => false,
     }
 }

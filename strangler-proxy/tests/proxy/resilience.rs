@@ -29,10 +29,21 @@ async fn a_failing_service_in_canary_falls_back_for_reads() {
             (200, Some("monolith"))
         );
     }
-    // Recovered: the service answers again.
+    // Five failures opened the breaker: the service is not even tried for 200 ms.
+    let metrics = proxy.proxy.metrics().render();
+    let open = format!(
+        r#"strangler_breaker_open{{upstream="catalog",instance="{}/"}} 1"#,
+        service.url()
+    );
+    assert!(metrics.contains(&open), "{metrics}");
+    // Recovered: once the open period is over, a probe succeeds and the service answers again.
     service.set_mode(Mode::Ok);
-    let (_, body) = proxy.get("/catalog/products/1", &[]).await;
-    assert_eq!(body["served_by"], "service");
+    crate::support::eventually(
+        Duration::from_secs(5),
+        "the breaker to close again",
+        || async { proxy.get("/catalog/products/1", &[]).await.1["served_by"] == "service" },
+    )
+    .await;
     service.stop();
     for i in 0..10 {
         let (status, body) = proxy.get(&format!("/catalog/products/{i}"), &[]).await;
@@ -42,10 +53,13 @@ async fn a_failing_service_in_canary_falls_back_for_reads() {
         );
     }
     let metrics = proxy.proxy.metrics().render();
-    assert!(
-        metrics.contains(r#"strangler_fallbacks_total{carveout="catalog"} 20"#),
-        "{metrics}"
-    );
+    let fallbacks = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"strangler_fallbacks_total{carveout="catalog"} "#))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap();
+    // 20 failed reads, plus those served by the monolith while the breaker was open.
+    assert!(fallbacks >= 20, "every failed read fell back: {metrics}");
     // Writes go to the monolith in canary anyway; they never fall back from the service.
     let (status, body) = proxy.send("POST", "/catalog/products", &[]).await;
     assert_eq!(
@@ -128,4 +142,54 @@ async fn flipping_phases_under_load_fails_no_request() {
         start.elapsed()
     );
     assert!(service.hits() > 0 && monolith.hits() > 0);
+}
+
+#[tokio::test]
+async fn retries_move_to_a_healthy_instance_and_a_dead_one_is_ejected() {
+    let monolith = Stub::start("monolith").await;
+    let healthy = Stub::start("service").await;
+    let dead = Stub::start("service").await;
+    dead.stop();
+    crate::support::eventually(Duration::from_secs(5), "the dead port to close", || async {
+        tokio::net::TcpStream::connect(dead.addr).await.is_err()
+    })
+    .await;
+    let text = catalog_config("phase = \"extracted\"", "").replace(
+        "instances = [\"{service}\"]",
+        &format!(
+            "instances = [\"{}\", \"{}\"]\nbreaker_failures = 3\nbreaker_open_ms = 60000",
+            dead.url(),
+            healthy.url()
+        ),
+    );
+    let proxy = TestProxy::start(&text, &monolith, &healthy).await;
+    for i in 0..30 {
+        let (status, body) = proxy.get(&format!("/catalog/products/{i}"), &[]).await;
+        assert_eq!(
+            (status, body["served_by"].as_str()),
+            (200, Some("service")),
+            "request {i}"
+        );
+    }
+    let metrics = proxy.proxy.metrics().render();
+    // Round robin sent every other request to the dead instance until its breaker opened after
+    // 3 failures; each of those was retried on the healthy one, and none after.
+    assert!(
+        metrics.contains(r#"strangler_retries_total{upstream="catalog"} 3"#),
+        "{metrics}"
+    );
+    let ejected = format!(
+        r#"strangler_breaker_open{{upstream="catalog",instance="{}/"}} 1"#,
+        dead.url()
+    );
+    assert!(metrics.contains(&ejected), "{metrics}");
+    assert_eq!(healthy.hits(), 30);
+
+    // A request with a body is streamed once and never retried.
+    healthy.set_mode(Mode::Fail);
+    let before = healthy.hits();
+    let (status, _) = proxy.send("PUT", "/catalog/products/1", &[]).await;
+    assert_eq!(status, 500);
+    assert_eq!(healthy.hits(), before + 1);
+    proxy.shutdown().await;
 }

@@ -82,7 +82,8 @@ impl Stub {
 
     /// Stops accepting connections (the port is closed).
     pub fn stop(&self) {
-        self.stop.notify_waiters();
+        // notify_one keeps the signal if the server task is not waiting yet.
+        self.stop.notify_one();
     }
 }
 

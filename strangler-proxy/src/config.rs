@@ -572,6 +572,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let example = ProxyArgs {
+            config: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("strangler.example.toml")),
+            ..args()
+        };
+        let config = Config::load(&example).unwrap();
+        assert_eq!(config.carveouts[0].name, "catalog");
+        assert_eq!(config.routes.routes().len(), 2);
+    }
+
+    #[test]
     fn quick_start_needs_only_the_monolith() {
         let quick =
             ProxyArgs::parse_from(["strangler-proxy", "--monolith", "http://127.0.0.1:8080"]);

@@ -128,22 +128,38 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr) {
     if let Ok(value) = HeaderValue::from_str(&forwarded) {
         headers.insert(header::FORWARDED, value);
     }
-    let trace_id = headers
+    // 00-<trace id>-<this hop's span id>-01, written in place (this runs for every request).
+    let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    match headers
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(valid_trace_id)
-        .map_or_else(
-            || format!("{:032x}", rand::random::<u128>() | 1),
-            str::to_owned,
-        );
-    let span_id = rand::random::<u64>() | 1;
-    if let Ok(value) = HeaderValue::from_str(&format!("00-{trace_id}-{span_id:016x}-01")) {
+    {
+        Some(trace_id) => traceparent[3..35].copy_from_slice(trace_id.as_bytes()),
+        None => hex(rand::random::<u128>() | 1, &mut traceparent[3..35]),
+    }
+    hex(
+        u128::from(rand::random::<u64>() | 1),
+        &mut traceparent[36..52],
+    );
+    if let Ok(value) = HeaderValue::from_bytes(&traceparent) {
         headers.insert(TRACEPARENT.clone(), value);
     }
     if !headers.contains_key(&X_REQUEST_ID) {
-        if let Ok(value) = HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>())) {
+        let mut id = [0_u8; 32];
+        hex(rand::random::<u128>(), &mut id);
+        if let Ok(value) = HeaderValue::from_bytes(&id) {
             headers.insert(X_REQUEST_ID.clone(), value);
         }
+    }
+}
+
+/// Writes the low `out.len()` hex digits of `value` into `out`.
+fn hex(mut value: u128, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 

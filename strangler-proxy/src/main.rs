@@ -6,6 +6,11 @@ use strangler_proxy::config::{Config, ProxyArgs};
 use strangler_proxy::control::ControlPlane;
 use tracing_subscriber::EnvFilter;
 
+// Many small, short-lived allocations per request (headers, futures): mimalloc serves them
+// faster than the system allocator (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

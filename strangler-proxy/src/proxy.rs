@@ -260,6 +260,10 @@ impl Proxy {
             }
         };
         let metrics = carveout.map_or(&routing.unrouted, |c| &c.metrics);
+        let span = tracing::Span::current();
+        if let Some(carveout) = carveout {
+            span.record("carveout", carveout.spec.name.as_str());
+        }
 
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -328,6 +332,8 @@ impl Proxy {
             }
         };
         strip_hop_by_hop(response.headers_mut());
+        span.record("target", target.as_str());
+        span.record("status", response.status().as_u16());
         metrics.record(
             target,
             response.status().as_u16(),
@@ -390,9 +396,10 @@ fn caller_bucket(carveout: &CarveOut, headers: &HeaderMap, client: SocketAddr) -
             }),
         Sticky::ClientIp => None,
     };
-    match key {
-        Some(key) => phase::bucket(name, key),
-        None => phase::bucket(name, client.ip().to_string().as_bytes()),
+    match (key, client.ip()) {
+        (Some(key), _) => phase::bucket(name, key),
+        (None, std::net::IpAddr::V4(ip)) => phase::bucket(name, &ip.octets()),
+        (None, std::net::IpAddr::V6(ip)) => phase::bucket(name, &ip.octets()),
     }
 }
 

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::proxy::Proxy;
@@ -74,9 +75,20 @@ impl Server {
                     };
                     let _ = stream.set_nodelay(true);
                     let proxy = Arc::clone(&self.proxy);
-                    let service = hyper::service::service_fn(move |request| {
+                    let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
                         let proxy = Arc::clone(&proxy);
-                        async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+                        // A span per request; debug level, so it costs nothing unless enabled
+                        // (RUST_LOG=strangler_proxy=debug).
+                        let span = tracing::debug_span!(
+                            "request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                            client = %peer,
+                            carveout = tracing::field::Empty,
+                            target = tracing::field::Empty,
+                            status = tracing::field::Empty,
+                        );
+                        async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }.instrument(span)
                     });
                     let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let connection = graceful.watch(connection);

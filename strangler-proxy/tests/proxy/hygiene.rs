@@ -219,3 +219,29 @@ async fn upstream_failures_are_problems_not_hangs() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let monolith = Stub::start("monolith").await;
+    let service = Stub::start("service").await;
+    let proxy = TestProxy::start(
+        &catalog_config("phase = \"extracted\"", ""),
+        &monolith,
+        &service,
+    )
+    .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (path, expected) in [
+        ("/catalog/products/1", "service"),
+        ("/orders/1", "monolith"),
+    ] {
+        let response = h2.get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["served_by"], expected);
+    }
+    proxy.shutdown().await;
+}

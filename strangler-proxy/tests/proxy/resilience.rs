@@ -193,3 +193,36 @@ async fn retries_move_to_a_healthy_instance_and_a_dead_one_is_ejected() {
     assert_eq!(healthy.hits(), before + 1);
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let monolith = Stub::start("monolith").await;
+    let service = Stub::start("service").await;
+    monolith.set_mode(Mode::Slow);
+    let proxy = TestProxy::start(
+        &catalog_config("phase = \"monolith\"", ""),
+        &monolith,
+        &service,
+    )
+    .await;
+    let url = proxy.url("/orders/1");
+    let http = proxy.http.clone();
+    let in_flight = tokio::spawn(async move { http.get(url).send().await });
+    crate::support::eventually(
+        Duration::from_secs(5),
+        "the request to reach the monolith",
+        || async { monolith.hits() == 1 },
+    )
+    .await;
+    let addr = proxy.addr;
+    proxy.shutdown_and_wait().await.unwrap();
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request was answered");
+    assert_eq!(response.status(), 200);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}

@@ -25,6 +25,8 @@ pub enum Mode {
     Fail = 1,
     /// Never answers.
     Hang = 2,
+    /// Answers like `Ok` after 500 ms.
+    Slow = 3,
 }
 
 /// A stub upstream on port 0.
@@ -92,6 +94,7 @@ async fn answer(State(stub): State<Stub>, request: Request) -> Response {
     match stub.mode.load(Ordering::SeqCst) {
         1 => return (StatusCode::INTERNAL_SERVER_ERROR, "stub failure").into_response(),
         2 => std::future::pending::<()>().await,
+        3 => tokio::time::sleep(Duration::from_millis(500)).await,
         _ => {}
     }
     let (parts, body) = request.into_parts();
@@ -193,6 +196,17 @@ impl TestProxy {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Starts the graceful shutdown and returns the server task's result.
+    pub async fn shutdown_and_wait(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap(),
+            None => Ok(()),
+        }
     }
 
     pub async fn shutdown(mut self) {

@@ -1,9 +1,10 @@
 //! Inventory: stock per product, and the reservations that orders hold while they are placed.
 //!
-//! Owns the `inventory_*` tables. `quantity` is the stock that can still be sold: a reservation
-//! takes units out of it in the same transaction that records the reservation, so two orders can
-//! never both take the last unit (the `quantity >= n` guard of one `UPDATE` decides). Committing a
-//! reservation keeps the units out; releasing it puts them back. Both are idempotent.
+//! Owns the `inventory_*` tables. `quantity` is the stock that can still be sold. The tables form
+//! a stock ledger (triggers in `migrations/monolith/*/..._stock_ledger_*.sql`): inserting a
+//! reservation row takes its units out of stock in the same statement, and the stock's
+//! `CHECK (quantity >= 0)` refuses an oversell, so two orders can never both take the last unit.
+//! Committing a reservation keeps the units out; releasing it puts them back. Both are idempotent.
 
 mod http;
 mod store;

@@ -51,35 +51,11 @@ pub(super) async fn set(db: &Db, product_id: i64, quantity: i64) -> Result<Stock
     })
 }
 
-/// Takes every line out of stock and records the reservation, in one transaction. `lines` are
-/// sorted by product id and distinct.
+/// Records the reservation of every line; the stock-ledger trigger takes the units out of stock
+/// as each row goes in, and the stock's `CHECK (quantity >= 0)` refuses an oversell. One
+/// statement, so all lines or none. `lines` are sorted by product id (a fixed lock order).
 pub(super) async fn reserve(db: &Db, order_id: i64, lines: &[StockLine]) -> Result<Reservation> {
     let now = db::now();
-    let mut tx = db.pool().begin().await?;
-    for line in lines {
-        let taken = sqlx::query(
-            "UPDATE inventory_stock SET quantity = quantity - $1, updated_at = $2 \
-             WHERE product_id = $3 AND quantity >= $1",
-        )
-        .bind(line.quantity)
-        .bind(&now)
-        .bind(line.product_id)
-        .execute(&mut *tx)
-        .await?;
-        if taken.rows_affected() == 0 {
-            let available: Option<i64> =
-                sqlx::query_scalar("SELECT quantity FROM inventory_stock WHERE product_id = $1")
-                    .bind(line.product_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            tx.rollback().await?;
-            return Ok(Reservation::Insufficient {
-                product_id: line.product_id,
-                requested: line.quantity,
-                available: available.unwrap_or(0),
-            });
-        }
-    }
     let mut insert = db.statement(
         "INSERT INTO inventory_reservations (order_id, product_id, quantity, status, created_at)",
     );
@@ -90,9 +66,50 @@ pub(super) async fn reserve(db: &Db, order_id: i64, lines: &[StockLine]) -> Resu
             .bind("held")
             .bind(now.clone());
     });
-    insert.query()?.execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(Reservation::Reserved)
+    match insert.query()?.execute(db.pool()).await {
+        Ok(_) => Ok(Reservation::Reserved),
+        Err(err) if is_shortage(&err) => shortage(db, lines).await,
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Whether the ledger refused a reservation: not enough stock, or no stock row at all.
+fn is_shortage(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(e) => {
+            e.kind() == sqlx::error::ErrorKind::CheckViolation
+                || e.message().contains("inventory: no stock row")
+        }
+        _ => false,
+    }
+}
+
+/// Names the first line the stock cannot meet (read after the refusal, for the message).
+async fn shortage(db: &Db, lines: &[StockLine]) -> Result<Reservation> {
+    let mut first = None;
+    for line in lines {
+        let available: i64 =
+            sqlx::query_scalar("SELECT quantity FROM inventory_stock WHERE product_id = $1")
+                .bind(line.product_id)
+                .fetch_optional(db.pool())
+                .await?
+                .unwrap_or(0);
+        let short = Reservation::Insufficient {
+            product_id: line.product_id,
+            requested: line.quantity,
+            available,
+        };
+        if available < line.quantity {
+            return Ok(short);
+        }
+        first.get_or_insert(short);
+    }
+    // Stock came back meanwhile: report the first line as it is now.
+    Ok(first.unwrap_or(Reservation::Insufficient {
+        product_id: 0,
+        requested: 0,
+        available: 0,
+    }))
 }
 
 pub(super) async fn commit(db: &Db, order_id: i64) -> Result<()> {
@@ -106,39 +123,15 @@ pub(super) async fn commit(db: &Db, order_id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Marks the held lines released and returns their units to stock, in one transaction; lines
+/// Marks the held lines released; the stock-ledger trigger returns their units to stock. Lines
 /// already released or committed are left alone, so a repeated release changes nothing.
 pub(super) async fn release(db: &Db, order_id: i64) -> Result<()> {
-    let now = db::now();
-    let mut tx = db.pool().begin().await?;
-    let rows = sqlx::query(
-        "UPDATE inventory_reservations SET status = 'released' \
-         WHERE order_id = $1 AND status = 'held' RETURNING product_id, quantity",
+    sqlx::query(
+        "UPDATE inventory_reservations SET status = 'released' WHERE order_id = $1 AND status = 'held'",
     )
     .bind(order_id)
-    .fetch_all(&mut *tx)
+    .execute(db.pool())
     .await?;
-    let mut lines = rows
-        .iter()
-        .map(|row| {
-            Ok(StockLine {
-                product_id: row.try_get("product_id")?,
-                quantity: row.try_get("quantity")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    lines.sort_by_key(|l| l.product_id);
-    for line in lines {
-        sqlx::query(
-            "UPDATE inventory_stock SET quantity = quantity + $1, updated_at = $2 WHERE product_id = $3",
-        )
-        .bind(line.quantity)
-        .bind(&now)
-        .bind(line.product_id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! [`AccountsApi`] (does the customer exist), [`CatalogApi`] (prices), [`InventoryApi`]
 //! (reserve / commit / release stock) and [`PaymentsApi`] (charge). Placing an order:
 //!
-//! 1. record the order as `pending` with its priced items (one transaction);
+//! 1. record the order as `pending` with its priced lines (one statement);
 //! 2. reserve the stock, all or nothing (short of stock: `rejected`, 409);
 //! 3. charge the card;
 //! 4. approved: commit the reservation, `confirmed` (201); declined or timed out: release the

@@ -165,11 +165,7 @@ async fn settle(
     reason: Option<&str>,
 ) -> Result<Order> {
     if let Some(settled) = store::finish(&orders.db, order.id, status, reason).await? {
-        // The items never change once written: no need to read them back.
-        return Ok(Order {
-            items: order.items,
-            ..settled
-        });
+        return Ok(settled);
     }
     let id = order.id;
     store::find(&orders.db, id)

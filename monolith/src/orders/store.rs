@@ -1,7 +1,6 @@
-//! Storage of orders (`orders_orders`, `orders_items`) and idempotency keys
-//! (`orders_idempotency`).
+//! Storage of orders (`orders_orders`, with their lines inline as a JSON snapshot) and
+//! idempotency keys (`orders_idempotency`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::any::AnyRow;
@@ -12,7 +11,7 @@ use crate::db::{self, Db};
 use crate::error::Result;
 
 const ORDER_COLUMNS: &str =
-    "id, customer_id, status, total_cents, currency, failure_reason, created_at, updated_at";
+    "id, customer_id, status, total_cents, currency, failure_reason, items, created_at, updated_at";
 
 fn order(row: &AnyRow) -> Result<Order, sqlx::Error> {
     Ok(Order {
@@ -22,13 +21,14 @@ fn order(row: &AnyRow) -> Result<Order, sqlx::Error> {
         total_cents: row.try_get("total_cents")?,
         currency: row.try_get("currency")?,
         failure_reason: row.try_get("failure_reason")?,
-        items: Vec::new(),
+        items: serde_json::from_str(&row.try_get::<String, _>("items")?)
+            .map_err(|e| sqlx::Error::Decode(e.into()))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
 }
 
-/// Records a pending order and its items in one transaction.
+/// Records a pending order with its lines (one statement).
 pub(super) async fn insert_pending(
     db: &Db,
     customer_id: i64,
@@ -36,36 +36,24 @@ pub(super) async fn insert_pending(
     total_cents: i64,
     items: &[OrderItem],
 ) -> Result<Order> {
-    let now = db::now();
-    let mut tx = db.pool().begin().await?;
+    let items = serde_json::to_string(items).map_err(anyhow::Error::from)?;
     let sql = format!(
-        "INSERT INTO orders_orders (customer_id, status, total_cents, currency, created_at, updated_at) \
-         VALUES ($1, 'pending', $2, $3, $4, $4) RETURNING {ORDER_COLUMNS}"
+        "INSERT INTO orders_orders (customer_id, status, total_cents, currency, items, created_at, updated_at) \
+         VALUES ($1, 'pending', $2, $3, $4, $5, $5) RETURNING {ORDER_COLUMNS}"
     );
     let row = sqlx::query(&sql)
         .bind(customer_id)
         .bind(total_cents)
         .bind(currency)
-        .bind(&now)
-        .fetch_one(&mut *tx)
+        .bind(items)
+        .bind(db::now())
+        .fetch_one(db.pool())
         .await?;
-    let mut created = order(&row)?;
-    let mut insert =
-        db.statement("INSERT INTO orders_items (order_id, product_id, quantity, unit_price_cents)");
-    insert.values(items, |row, item| {
-        row.bind(created.id)
-            .bind(item.product_id)
-            .bind(item.quantity)
-            .bind(item.unit_price_cents);
-    });
-    insert.query()?.execute(&mut *tx).await?;
-    tx.commit().await?;
-    created.items = items.to_vec();
-    Ok(created)
+    Ok(order(&row)?)
 }
 
-/// Moves a `pending` order to a final status and returns it without its items; `None` when the
-/// order was not pending (settled already, or unknown), which leaves it alone.
+/// Moves a `pending` order to a final status and returns it; `None` when the order was not
+/// pending (settled already, or unknown), which leaves it alone.
 pub(super) async fn finish(
     db: &Db,
     id: i64,
@@ -86,39 +74,10 @@ pub(super) async fn finish(
     Ok(row.as_ref().map(order).transpose()?)
 }
 
-async fn with_items(db: &Db, mut orders: Vec<Order>) -> Result<Vec<Order>> {
-    if orders.is_empty() {
-        return Ok(orders);
-    }
-    let mut select = db.statement(
-        "SELECT order_id, product_id, quantity, unit_price_cents FROM orders_items WHERE order_id IN (",
-    );
-    select
-        .bind_list(orders.iter().map(|o| o.id).collect::<Vec<_>>())
-        .push(") ORDER BY order_id, product_id");
-    let mut items: HashMap<i64, Vec<OrderItem>> = HashMap::new();
-    for row in select.query()?.fetch_all(db.pool()).await? {
-        items
-            .entry(row.try_get("order_id")?)
-            .or_default()
-            .push(OrderItem {
-                product_id: row.try_get("product_id")?,
-                quantity: row.try_get("quantity")?,
-                unit_price_cents: row.try_get("unit_price_cents")?,
-            });
-    }
-    for o in &mut orders {
-        o.items = items.remove(&o.id).unwrap_or_default();
-    }
-    Ok(orders)
-}
-
 pub(super) async fn find(db: &Db, id: i64) -> Result<Option<Order>> {
     let sql = format!("SELECT {ORDER_COLUMNS} FROM orders_orders WHERE id = $1");
-    let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(db.pool()).await? else {
-        return Ok(None);
-    };
-    Ok(with_items(db, vec![order(&row)?]).await?.pop())
+    let row = sqlx::query(&sql).bind(id).fetch_optional(db.pool()).await?;
+    Ok(row.as_ref().map(order).transpose()?)
 }
 
 pub(super) async fn for_customer(db: &Db, customer_id: i64) -> Result<Vec<Order>> {
@@ -129,8 +88,7 @@ pub(super) async fn for_customer(db: &Db, customer_id: i64) -> Result<Vec<Order>
         .bind(customer_id)
         .fetch_all(db.pool())
         .await?;
-    let orders = rows.iter().map(order).collect::<Result<Vec<_>, _>>()?;
-    with_items(db, orders).await
+    Ok(rows.iter().map(order).collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Ids of orders still pending that were placed more than `older_than` ago.

@@ -139,6 +139,12 @@ async fn out_of_stock_rejects_without_touching_stock(db: TestDb) {
         .await;
     placed.assert_problem(StatusCode::CONFLICT, "out-of-stock");
     assert_eq!(placed.body["order_status"], "rejected");
+    let detail = placed.body["detail"].as_str().unwrap();
+    assert_eq!(
+        detail,
+        format!("out of stock: product {pot} has 1 units, 2 requested"),
+        "the short product is named"
+    );
     assert_eq!(app.stock(mug).await, (5, 0));
     assert_eq!(app.stock(pot).await, (1, 0));
     assert_eq!(

@@ -40,6 +40,7 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    relaxed: Option<AnyPool>,
     backend: Backend,
 }
 
@@ -72,29 +73,17 @@ impl Db {
         let (url, backend) = normalize_url(url)?;
         let connect_options = AnyConnectOptions::from_str(&url)
             .with_context(|| format!("invalid database URL {}", redact(&url)))?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            // No ping before each checkout: it doubles the round trips of every query. A
-            // connection that died is found on its next use, fails that one query, and is dropped.
-            .test_before_acquire(false)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the single writer; NORMAL sync is durable
-                        // across application crashes, which is what WAL mode documents for it.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(connect_options)
+        let pool = pool_options(options, backend, false)
+            .connect_with(connect_options.clone())
             .await
             .with_context(|| format!("cannot connect to {}", redact(&url)))?;
+        let relaxed = match backend {
+            Backend::Sqlite => None,
+            // Lazy: a database that never uses it opens no connection for it.
+            Backend::Postgres => {
+                Some(pool_options(options, backend, true).connect_lazy_with(connect_options))
+            }
+        };
         let migrator = match backend {
             Backend::Sqlite => migrations.sqlite,
             Backend::Postgres => migrations.postgres,
@@ -102,12 +91,27 @@ impl Db {
         migrator.run(&pool).await.with_context(|| {
             format!("cannot apply the {} database's migrations", migrations.name)
         })?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            relaxed,
+            backend,
+        })
     }
 
-    /// The pool, for running queries.
+    /// The pool, for running queries; every commit is durable before it returns.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A pool whose commits return before they are flushed to disk (PostgreSQL's
+    /// `synchronous_commit = off`; on SQLite the same pool as [`Db::pool`]). For intermediate
+    /// steps of a multi-step operation whose final step commits through [`Db::pool`]: the
+    /// write-ahead log is sequential, so that durable commit flushes every earlier relaxed one
+    /// too. A database crash can lose relaxed commits only when no durable commit followed
+    /// them yet, and never leaves a later change without the earlier ones; what a caller was
+    /// told about (after the durable step) is never lost.
+    pub fn relaxed_pool(&self) -> &AnyPool {
+        self.relaxed.as_ref().unwrap_or(&self.pool)
     }
 
     /// Which database this is.
@@ -135,10 +139,42 @@ impl Db {
         }
     }
 
-    /// Closes every connection of the pool.
+    /// Closes every connection of the pools.
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(relaxed) = &self.relaxed {
+            relaxed.close().await;
+        }
     }
+}
+
+fn pool_options(options: &DbOptions, backend: Backend, relaxed: bool) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        // No ping before each checkout: it doubles the round trips of every query. A connection
+        // that died is found on its next use, fails that one query, and is dropped.
+        .test_before_acquire(false)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                match backend {
+                    Backend::Sqlite => {
+                        // WAL lets readers run beside the single writer; NORMAL sync is durable
+                        // across application crashes, which is what WAL mode documents for it.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                    }
+                    Backend::Postgres if relaxed => {
+                        conn.execute("SET synchronous_commit = off").await?;
+                    }
+                    Backend::Postgres => {}
+                }
+                Ok(())
+            })
+        })
 }
 
 /// Turns a user-supplied URL into one sqlx accepts and names its backend. A bare path or

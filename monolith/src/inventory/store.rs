@@ -66,7 +66,8 @@ pub(super) async fn reserve(db: &Db, order_id: i64, lines: &[StockLine]) -> Resu
             .bind("held")
             .bind(now.clone());
     });
-    match insert.query()?.execute(db.pool()).await {
+    // Relaxed commit: the order's durable settlement follows and flushes it (see `Db::relaxed_pool`).
+    match insert.query()?.execute(db.relaxed_pool()).await {
         Ok(_) => Ok(Reservation::Reserved),
         Err(err) if is_shortage(&err) => shortage(db, lines).await,
         Err(err) => Err(err.into()),
@@ -118,7 +119,7 @@ pub(super) async fn commit(db: &Db, order_id: i64) -> Result<()> {
          WHERE order_id = $1 AND status = 'held'",
     )
     .bind(order_id)
-    .execute(db.pool())
+    .execute(db.relaxed_pool())
     .await?;
     Ok(())
 }
@@ -130,7 +131,7 @@ pub(super) async fn release(db: &Db, order_id: i64) -> Result<()> {
         "UPDATE inventory_reservations SET status = 'released' WHERE order_id = $1 AND status = 'held'",
     )
     .bind(order_id)
-    .execute(db.pool())
+    .execute(db.relaxed_pool())
     .await?;
     Ok(())
 }

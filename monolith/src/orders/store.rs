@@ -28,7 +28,8 @@ fn order(row: &AnyRow) -> Result<Order, sqlx::Error> {
     })
 }
 
-/// Records a pending order with its lines (one statement).
+/// Records a pending order with its lines (one statement). The commit is relaxed: the saga's
+/// last step (settling the order) commits durably, which flushes this one too.
 pub(super) async fn insert_pending(
     db: &Db,
     customer_id: i64,
@@ -47,7 +48,7 @@ pub(super) async fn insert_pending(
         .bind(currency)
         .bind(items)
         .bind(db::now())
-        .fetch_one(db.pool())
+        .fetch_one(db.relaxed_pool())
         .await?;
     Ok(order(&row)?)
 }

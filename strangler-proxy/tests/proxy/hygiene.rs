@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{catalog_config, Mode, Stub, TestProxy};
+use crate::support::{catalog_config, catalog_proxy, Mode, Stub, TestProxy};
 
 /// Sends raw bytes and returns everything the proxy answers until it closes the connection
 /// (or 2 s pass, for a connection kept alive).
@@ -25,14 +25,7 @@ async fn raw(proxy: &TestProxy, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn upstreams_get_forwarding_headers_and_no_hop_by_hop_ones() {
-    let monolith = Stub::start("monolith").await;
-    let service = Stub::start("service").await;
-    let proxy = TestProxy::start(
-        &catalog_config("phase = \"monolith\"", ""),
-        &monolith,
-        &service,
-    )
-    .await;
+    let (_monolith, _service, proxy) = catalog_proxy("phase = \"monolith\"").await;
     let (status, body) = proxy
         .get(
             "/orders/1?x=1",
@@ -178,14 +171,7 @@ async fn smuggling_and_oversized_requests_are_refused() {
 
 #[tokio::test]
 async fn upstream_failures_are_problems_not_hangs() {
-    let monolith = Stub::start("monolith").await;
-    let service = Stub::start("service").await;
-    let proxy = TestProxy::start(
-        &catalog_config("phase = \"extracted\"", ""),
-        &monolith,
-        &service,
-    )
-    .await;
+    let (_monolith, service, proxy) = catalog_proxy("phase = \"extracted\"").await;
 
     service.set_mode(Mode::Hang);
     let (status, body) = proxy.get("/catalog/products/1", &[]).await;
@@ -222,14 +208,7 @@ async fn upstream_failures_are_problems_not_hangs() {
 
 #[tokio::test]
 async fn http2_clients_are_served() {
-    let monolith = Stub::start("monolith").await;
-    let service = Stub::start("service").await;
-    let proxy = TestProxy::start(
-        &catalog_config("phase = \"extracted\"", ""),
-        &monolith,
-        &service,
-    )
-    .await;
+    let (_monolith, _service, proxy) = catalog_proxy("phase = \"extracted\"").await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()

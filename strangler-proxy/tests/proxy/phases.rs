@@ -2,7 +2,7 @@
 
 use strangler_proxy::phase::Phase;
 
-use crate::support::{catalog_config, Stub, TestProxy};
+use crate::support::{catalog_config, catalog_proxy, TestProxy};
 
 async fn served_by(
     proxy: &TestProxy,
@@ -21,14 +21,7 @@ async fn served_by(
 
 #[tokio::test]
 async fn each_phase_routes_reads_and_writes() {
-    let monolith = Stub::start("monolith").await;
-    let service = Stub::start("service").await;
-    let proxy = TestProxy::start(
-        &catalog_config("phase = \"monolith\"", ""),
-        &monolith,
-        &service,
-    )
-    .await;
+    let (_monolith, _service, proxy) = catalog_proxy("phase = \"monolith\"").await;
     let cases = [
         (Phase::Monolith, "monolith", "monolith"),
         (Phase::Shadow, "monolith", "monolith"),
@@ -77,14 +70,7 @@ async fn each_phase_routes_reads_and_writes() {
 
 #[tokio::test]
 async fn the_override_header_pins_reads_only() {
-    let monolith = Stub::start("monolith").await;
-    let service = Stub::start("service").await;
-    let proxy = TestProxy::start(
-        &catalog_config("phase = \"monolith\"", ""),
-        &monolith,
-        &service,
-    )
-    .await;
+    let (monolith, service, proxy) = catalog_proxy("phase = \"monolith\"").await;
     let to_service = [("X-Strangler-Target", "service")];
     assert_eq!(
         served_by(&proxy, "GET", "/catalog/products/1", &to_service).await,

@@ -12,12 +12,12 @@ use crate::support::{catalog_config, Mode, Stub, TestProxy};
 async fn a_failing_service_in_canary_falls_back_for_reads() {
     let monolith = Stub::start("monolith").await;
     let service = Stub::start("service").await;
-    let proxy = TestProxy::start(
-        &catalog_config("phase = \"canary\"\npercent = 100", ""),
-        &monolith,
-        &service,
-    )
-    .await;
+    // A short open period, so the test can watch the breaker close again.
+    let text = catalog_config("phase = \"canary\"\npercent = 100", "").replace(
+        "request_timeout_ms = 1000",
+        "request_timeout_ms = 1000\nbreaker_open_ms = 200",
+    );
+    let proxy = TestProxy::start(&text, &monolith, &service).await;
     let (_, body) = proxy.get("/catalog/products/1", &[]).await;
     assert_eq!(body["served_by"], "service");
 
@@ -29,7 +29,7 @@ async fn a_failing_service_in_canary_falls_back_for_reads() {
             (200, Some("monolith"))
         );
     }
-    // Five failures opened the breaker: the service is not even tried for 200 ms.
+    // Five failures opened the breaker: the service is not tried again for 200 ms.
     let metrics = proxy.proxy.metrics().render();
     let open = format!(
         r#"strangler_breaker_open{{upstream="catalog",instance="{}/"}} 1"#,

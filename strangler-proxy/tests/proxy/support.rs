@@ -241,4 +241,12 @@ pub fn catalog_config(phase: &str, extra: &str) -> String {
     )
 }
 
+/// A monolith stub, a service stub, and a proxy with the `catalog` carve-out in `phase`.
+pub async fn catalog_proxy(phase: &str) -> (Stub, Stub, TestProxy) {
+    let monolith = Stub::start("monolith").await;
+    let service = Stub::start("service").await;
+    let proxy = TestProxy::start(&catalog_config(phase, ""), &monolith, &service).await;
+    (monolith, service, proxy)
+}
+
 pub use e2e::eventually;

@@ -96,6 +96,42 @@ impl Routing {
         self.upstreams.get(index).map_or("", |u| u.name())
     }
 
+    /// Which carve-out owns a request (if any) and where its phase sends it.
+    fn decide(
+        &self,
+        request: &Request<Incoming>,
+        client: SocketAddr,
+    ) -> (Option<&CarveOut>, Decision) {
+        let Some(route) = self.routes.find(request.method(), request.uri().path()) else {
+            let to_monolith = Decision {
+                target: Target::Monolith,
+                shadow: false,
+                fallback: false,
+            };
+            return (None, to_monolith);
+        };
+        let carveout = &self.carveouts[route.carveout];
+        let read = matches!(*request.method(), Method::GET | Method::HEAD);
+        let pinned = if self.override_header {
+            request
+                .headers()
+                .get(&OVERRIDE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        } else {
+            None
+        };
+        // Hashing is only needed where the split is.
+        let bucket = match carveout.phase {
+            Phase::Canary { .. } => caller_bucket(carveout, request.headers(), client),
+            _ => 0,
+        };
+        let decision = carveout
+            .phase
+            .decide(read, bucket, pinned, carveout.spec.shadow.in_canary);
+        (Some(carveout), decision)
+    }
+
     /// A copy of this snapshot with one carve-out in another phase.
     pub fn with_phase(&self, carveout: &str, phase: Phase, metrics: &Metrics) -> Option<Routing> {
         let index = self
@@ -226,39 +262,7 @@ impl Proxy {
         }
         let has_body = declared.is_some_and(|l| l > 0)
             || request.headers().contains_key(header::TRANSFER_ENCODING);
-        let route = routing.routes.find(request.method(), request.uri().path());
-        let (carveout, decision) = match route {
-            None => (
-                None,
-                Decision {
-                    target: Target::Monolith,
-                    shadow: false,
-                    fallback: false,
-                },
-            ),
-            Some(route) => {
-                let carveout = &routing.carveouts[route.carveout];
-                let read = matches!(*request.method(), Method::GET | Method::HEAD);
-                let pinned = if routing.override_header {
-                    request
-                        .headers()
-                        .get(&OVERRIDE_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok())
-                } else {
-                    None
-                };
-                let bucket = match carveout.phase {
-                    Phase::Canary { .. } => caller_bucket(carveout, request.headers(), client),
-                    _ => 0,
-                };
-                let decision =
-                    carveout
-                        .phase
-                        .decide(read, bucket, pinned, carveout.spec.shadow.in_canary);
-                (Some(carveout), decision)
-            }
-        };
+        let (carveout, decision) = routing.decide(&request, client);
         let metrics = carveout.map_or(&routing.unrouted, |c| &c.metrics);
         let span = tracing::Span::current();
         if let Some(carveout) = carveout {

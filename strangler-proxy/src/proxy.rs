@@ -377,11 +377,27 @@ impl Proxy {
 /// Whether a path has a `.` or `..` segment (raw or percent-encoded), which upstreams might
 /// resolve to a route the proxy did not choose.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    }) || path.to_ascii_lowercase().contains("%2f")
+    // Runs on every request: compare in place, no lower-cased copies.
+    let is_dot = |s: &str| s == "." || s.eq_ignore_ascii_case("%2e");
+    let dot_segment = path.split('/').any(|segment| {
+        is_dot(segment)
+            || (segment.len() >= 2 && {
+                // ".." in any mix of raw and percent-encoded dots.
+                let (first, second) = match segment.as_bytes()[0] {
+                    b'.' => (&segment[..1], &segment[1..]),
+                    b'%' if segment.len() >= 3 && segment.is_char_boundary(3) => {
+                        (&segment[..3], &segment[3..])
+                    }
+                    _ => return false,
+                };
+                is_dot(first) && is_dot(second)
+            })
+    });
+    dot_segment
+        || path
+            .as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
 }
 
 /// The caller's canary bucket: its sticky key hashed with the carve-out's name.
@@ -417,4 +433,39 @@ fn upstream_problem(err: &UpstreamError) -> Response<ProxyBody> {
         }
     };
     problem(status, slug, &err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_are_found_raw_and_encoded() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/..",
+            "/a/%2e%2E/b",
+            "/a/.%2e/b",
+            "/a/%2E./b",
+            "/a/%2e",
+            "/a%2fb",
+            "/a%2Fb",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for good in [
+            "/",
+            "/a/b",
+            "/a/...",
+            "/a/.b",
+            "/a/b.",
+            "/a/%2e%2e%2e",
+            "/a/%20",
+            "/%",
+            "/a/%2",
+        ] {
+            assert!(!has_dot_segment(good), "{good}");
+        }
+    }
 }

@@ -10,3 +10,5 @@ pub mod compare;
 pub mod pact;
 pub mod rules;
 pub mod time;
+pub mod record;
+pub mod verify;

@@ -568,17 +568,17 @@ impl MatchingRules {
                     "header" | "query" => path.trim_start_matches("$.").to_owned(),
                     _ => path,
                 };
-                rules.insert_raw(category, &path, RuleList::from_json(entry)?)?;
+                rules.insert(category, &path, RuleList::from_json(entry)?)?;
                 continue;
             }
             let category = key.as_str();
             match (category, entry) {
                 ("path" | "status" | "method", _) if entry.get("matchers").is_some() => {
-                    rules.insert_raw(category, "$", RuleList::from_json(entry)?)?;
+                    rules.insert(category, "$", RuleList::from_json(entry)?)?;
                 }
                 (_, Value::Object(paths)) => {
                     for (path, list) in paths {
-                        rules.insert_raw(category, path, RuleList::from_json(list)?)?;
+                        rules.insert(category, path, RuleList::from_json(list)?)?;
                     }
                 }
                 _ => {
@@ -591,7 +591,9 @@ impl MatchingRules {
         Ok(rules)
     }
 
-    fn insert_raw(&mut self, category: &str, path: &str, list: RuleList) -> Result<(), RuleError> {
+    /// Adds (or replaces) a rule: `path` is a path expression (`$.items[0].id`) for bodies and
+    /// a name for headers and query parameters.
+    pub fn insert(&mut self, category: &str, path: &str, list: RuleList) -> Result<(), RuleError> {
         let category_rules = self.category_mut(category);
         match category {
             // Header and query rules are keyed by name; keep them as `$.name` internally so

@@ -481,14 +481,13 @@ impl Category {
             .map(|(_, _, rule, exact)| (rule, exact))
     }
 
-    /// Whether a rule is placed on the children of `location` (`$.items[*]`), which makes an
+    /// Whether a rule is placed on every child of `location` (`$.items[*]`), which makes an
     /// array compare against a template instead of element by element.
     pub fn has_child_rule(&self, location: &Location) -> bool {
-        self.rules.iter().any(|(_, tokens, rule)| {
+        self.rules.iter().any(|(_, tokens, _)| {
             tokens.len() == location.0.len() + 2
                 && matches!(tokens.last(), Some(Token::Star))
                 && weight(&tokens[..tokens.len() - 1], location) > 0
-                && rule.matchers.iter().any(Matcher::is_type_like)
         })
     }
 

@@ -1,0 +1,3 @@
+//! The contracts crate's integration tests.
+
+mod spec;

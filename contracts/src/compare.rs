@@ -75,7 +75,13 @@ impl fmt::Display for Difference {
     }
 }
 
-fn difference(path: String, expected: Value, actual: Value, rule: &str, message: String) -> Difference {
+fn difference(
+    path: String,
+    expected: Value,
+    actual: Value,
+    rule: &str,
+    message: String,
+) -> Difference {
     Difference {
         path,
         expected,
@@ -140,7 +146,11 @@ fn check(matcher: &Matcher, expected: &Value, actual: &Value) -> Result<(), Stri
         }
         Matcher::Type { min, max } => {
             if kind(expected) != kind(actual) {
-                return fail(format!("expected a {}, got a {}", kind(expected), kind(actual)));
+                return fail(format!(
+                    "expected a {}, got a {}",
+                    kind(expected),
+                    kind(actual)
+                ));
             }
             if let Value::Array(items) = actual {
                 if min.is_some_and(|m| items.len() < m) {
@@ -280,7 +290,8 @@ fn walk(policy: &dyn Policy, at: &mut Location, e: &Value, a: &Value, out: &mut 
     }
     match (e, a) {
         (Value::Object(eo), Value::Object(ao)) => {
-            let values = rule.is_some_and(|(r, _)| r.matchers.iter().any(|m| matches!(m, Matcher::Values)));
+            let values =
+                rule.is_some_and(|(r, _)| r.matchers.iter().any(|m| matches!(m, Matcher::Values)));
             if values {
                 // Keys are free; every actual value matches the first expected one.
                 if let Some(template) = eo.values().next() {
@@ -374,7 +385,13 @@ fn walk(policy: &dyn Policy, at: &mut Location, e: &Value, a: &Value, out: &mut 
             } else {
                 format!("expected a {}, got a {}", kind(e), kind(a))
             };
-            out.push(difference(at.pointer(), e.clone(), a.clone(), "equality", message));
+            out.push(difference(
+                at.pointer(),
+                e.clone(),
+                a.clone(),
+                "equality",
+                message,
+            ));
         }
     }
 }
@@ -542,7 +559,11 @@ pub fn match_response(expected: &HttpResponse, actual: &Observed) -> Vec<Differe
             continue;
         };
         if let Some(rule) = header_rules.and_then(|c| c.named(name)) {
-            if let Err(message) = judge(rule, &Value::from(values.join(", ")), &Value::from(got.clone())) {
+            if let Err(message) = judge(
+                rule,
+                &Value::from(values.join(", ")),
+                &Value::from(got.clone()),
+            ) {
                 out.push(difference(
                     path,
                     Value::from(values.join(", ")),
@@ -610,11 +631,9 @@ pub fn match_response(expected: &HttpResponse, actual: &Observed) -> Vec<Differe
                 .and_then(|c| c.best(&Location::default()));
             let actual_text = String::from_utf8_lossy(bytes).into_owned();
             let verdict = match rule {
-                Some((rule, _)) => judge(
-                    rule,
-                    &body_value(body),
-                    &Value::from(actual_text.clone()),
-                ),
+                Some((rule, _)) => {
+                    judge(rule, &body_value(body), &Value::from(actual_text.clone()))
+                }
                 None if expected_bytes == *bytes => Ok(()),
                 None => Err(String::new()),
             };
@@ -699,19 +718,31 @@ mod tests {
     fn equal_responses_have_no_differences() {
         let c = Comparator::new(&[], &["content-type".to_owned()]);
         let body = json!({"id": 1, "tags": ["a", "b"], "price": {"amount": 100}});
-        assert!(c.compare(&observed(200, &body), &observed(200, &body)).is_empty());
+        assert!(c
+            .compare(&observed(200, &body), &observed(200, &body))
+            .is_empty());
     }
 
     #[test]
     fn differences_name_their_path() {
         let c = Comparator::new(&[], &["content-type".to_owned()]);
         let e = observed(200, &json!({"id": 1, "name": "a", "tags": ["x"]}));
-        let mut a = observed(404, &json!({"id": 1, "name": "b", "tags": ["x", "y"], "extra": true}));
+        let mut a = observed(
+            404,
+            &json!({"id": 1, "name": "b", "tags": ["x", "y"], "extra": true}),
+        );
         a.headers[0].1 = "text/plain".to_owned();
         let paths: Vec<String> = c.compare(&e, &a).into_iter().map(|d| d.path).collect();
         assert_eq!(
             paths,
-            vec!["status", "header:content-type", "/name", "/tags", "/tags/1", "/extra"]
+            vec![
+                "status",
+                "header:content-type",
+                "/name",
+                "/tags",
+                "/tags/1",
+                "/extra"
+            ]
         );
     }
 
@@ -740,7 +771,11 @@ mod tests {
     fn response(body: Value, rules: Value) -> HttpResponse {
         HttpResponse {
             status: 200,
-            headers: [("Content-Type".to_owned(), vec!["application/json".to_owned()])].into(),
+            headers: [(
+                "Content-Type".to_owned(),
+                vec!["application/json".to_owned()],
+            )]
+            .into(),
             body: Some(Body::Json(body)),
             matching_rules: crate::rules::MatchingRules::from_json(&rules).unwrap(),
             generators: serde_json::Map::new(),

@@ -8,7 +8,7 @@
 
 pub mod compare;
 pub mod pact;
+pub mod record;
 pub mod rules;
 pub mod time;
-pub mod record;
 pub mod verify;

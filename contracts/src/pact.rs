@@ -283,10 +283,7 @@ impl Pact {
                     "interaction {i}: {kind} interactions are not supported (HTTP only)"
                 )));
             }
-            out.push(
-                read_interaction(raw, v4)
-                    .map_err(|e| bad(format!("interaction {i}: {e}")))?,
-            );
+            out.push(read_interaction(raw, v4).map_err(|e| bad(format!("interaction {i}: {e}")))?);
         }
         Ok(Pact {
             consumer: name("consumer")?,
@@ -312,7 +309,8 @@ impl Pact {
     /// Writes this pact as V4 JSON to `path`, through a temporary file so a reader never sees a
     /// half-written contract.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let text = serde_json::to_string_pretty(&self.to_v4_json()).map_err(std::io::Error::other)?;
+        let text =
+            serde_json::to_string_pretty(&self.to_v4_json()).map_err(std::io::Error::other)?;
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, text + "\n")?;
         std::fs::rename(&tmp, path)
@@ -568,7 +566,10 @@ fn write_interaction(interaction: &Interaction) -> Value {
         req.insert("matchingRules".into(), request.matching_rules.to_json());
     }
     if !request.generators.is_empty() {
-        req.insert("generators".into(), Value::Object(request.generators.clone()));
+        req.insert(
+            "generators".into(),
+            Value::Object(request.generators.clone()),
+        );
     }
     let mut res = Map::new();
     res.insert("status".into(), response.status.into());
@@ -582,7 +583,10 @@ fn write_interaction(interaction: &Interaction) -> Value {
         res.insert("matchingRules".into(), response.matching_rules.to_json());
     }
     if !response.generators.is_empty() {
-        res.insert("generators".into(), Value::Object(response.generators.clone()));
+        res.insert(
+            "generators".into(),
+            Value::Object(response.generators.clone()),
+        );
     }
     let mut out = Map::new();
     out.insert("type".into(), "Synchronous/HTTP".into());
@@ -607,7 +611,10 @@ fn write_interaction(interaction: &Interaction) -> Value {
     out.insert("response".into(), Value::Object(res));
     out.insert("pending".into(), interaction.pending.into());
     if !interaction.comments.is_empty() {
-        out.insert("comments".into(), Value::Object(interaction.comments.clone()));
+        out.insert(
+            "comments".into(),
+            Value::Object(interaction.comments.clone()),
+        );
     }
     Value::Object(out)
 }
@@ -637,12 +644,21 @@ mod tests {
         let i = &pact.interactions[0];
         assert_eq!(i.request.method, "GET");
         assert_eq!(i.request.path_and_query(), "/catalog/products/1?x=a%20b");
-        assert_eq!(i.response.body, Some(Body::Json(json!({"id": 1, "name": "Lamp"}))));
+        assert_eq!(
+            i.response.body,
+            Some(Body::Json(json!({"id": 1, "name": "Lamp"})))
+        );
         let v4 = pact.to_v4_json();
         assert_eq!(v4["metadata"]["pactSpecification"]["version"], "4.0");
         assert_eq!(v4["interactions"][0]["type"], "Synchronous/HTTP");
-        assert_eq!(v4["interactions"][0]["response"]["body"]["content"]["name"], "Lamp");
-        assert_eq!(v4["interactions"][0]["request"]["headers"]["Accept"], json!(["application/json"]));
+        assert_eq!(
+            v4["interactions"][0]["response"]["body"]["content"]["name"],
+            "Lamp"
+        );
+        assert_eq!(
+            v4["interactions"][0]["request"]["headers"]["Accept"],
+            json!(["application/json"])
+        );
         let again = Pact::from_json(&v4).unwrap();
         assert_eq!(again.interactions[0].response.body, i.response.body);
         assert!(again.interactions[0]
@@ -658,7 +674,10 @@ mod tests {
             read_query(Some(&json!("a=1&b=x%20y&a=2")))["a"],
             vec!["1".to_owned(), "2".to_owned()]
         );
-        assert_eq!(read_query(Some(&json!("b=x%20y+z")))["b"], vec!["x y z".to_owned()]);
+        assert_eq!(
+            read_query(Some(&json!("b=x%20y+z")))["b"],
+            vec!["x y z".to_owned()]
+        );
         let messages = json!({"consumer": {"name": "a"}, "provider": {"name": "b"},
             "interactions": [{"type": "Asynchronous/Messages", "description": "m"}],
             "metadata": {"pactSpecification": {"version": "4.0"}}});

@@ -79,8 +79,8 @@ impl Script {
     pub fn load(path: &Path) -> anyhow::Result<Script> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let script: Script =
-            toml::from_str(&text).with_context(|| format!("{} is not a valid script", path.display()))?;
+        let script: Script = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid script", path.display()))?;
         script.check()?;
         Ok(script)
     }
@@ -95,10 +95,15 @@ impl Script {
                 bail!("two interactions are described as {:?}", r.description);
             }
             if !r.path.starts_with('/') {
-                bail!("{:?}: the path {:?} must start with /", r.description, r.path);
+                bail!(
+                    "{:?}: the path {:?} must start with /",
+                    r.description,
+                    r.path
+                );
             }
-            reqwest::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes())
-                .map_err(|_| anyhow::anyhow!("{:?}: {:?} is not a method", r.description, r.method))?;
+            reqwest::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes()).map_err(
+                |_| anyhow::anyhow!("{:?}: {:?} is not a method", r.description, r.method),
+            )?;
         }
         Ok(())
     }
@@ -163,7 +168,10 @@ pub struct Noise {
 }
 
 /// Records the script against the provider and returns the contract with learned noise.
-pub async fn record(script: &Script, options: &RecordOptions) -> anyhow::Result<(Pact, Vec<Noise>)> {
+pub async fn record(
+    script: &Script,
+    options: &RecordOptions,
+) -> anyhow::Result<(Pact, Vec<Noise>)> {
     let requests = script.requests();
     let primary = VerifyOptions {
         provider: options.provider.clone(),
@@ -178,10 +186,13 @@ pub async fn record(script: &Script, options: &RecordOptions) -> anyhow::Result<
     passes.push(run_pass(&requests, &primary).await?);
     if let Some(second) = &options.second {
         let state_url = options.second_state_url.clone().or_else(|| {
-            options
-                .state_url
-                .as_ref()
-                .map(|u| u.replacen(options.provider.trim_end_matches('/'), second.trim_end_matches('/'), 1))
+            options.state_url.as_ref().map(|u| {
+                u.replacen(
+                    options.provider.trim_end_matches('/'),
+                    second.trim_end_matches('/'),
+                    1,
+                )
+            })
         });
         let secondary = VerifyOptions {
             provider: second.clone(),
@@ -198,8 +209,14 @@ pub async fn record(script: &Script, options: &RecordOptions) -> anyhow::Result<
     let mut all_noise = Vec::new();
     for (i, (scripted, request)) in requests.into_iter().enumerate() {
         let samples: Vec<&Observed> = passes.iter().map(|p| &p[i]).collect();
-        let (response, noise) = learn(&samples, &record_headers)
-            .with_context(|| format!("{:?} ({} {})", scripted.description, request.method, request.path_and_query()))?;
+        let (response, noise) = learn(&samples, &record_headers).with_context(|| {
+            format!(
+                "{:?} ({} {})",
+                scripted.description,
+                request.method,
+                request.path_and_query()
+            )
+        })?;
         let mut comments = Map::new();
         if !noise.is_empty() {
             comments.insert(
@@ -285,7 +302,10 @@ async fn run_pass(
 
 /// The expected response learned from replays of one request: the first sample, with a
 /// matching rule on every field the samples disagree on.
-pub fn learn(samples: &[&Observed], record_headers: &[String]) -> anyhow::Result<(HttpResponse, Vec<Noise>)> {
+pub fn learn(
+    samples: &[&Observed],
+    record_headers: &[String],
+) -> anyhow::Result<(HttpResponse, Vec<Noise>)> {
     let Some(first) = samples.first() else {
         bail!("nothing was recorded");
     };
@@ -363,7 +383,10 @@ pub fn learn(samples: &[&Observed], record_headers: &[String]) -> anyhow::Result
                 });
             }
             for (expression, lengths) in lists {
-                let rule = RuleList::single(Matcher::Type { min: None, max: None });
+                let rule = RuleList::single(Matcher::Type {
+                    min: None,
+                    max: None,
+                });
                 noise.push(Noise {
                     location: format!("body {expression}"),
                     rule: format!("{} (lengths differ)", rule.describe()),
@@ -553,12 +576,18 @@ pub fn infer(values: &[Value]) -> RuleList {
                 return RuleList::single(Matcher::Regex(pattern));
             }
         }
-        return RuleList::single(Matcher::Type { min: None, max: None });
+        return RuleList::single(Matcher::Type {
+            min: None,
+            max: None,
+        });
     }
     // Mixed kinds: one matcher per kind seen, any of them.
     let mut matchers = Vec::new();
     let mut push = |m: Matcher| {
-        if !matchers.iter().any(|x: &Matcher| x.to_string() == m.to_string()) {
+        if !matchers
+            .iter()
+            .any(|x: &Matcher| x.to_string() == m.to_string())
+        {
             matchers.push(m);
         }
     };
@@ -567,7 +596,10 @@ pub fn infer(values: &[Value]) -> RuleList {
             Value::Null => Matcher::Null,
             Value::Bool(_) => Matcher::Boolean,
             Value::Number(_) => Matcher::Number,
-            _ => Matcher::Type { min: None, max: None },
+            _ => Matcher::Type {
+                min: None,
+                max: None,
+            },
         });
     }
     RuleList {
@@ -624,13 +656,20 @@ mod tests {
                    "token": "00000000-4d5a-4b6c-8d7e-9f0a1b2c3d4e", "price": 100, "tags": ["x", "y"]}),
             "/catalog/products/2",
         );
-        let (response, noise) = learn(&[&a, &b], &["content-type".into(), "location".into()]).unwrap();
+        let (response, noise) =
+            learn(&[&a, &b], &["content-type".into(), "location".into()]).unwrap();
         let rules = response.matching_rules.to_json();
         assert_eq!(rules["body"]["$.id"]["matchers"][0]["match"], "integer");
-        assert_eq!(rules["body"]["$.created_at"]["matchers"][0]["match"], "timestamp");
+        assert_eq!(
+            rules["body"]["$.created_at"]["matchers"][0]["match"],
+            "timestamp"
+        );
         assert_eq!(rules["body"]["$.token"]["matchers"][0]["match"], "regex");
         assert_eq!(rules["body"]["$.tags"]["matchers"][0]["match"], "type");
-        assert!(rules["body"].get("$.sku").is_none(), "a stable field stays exact");
+        assert!(
+            rules["body"].get("$.sku").is_none(),
+            "a stable field stays exact"
+        );
         assert!(rules["body"].get("$.price").is_none());
         assert_eq!(
             rules["header"]["Location"]["matchers"][0]["regex"],
@@ -639,8 +678,14 @@ mod tests {
         let Some(Body::Json(body)) = &response.body else {
             panic!("a JSON body")
         };
-        assert!(body.get("gone").is_none(), "a key only some replays have is left out");
-        assert!(response.headers.get("Date").is_none(), "only chosen headers are recorded");
+        assert!(
+            body.get("gone").is_none(),
+            "a key only some replays have is left out"
+        );
+        assert!(
+            response.headers.get("Date").is_none(),
+            "only chosen headers are recorded"
+        );
         assert_eq!(noise.len(), 6, "{noise:#?}");
         // The learned contract accepts both samples and a third noisy one, and nothing else.
         for sample in [&a, &b] {
@@ -671,7 +716,10 @@ mod tests {
         assert_eq!(rule.combine, Combine::Or);
         assert_eq!(rule.describe(), "null OR type");
         assert_eq!(infer(&[json!(1.5), json!(2)]).describe(), "number");
-        assert_eq!(infer(&[json!("SKU-001"), json!("SKU-002")]).describe(), "regex SKU\\-\\d+");
+        assert_eq!(
+            infer(&[json!("SKU-001"), json!("SKU-002")]).describe(),
+            "regex SKU\\-\\d+"
+        );
         assert_eq!(infer(&[json!("red"), json!("blue")]).describe(), "type");
     }
 }

@@ -420,7 +420,9 @@ impl RuleList {
                     _ => Combine::And,
                 },
             }),
-            Some(other) => Err(RuleError(format!("\"matchers\" must be a list, not {other}"))),
+            Some(other) => Err(RuleError(format!(
+                "\"matchers\" must be a list, not {other}"
+            ))),
             // V2: the matcher itself.
             None => Ok(RuleList::single(Matcher::from_json(value)?)),
         }
@@ -670,7 +672,13 @@ mod tests {
     fn the_most_specific_rule_wins_and_rules_cascade() {
         let mut category = Category::default();
         category
-            .insert("$.items", RuleList::single(Matcher::Type { min: Some(1), max: None }))
+            .insert(
+                "$.items",
+                RuleList::single(Matcher::Type {
+                    min: Some(1),
+                    max: None,
+                }),
+            )
             .unwrap();
         category
             .insert("$.items[*].id", RuleList::single(Matcher::Integer))
@@ -707,7 +715,11 @@ mod tests {
             assert!(body.best(&location(&["id"])).is_some());
             assert!(rules.category("header").unwrap().named("date").is_some());
             let round = MatchingRules::from_json(&rules.to_json()).unwrap();
-            assert!(round.category("body").unwrap().best(&location(&["id"])).is_some());
+            assert!(round
+                .category("body")
+                .unwrap()
+                .best(&location(&["id"]))
+                .is_some());
         }
     }
 

@@ -87,7 +87,12 @@ fn push_literal(out: &mut String, c: char) {
 /// Whether `text` is a date/time written in the Java pattern `format`.
 pub fn matches(format: &str, text: &str) -> bool {
     let mut parsed = Parsed::new();
-    parse(&mut parsed, text, StrftimeItems::new(&chrono_format(format))).is_ok()
+    parse(
+        &mut parsed,
+        text,
+        StrftimeItems::new(&chrono_format(format)),
+    )
+    .is_ok()
 }
 
 #[cfg(test)]

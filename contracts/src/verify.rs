@@ -125,7 +125,10 @@ impl Report {
             self.failures()
         );
         if self.outcomes.is_empty() {
-            let _ = writeln!(out, "no interactions were verified: that is a failure, not a pass");
+            let _ = writeln!(
+                out,
+                "no interactions were verified: that is a failure, not a pass"
+            );
         }
         out
     }
@@ -255,12 +258,12 @@ pub(crate) async fn set_states(
     };
     for state in states {
         let body = json!({"state": state.name, "params": state.params, "action": action});
-        let response = client
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| format!("provider state {:?}: the hook {url} failed: {e}", state.name))?;
+        let response = client.post(url).json(&body).send().await.map_err(|e| {
+            format!(
+                "provider state {:?}: the hook {url} failed: {e}",
+                state.name
+            )
+        })?;
         if !response.status().is_success() {
             return Err(format!(
                 "provider state {:?}: the hook {url} answered {}",

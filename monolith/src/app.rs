@@ -24,7 +24,7 @@ use crate::accounts::{self, Accounts, AccountsApi};
 use crate::catalog::{self, Catalog, CatalogApi};
 use crate::config::ServeConfig;
 use crate::db::{Db, DbOptions};
-use crate::http::{metrics, ops};
+use crate::http::{metrics, ops, states};
 use crate::inventory::{self, Inventory, InventoryApi};
 use crate::orders::{self, Orders, OrdersApi};
 use crate::payments::{FakeProvider, PaymentProvider, Payments, PaymentsApi};
@@ -161,7 +161,14 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let router = router(&services, &db, metrics::Metrics::new(), config.body_limit);
+        let mut router = router(&services, &db, metrics::Metrics::new(), config.body_limit);
+        if config.provider_states {
+            tracing::warn!(
+                path = states::PATH,
+                "the provider-state hook is on: it rewrites data"
+            );
+            router = router.merge(states::router(services.catalog.clone()));
+        }
         Ok(Application {
             listener,
             router,

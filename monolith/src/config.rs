@@ -61,6 +61,10 @@ pub struct ServeConfig {
     /// Seed this many customers before serving, if there are none.
     #[arg(long, env = "SHOP_SEED_CUSTOMERS", default_value_t = 0)]
     pub seed_customers: u64,
+    /// Serve the provider-state hook for contract verification
+    /// (`POST /_contracts/provider-states`). It rewrites data: test environments only.
+    #[arg(long, env = "SHOP_PROVIDER_STATES", default_value_t = false)]
+    pub provider_states: bool,
 }
 
 impl ServeConfig {

@@ -1,11 +1,16 @@
-//! The operator CLI: every command is a call to a proxy replica's admin API, printed as a
-//! readable table (or JSON with `--json`). Errors (unreachable admin, refused transition, bad
-//! token) are one clear line on stderr and a non-zero exit.
+//! The operator CLI: carve-out commands call a proxy replica's admin API and print a readable
+//! table (or JSON with `--json`); `contract` commands record and verify contracts. Errors
+//! (unreachable admin, refused transition, bad token) are one clear line on stderr and a
+//! non-zero exit; a red verification prints its report and exits non-zero.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use contracts::record::{RecordOptions, Script};
+use contracts::verify::VerifyOptions;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use strangler_proxy::control::admin::{CarveOutView, PhaseRequest};
@@ -76,7 +81,79 @@ pub enum Command {
         /// The carve-out.
         name: String,
     },
+    /// Contract tests: record contracts from the monolith, verify a provider against them.
+    Contract {
+        /// record or verify.
+        #[command(subcommand)]
+        command: ContractCommand,
+    },
 }
+
+/// `strangler contract ...`.
+#[derive(Debug, Subcommand)]
+pub enum ContractCommand {
+    /// Replay each interaction of the contracts against a provider and match its responses.
+    /// Exits non-zero on any failure, and when there was nothing to verify.
+    Verify {
+        /// A directory of pact files (or one file).
+        #[arg(long)]
+        contracts: PathBuf,
+        /// The provider's base URL.
+        #[arg(long)]
+        provider: String,
+        /// The provider-state hook: POSTed {state, params, action} before each interaction.
+        #[arg(long)]
+        state_url: Option<String>,
+        /// Also call the hook with action "teardown" after each interaction.
+        #[arg(long)]
+        teardown: bool,
+        /// Write a JUnit XML report here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Timeout of each request (ms).
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+    /// Record contracts from a provider (the monolith) with a script of requests, learning
+    /// which fields are noise by replaying them.
+    Record {
+        /// The script (TOML): consumer, provider and the requests.
+        #[arg(long)]
+        script: PathBuf,
+        /// The provider to record from.
+        #[arg(long)]
+        provider: String,
+        /// A second, independent instance to replay against once (finds per-instance noise
+        /// such as creation times).
+        #[arg(long)]
+        second: Option<String>,
+        /// The provider-state hook.
+        #[arg(long)]
+        state_url: Option<String>,
+        /// Wait this long before replaying (ms), so second-resolution timestamps move.
+        #[arg(long)]
+        time_step_ms: Option<u64>,
+        /// Where to write the pact file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Timeout of each request (ms).
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+}
+
+/// A command that ran but failed (a red verification): its output goes to stdout and the
+/// exit code is non-zero.
+#[derive(Debug)]
+pub struct Failed(pub String);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failed {}
 
 /// `strangler carveouts ...`.
 #[derive(Debug, Subcommand)]
@@ -232,6 +309,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 audit_table(&entries)
             })
         }
+        Command::Contract { command } => contract(command, json).await,
         Command::Mismatches { name } => {
             let path = format!("/carveouts/{name}/mismatches");
             let mismatches: Vec<Mismatch> = admin
@@ -242,6 +320,77 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
             } else {
                 mismatch_text(&name, &mismatches)
             })
+        }
+    }
+}
+
+async fn contract(command: ContractCommand, json: bool) -> anyhow::Result<String> {
+    match command {
+        ContractCommand::Verify {
+            contracts,
+            provider,
+            state_url,
+            teardown,
+            junit,
+            timeout_ms,
+        } => {
+            let options = VerifyOptions {
+                provider,
+                state_url,
+                teardown,
+                timeout: Duration::from_millis(timeout_ms),
+            };
+            let report = contracts::verify::verify_path(&contracts, &options).await?;
+            if let Some(path) = junit {
+                std::fs::write(&path, report.junit())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            let output = if json {
+                to_json(&report)?
+            } else {
+                report.render()
+            };
+            if report.passed() {
+                Ok(output)
+            } else {
+                Err(Failed(output).into())
+            }
+        }
+        ContractCommand::Record {
+            script,
+            provider,
+            second,
+            state_url,
+            time_step_ms,
+            out,
+            timeout_ms,
+        } => {
+            let script = Script::load(&script)?;
+            let options = RecordOptions {
+                provider,
+                second,
+                state_url,
+                second_state_url: None,
+                time_step: time_step_ms.map(Duration::from_millis),
+                timeout: Duration::from_millis(timeout_ms),
+            };
+            let (pact, noise) = contracts::record::record(&script, &options).await?;
+            pact.save(&out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            let mut text = format!(
+                "recorded {} interaction(s) into {}\n",
+                pact.interactions.len(),
+                out.display()
+            );
+            if noise.is_empty() {
+                text.push_str("no noise found: every field is matched exactly\n");
+            } else {
+                text.push_str("learned noise (matched by rule instead of value):\n");
+                for n in &noise {
+                    let _ = writeln!(text, "  {}: {}", n.location, n.rule);
+                }
+            }
+            Ok(text)
         }
     }
 }

@@ -10,6 +10,10 @@ async fn main() -> std::process::ExitCode {
             print!("{output}");
             std::process::ExitCode::SUCCESS
         }
+        Err(err) if err.downcast_ref::<strangler::Failed>().is_some() => {
+            print!("{err}");
+            std::process::ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE

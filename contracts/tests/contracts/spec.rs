@@ -52,10 +52,7 @@ fn expected(value: &Value) -> HttpResponse {
         .unwrap_or(&Value::Null);
     HttpResponse {
         status: value.get("status").and_then(Value::as_u64).unwrap_or(200) as u16,
-        headers: headers
-            .into_iter()
-            .map(|(k, v)| (k, vec![v]))
-            .collect(),
+        headers: headers.into_iter().map(|(k, v)| (k, vec![v])).collect(),
         body,
         matching_rules: MatchingRules::from_json(rules).unwrap(),
         generators: serde_json::Map::new(),
@@ -83,7 +80,11 @@ fn the_specification_test_cases_agree() {
     let mut files = Vec::new();
     cases(&root, &mut files);
     files.sort();
-    assert!(files.len() >= 25, "the vendored cases are missing: {}", files.len());
+    assert!(
+        files.len() >= 25,
+        "the vendored cases are missing: {}",
+        files.len()
+    );
     let mut wrong = Vec::new();
     for file in &files {
         let case: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();

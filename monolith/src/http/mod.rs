@@ -1,6 +1,8 @@
 //! The HTTP surface shared by every module: problem+json extractors, metrics, and the
-//! operational endpoints (`/livez`, `/readyz`, `/metrics`, `/openapi.json`).
+//! operational endpoints (`/livez`, `/readyz`, `/metrics`, `/openapi.json`), and the opt-in
+//! provider-state hook for contract verification.
 
 pub mod extract;
 pub mod metrics;
 pub(crate) mod ops;
+pub mod states;

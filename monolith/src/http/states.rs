@@ -1,0 +1,128 @@
+//! The provider-state hook for contract verification (`POST /_contracts/provider-states`),
+//! served only when `--provider-states` is on. A contract verifier (ours or Pact's) posts
+//! `{"state": ..., "params": {...}, "action": "setup" | "teardown"}` before an interaction and
+//! the hook puts the data in the state the interaction needs.
+//!
+//! States:
+//! - `catalog fixture` (`count`, default 3): the catalog holds exactly the products
+//!   `CT-0001` .. `CT-<count>` with their canonical fields; other products are removed. Never
+//!   turn this on against data you want to keep.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::catalog::{CatalogApi, ProductInput, ProductQuery, MAX_PAGE};
+use crate::error::{Error, Result};
+use crate::http::extract::Json;
+
+/// The hook's path.
+pub const PATH: &str = "/_contracts/provider-states";
+
+/// What a verifier posts.
+#[derive(Debug, Deserialize)]
+struct StateChange {
+    state: String,
+    #[serde(default)]
+    params: Map<String, Value>,
+    #[serde(default = "setup")]
+    action: String,
+}
+
+fn setup() -> String {
+    "setup".to_owned()
+}
+
+/// The hook's route.
+pub fn router(catalog: Arc<dyn CatalogApi>) -> Router {
+    Router::new().route(PATH, post(change)).with_state(catalog)
+}
+
+/// The canonical fields of fixture product `k`.
+pub fn fixture_product(k: u64) -> ProductInput {
+    ProductInput {
+        sku: format!("CT-{k:04}"),
+        name: format!("Contract product {k}"),
+        description: format!("Product {k} of the contract fixture."),
+        price_cents: i64::try_from(k).unwrap_or(i64::MAX).saturating_mul(250),
+        currency: "EUR".to_owned(),
+    }
+}
+
+async fn change(
+    State(catalog): State<Arc<dyn CatalogApi>>,
+    Json(change): Json<StateChange>,
+) -> Result<StatusCode> {
+    // Pact's verifier calls the hook for interactions without a state too, with an empty name.
+    if change.action == "teardown" || change.state.is_empty() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    if change.action != "setup" {
+        return Err(Error::Unprocessable(format!(
+            "action must be setup or teardown, not {:?}",
+            change.action
+        )));
+    }
+    match change.state.as_str() {
+        "catalog fixture" => {
+            let count = match change.params.get("count") {
+                None => 3,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        Error::Unprocessable(format!("count must be 1 to 1000, not {v}"))
+                    })?,
+            };
+            catalog_fixture(catalog.as_ref(), count).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        other => Err(Error::Unprocessable(format!(
+            "unknown provider state {other:?} (known: \"catalog fixture\")"
+        ))),
+    }
+}
+
+async fn catalog_fixture(catalog: &dyn CatalogApi, count: u64) -> Result<()> {
+    let wanted: Vec<ProductInput> = (1..=count).map(fixture_product).collect();
+    let mut existing = Vec::new();
+    let mut after = None;
+    loop {
+        let page = catalog
+            .list_products(ProductQuery {
+                limit: MAX_PAGE,
+                after,
+                name_contains: None,
+            })
+            .await?;
+        existing.extend(page.items);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    for product in &existing {
+        match wanted.iter().find(|w| w.sku == product.sku) {
+            Some(w)
+                if w.name == product.name
+                    && w.description == product.description
+                    && w.price_cents == product.price_cents
+                    && w.currency == product.currency => {}
+            Some(w) => {
+                catalog.update_product(product.id, w.clone()).await?;
+            }
+            None => catalog.delete_product(product.id).await?,
+        }
+    }
+    for w in wanted {
+        if !existing.iter().any(|p| p.sku == w.sku) {
+            catalog.create_product(w).await?;
+        }
+    }
+    Ok(())
+}

@@ -7,5 +7,6 @@
 #![allow(unreachable_pub)]
 
 mod spec;
+mod official;
 mod support;
 mod verify;

@@ -186,6 +186,12 @@ struct CarveOutSection {
     routes: Vec<RouteSection>,
     #[serde(default)]
     shadow: ShadowSection,
+    #[serde(default = "yes")]
+    require_contracts: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +281,8 @@ pub struct CarveOutSpec {
     pub sticky: Sticky,
     /// Shadow comparison settings.
     pub shadow: ShadowSpec,
+    /// Whether going to `extracted` needs a green contract verification on record.
+    pub require_contracts: bool,
 }
 
 /// The validated configuration.
@@ -425,6 +433,7 @@ impl Config {
                 upstream,
                 phase,
                 sticky,
+                require_contracts: section.require_contracts,
                 shadow: ShadowSpec {
                     ignore: section.shadow.ignore,
                     headers: section

@@ -13,8 +13,8 @@ use contracts::record::{RecordOptions, Script};
 use contracts::verify::VerifyOptions;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use strangler_proxy::control::admin::{CarveOutView, PhaseRequest};
-use strangler_proxy::control::store::AuditEntry;
+use strangler_proxy::control::admin::{CarveOutView, PhaseRequest, VerificationReport};
+use strangler_proxy::control::store::{AuditEntry, Verification};
 use strangler_proxy::shadow::Mismatch;
 
 /// Operate a strangler-fig migration: inspect carve-outs and move them through their phases.
@@ -113,6 +113,13 @@ pub enum ContractCommand {
         /// Timeout of each request (ms).
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
+        /// Report the outcome to the admin API for this carve-out: going to `extracted` needs
+        /// its latest verification green.
+        #[arg(long)]
+        carveout: Option<String>,
+        /// Who reports it (default: $USER).
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
     },
     /// Record contracts from a provider (the monolith) with a script of requests, learning
     /// which fields are noise by replaying them.
@@ -309,7 +316,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 audit_table(&entries)
             })
         }
-        Command::Contract { command } => contract(command, json).await,
+        Command::Contract { command } => contract(command, &admin, json).await,
         Command::Mismatches { name } => {
             let path = format!("/carveouts/{name}/mismatches");
             let mismatches: Vec<Mismatch> = admin
@@ -324,7 +331,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
     }
 }
 
-async fn contract(command: ContractCommand, json: bool) -> anyhow::Result<String> {
+async fn contract(command: ContractCommand, admin: &Admin, json: bool) -> anyhow::Result<String> {
     match command {
         ContractCommand::Verify {
             contracts,
@@ -333,6 +340,8 @@ async fn contract(command: ContractCommand, json: bool) -> anyhow::Result<String
             teardown,
             junit,
             timeout_ms,
+            carveout,
+            actor,
         } => {
             let options = VerifyOptions {
                 provider,
@@ -345,11 +354,31 @@ async fn contract(command: ContractCommand, json: bool) -> anyhow::Result<String
                 std::fs::write(&path, report.junit())
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
-            let output = if json {
+            let mut output = if json {
                 to_json(&report)?
             } else {
                 report.render()
             };
+            if let Some(name) = carveout {
+                let body = VerificationReport {
+                    provider: report.provider.clone(),
+                    interactions: i64::try_from(report.outcomes.len())?,
+                    failures: i64::try_from(report.failures())?,
+                    actor: Some(actor),
+                };
+                let path = format!("/carveouts/{name}/verifications");
+                let recorded: Verification = admin
+                    .call(admin.request(reqwest::Method::POST, &path).json(&body))
+                    .await
+                    .context("the verification ran but could not be reported")?;
+                if !json {
+                    let _ = writeln!(
+                        output,
+                        "reported to the admin API for carve-out {name} ({})",
+                        if recorded.passed { "green" } else { "red" }
+                    );
+                }
+            }
             if report.passed() {
                 Ok(output)
             } else {

@@ -6,7 +6,7 @@
 // Helpers are `pub` for the test modules of this one binary.
 #![allow(unreachable_pub)]
 
-mod spec;
 mod official;
+mod spec;
 mod support;
 mod verify;

@@ -20,7 +20,14 @@ async fn official(bin: &str, file: &Path, provider: &str, state_url: &str) -> (b
     let output = tokio::process::Command::new(bin)
         .args(["verifier", "--no-colour", "--file"])
         .arg(file)
-        .args(["--hostname", host, "--port", port, "--state-change-url", state_url])
+        .args([
+            "--hostname",
+            host,
+            "--port",
+            port,
+            "--state-change-url",
+            state_url,
+        ])
         .output()
         .await
         .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));

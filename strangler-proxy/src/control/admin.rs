@@ -8,6 +8,8 @@
 //! | `POST /carveouts/{name}/phase` | `{"phase", "percent"?, "reason", "force"?, "actor"?}` |
 //! | `GET /audit?carveout=&limit=` | audit entries, newest first |
 //! | `GET /carveouts/{name}/mismatches` | the latest shadow mismatches |
+//! | `POST /carveouts/{name}/verifications` | report a contract verification `{"provider", "interactions", "failures", "actor"?}` |
+//! | `GET /carveouts/{name}/verifications?limit=` | reported verifications, newest first |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /livez` | liveness (no token needed) |
 //!
@@ -26,7 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::store::{AuditEntry, CarveOutState};
+use super::store::{AuditEntry, CarveOutState, Verification};
 use super::{ControlPlane, PhaseChange, TransitionError};
 use crate::phase::Phase;
 
@@ -48,6 +50,10 @@ pub fn router(control: ControlPlane, token: Option<String>) -> Router {
         .route("/carveouts/{name}", get(show))
         .route("/carveouts/{name}/phase", post(set_phase))
         .route("/carveouts/{name}/mismatches", get(mismatches))
+        .route(
+            "/carveouts/{name}/verifications",
+            get(verifications).post(report_verification),
+        )
         .route("/audit", get(audit))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -296,7 +302,8 @@ async fn audit(
     }
 }
 
-async fn mismatches(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+/// A problem response when `name` is not a carve-out of this replica.
+fn unknown(admin: &Admin, name: &str) -> Option<Response> {
     let known = admin
         .control
         .proxy()
@@ -304,14 +311,95 @@ async fn mismatches(State(admin): State<Admin>, Path(name): Path<String>) -> Res
         .carveouts()
         .iter()
         .any(|c| c.spec.name == name);
-    if !known {
-        return problem(
+    (!known).then(|| {
+        problem(
             StatusCode::NOT_FOUND,
             "not-found",
             &format!("no carve-out named {name}"),
-        );
+        )
+    })
+}
+
+async fn mismatches(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    if let Some(response) = unknown(&admin, &name) {
+        return response;
     }
     Json(admin.control.proxy().mismatches().list(&name)).into_response()
+}
+
+/// The body of `POST /carveouts/{name}/verifications`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationReport {
+    /// The provider that was verified.
+    pub provider: String,
+    /// How many interactions were verified.
+    pub interactions: i64,
+    /// How many failed (pending ones not counted).
+    pub failures: i64,
+    /// Who reports it (default `admin`).
+    pub actor: Option<String>,
+}
+
+async fn report_verification(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    body: Result<Json<VerificationReport>, JsonRejection>,
+) -> Response {
+    if let Some(response) = unknown(&admin, &name) {
+        return response;
+    }
+    let Json(report) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return problem(rejection.status(), "invalid-body", &rejection.body_text())
+        }
+    };
+    if report.interactions < 0 || report.failures < 0 || report.failures > report.interactions {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "interactions and failures must be counts, with failures <= interactions",
+        );
+    }
+    let actor = report.actor.unwrap_or_else(|| "admin".to_owned());
+    match admin
+        .control
+        .store()
+        .record_verification(
+            &name,
+            &report.provider,
+            &actor,
+            report.interactions,
+            report.failures,
+        )
+        .await
+    {
+        Ok(v) => (StatusCode::CREATED, Json::<Verification>(v)).into_response(),
+        Err(err) => internal(&err),
+    }
+}
+
+async fn verifications(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    if let Some(response) = unknown(&admin, &name) {
+        return response;
+    }
+    let limit = query.ok().and_then(|Query(q)| q.limit).unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-query",
+            "limit must be between 1 and 1000",
+        );
+    }
+    match admin.control.store().verifications(&name, limit).await {
+        Ok(list) => Json::<Vec<Verification>>(list).into_response(),
+        Err(err) => internal(&err),
+    }
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {

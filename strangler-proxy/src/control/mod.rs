@@ -5,7 +5,9 @@
 //!   time (changing a canary's percent is always one step). Skipping is refused unless forced;
 //!   a forced change is marked in the audit log.
 //! - **Guards**: [`PhaseGuard`]s run before a change is written and can refuse it, naming why
-//!   (the data-sync cut-over plugs its pre-checks in here).
+//!   (the data-sync cut-over plugs its pre-checks in here). The built-in contract gate lets a
+//!   carve-out go to `extracted` only when its latest contract verification is green; force
+//!   overrides it (audited), but not guards that protect data.
 //! - **Consistency**: a change is written with the version it was decided on; a concurrent
 //!   change makes it fail with a conflict instead of silently overwriting.
 //! - **Propagation**: the replica that made a change applies it at once; every replica also
@@ -30,6 +32,58 @@ use store::{CarveOutState, ControlStore};
 pub trait PhaseGuard: Send + Sync {
     /// `Ok` lets the change through; `Err` names what failed.
     async fn check(&self, carveout: &str, from: Phase, to: Phase) -> Result<(), String>;
+
+    /// Whether a forced change may pass this guard when it fails (recorded in the audit log).
+    /// Guards that protect data say no.
+    fn forcible(&self) -> bool {
+        false
+    }
+}
+
+/// The contract gate: a carve-out that requires contracts goes to `extracted` only when the
+/// latest contract verification reported for it (`strangler contract verify --carveout`) is
+/// green: something was verified and nothing failed.
+struct ContractGate {
+    store: ControlStore,
+    proxy: Arc<Proxy>,
+}
+
+#[async_trait]
+impl PhaseGuard for ContractGate {
+    async fn check(&self, carveout: &str, _from: Phase, to: Phase) -> Result<(), String> {
+        if to != Phase::Extracted {
+            return Ok(());
+        }
+        let required = self
+            .proxy
+            .routing()
+            .carveouts()
+            .iter()
+            .find(|c| c.spec.name == carveout)
+            .is_none_or(|c| c.spec.require_contracts);
+        if !required {
+            return Ok(());
+        }
+        let latest = self
+            .store
+            .verifications(carveout, 1)
+            .await
+            .map_err(|e| format!("cannot read the contract verifications: {e}"))?;
+        match latest.first() {
+            None => Err(format!(
+                "no contract verification of {carveout} is on record (run `strangler contract verify --carveout {carveout} ...` against the service)"
+            )),
+            Some(v) if !v.passed => Err(format!(
+                "the latest contract verification of {carveout} ({}, against {}) is red: {} of {} interactions failed",
+                v.at, v.provider, v.failures, v.interactions
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn forcible(&self) -> bool {
+        true
+    }
 }
 
 /// A requested phase change.
@@ -106,10 +160,14 @@ impl ControlPlane {
             .map(|c| c.spec.clone())
             .collect();
         store.seed(&specs).await?;
+        let gate: Arc<dyn PhaseGuard> = Arc::new(ContractGate {
+            store: store.clone(),
+            proxy: proxy.clone(),
+        });
         let control = ControlPlane {
             store,
             proxy,
-            guards: Arc::new(Vec::new()),
+            guards: Arc::new(vec![gate]),
         };
         control.sync().await?;
         Ok(control)
@@ -201,28 +259,29 @@ impl ControlPlane {
             });
         }
         let mut failures = Vec::new();
+        let mut hard = false;
         for guard in self.guards.iter() {
             if let Err(reason) = guard.check(carveout, from, to).await {
+                hard |= !guard.forcible();
                 failures.push(reason);
             }
         }
-        if !failures.is_empty() {
+        if !failures.is_empty() && (hard || !change.force) {
             return Err(TransitionError::Guarded {
                 carveout: carveout.to_owned(),
                 to,
                 reasons: failures.join("; "),
             });
         }
-        let forced = skips && change.force;
+        // Force overrides the ordering rule and the forcible guards; the audit log says which.
+        let forced = (skips || !failures.is_empty()) && change.force;
+        let mut reason = change.reason.trim().to_owned();
+        if !failures.is_empty() {
+            reason.push_str(&format!(" [forced past: {}]", failures.join("; ")));
+        }
         let state = self
             .store
-            .change(
-                &current,
-                to,
-                change.actor.trim(),
-                change.reason.trim(),
-                forced,
-            )
+            .change(&current, to, change.actor.trim(), &reason, forced)
             .await?
             .ok_or_else(|| TransitionError::Conflict(carveout.to_owned()))?;
         self.proxy.set_phase(carveout, state.phase);

@@ -55,6 +55,27 @@ pub struct AuditEntry {
     pub forced: bool,
 }
 
+/// A contract verification reported for a carve-out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Sequence number.
+    pub id: i64,
+    /// When it was reported (RFC 3339, UTC).
+    pub at: String,
+    /// The carve-out.
+    pub carveout: String,
+    /// The provider that was verified (URL).
+    pub provider: String,
+    /// Who reported it.
+    pub actor: String,
+    /// How many interactions were verified.
+    pub interactions: i64,
+    /// How many failed.
+    pub failures: i64,
+    /// Green: at least one interaction, none failed.
+    pub passed: bool,
+}
+
 /// The control database.
 #[derive(Debug, Clone)]
 pub struct ControlStore {
@@ -189,6 +210,55 @@ impl ControlStore {
         Ok(Some(state(&row)?))
     }
 
+    /// Records a verification; it is green only when it verified something and nothing failed.
+    pub async fn record_verification(
+        &self,
+        carveout: &str,
+        provider: &str,
+        actor: &str,
+        interactions: i64,
+        failures: i64,
+    ) -> Result<Verification, sqlx::Error> {
+        let passed = interactions > 0 && failures == 0;
+        let mut insert = self.db.statement(
+            "INSERT INTO control_verifications (at, carveout, provider, actor, interactions, failures, passed) VALUES (",
+        );
+        insert
+            .bind(sqlkit::now())
+            .push(", ")
+            .bind(carveout.to_owned())
+            .push(", ")
+            .bind(provider.to_owned())
+            .push(", ")
+            .bind(actor.to_owned())
+            .push(", ")
+            .bind(interactions)
+            .push(", ")
+            .bind(failures)
+            .push(", ")
+            .bind(i64::from(passed))
+            .push(") RETURNING id, at, carveout, provider, actor, interactions, failures, passed");
+        let row = insert.query()?.fetch_one(self.db.pool()).await?;
+        verification(&row)
+    }
+
+    /// The latest verifications of a carve-out, newest first.
+    pub async fn verifications(
+        &self,
+        carveout: &str,
+        limit: i64,
+    ) -> Result<Vec<Verification>, sqlx::Error> {
+        let mut select = self.db.statement(
+            "SELECT id, at, carveout, provider, actor, interactions, failures, passed FROM control_verifications WHERE carveout = ",
+        );
+        select
+            .bind(carveout.to_owned())
+            .push(" ORDER BY id DESC LIMIT ")
+            .bind(limit);
+        let rows = select.query()?.fetch_all(self.db.pool()).await?;
+        rows.iter().map(verification).collect()
+    }
+
     /// The latest audit entries (of one carve-out, or all), newest first.
     pub async fn audit(
         &self,
@@ -218,4 +288,17 @@ impl ControlStore {
             })
             .collect()
     }
+}
+
+fn verification(row: &AnyRow) -> Result<Verification, sqlx::Error> {
+    Ok(Verification {
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        carveout: row.try_get("carveout")?,
+        provider: row.try_get("provider")?,
+        actor: row.try_get("actor")?,
+        interactions: row.try_get("interactions")?,
+        failures: row.try_get("failures")?,
+        passed: row.try_get::<i64, _>("passed")? != 0,
+    })
 }

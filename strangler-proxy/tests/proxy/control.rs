@@ -79,6 +79,18 @@ impl TestReplica {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
+    async fn report_verification(&self, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/carveouts/catalog/verifications", self.admin))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
     async fn served_by(&self, path: &str) -> String {
         let r = self
             .http
@@ -356,6 +368,10 @@ async fn two_replicas_converge_within_a_second(db: TestDb) {
     let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
     let a = TestReplica::start(&db.url, &monolith, &service).await;
     let b = TestReplica::start(&db.url, &monolith, &service).await;
+    let (status, body) = a
+        .report_verification(json!({"provider": "http://svc", "interactions": 3, "failures": 0}))
+        .await;
+    assert_eq!(status, 201, "{body}");
     for (phase, expected) in [
         (json!({"phase": "shadow", "reason": "r"}), "monolith"),
         (
@@ -381,4 +397,93 @@ async fn two_replicas_converge_within_a_second(db: TestDb) {
         let (_, shown) = b.admin_get("/carveouts/catalog").await;
         assert_eq!(shown["version"], body["version"], "b reads the same state");
     }
+}
+
+db_test!(extracted_needs_a_green_contract_verification);
+
+async fn extracted_needs_a_green_contract_verification(db: TestDb) {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let replica = TestReplica::start(&db.url, &monolith, &service).await;
+    for phase in [
+        json!({"phase": "shadow", "reason": "r"}),
+        json!({"phase": "canary", "percent": 100, "reason": "r"}),
+    ] {
+        assert_eq!(replica.set_phase(phase).await.0, 200);
+    }
+    let extract = json!({"phase": "extracted", "reason": "cut over", "actor": "ana"});
+
+    // Nothing on record: refused, naming the missing verification.
+    let (status, body) = replica.set_phase(extract.clone()).await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (409, Some("/problems/precheck-failed")),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no contract verification"),
+        "{body}"
+    );
+
+    // A red one, and one that verified nothing: still refused.
+    for report in [
+        json!({"provider": "http://svc", "interactions": 12, "failures": 2, "actor": "ci"}),
+        json!({"provider": "http://svc", "interactions": 0, "failures": 0, "actor": "ci"}),
+    ] {
+        let (status, recorded) = replica.report_verification(report).await;
+        assert_eq!(status, 201, "{recorded}");
+        assert_eq!(recorded["passed"], false, "{recorded}");
+        let (status, body) = replica.set_phase(extract.clone()).await;
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("is red"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        replica.served_by("/catalog/x").await,
+        "service",
+        "still canary"
+    );
+    let (status, _) = replica
+        .report_verification(json!({"provider": "x", "interactions": 1, "failures": 2}))
+        .await;
+    assert_eq!(status, 422, "more failures than interactions");
+
+    // Green: allowed.
+    let (status, _) = replica
+        .report_verification(json!({"provider": "http://svc", "interactions": 12, "failures": 0}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = replica.set_phase(extract.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phase"], "extracted");
+    let (_, list) = replica.admin_get("/carveouts/catalog/verifications").await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        3,
+        "the refused report is not stored"
+    );
+    assert_eq!(list[0]["passed"], true, "newest first");
+
+    // A red one again, back to canary, and forward only with force, which the audit log shows.
+    replica
+        .report_verification(json!({"provider": "http://svc", "interactions": 12, "failures": 1}))
+        .await;
+    let back = json!({"phase": "canary", "percent": 100, "reason": "back"});
+    assert_eq!(replica.set_phase(back).await.0, 200);
+    assert_eq!(replica.set_phase(extract.clone()).await.0, 409);
+    let (status, body) = replica
+        .set_phase(json!({"phase": "extracted", "reason": "hotfix", "force": true, "actor": "bo"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, audit) = replica.admin_get("/audit?carveout=catalog&limit=1").await;
+    assert_eq!(audit[0]["forced"], true, "{audit}");
+    let reason = audit[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("hotfix [forced past:") && reason.contains("is red"),
+        "{reason}"
+    );
 }

@@ -228,3 +228,134 @@ async fn errors_are_one_clear_line_and_a_failing_exit() {
     assert!(!ok);
     assert!(err.contains("--reason"), "{err}");
 }
+
+/// A monolith with the provider-state hook, on port 0.
+async fn monolith() -> (String, e2e::TestDb, tokio::sync::oneshot::Sender<()>) {
+    let db = e2e::TestDb::sqlite().await;
+    let config = monolith::config::ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        provider_states: true,
+        ..monolith::config::ServeConfig::defaults()
+    };
+    let app = monolith::app::Application::build(&config).await.unwrap();
+    let url = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    (url, db, stop)
+}
+
+#[tokio::test]
+async fn contract_verification_gates_the_cut_over() {
+    let running = replica().await;
+    let (url, _db, _stop) = monolith().await;
+    let contracts = concat!(env!("CARGO_MANIFEST_DIR"), "/../contracts/catalog");
+    let state_url = format!("{url}/_contracts/provider-states");
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let junit_arg = junit.to_str().unwrap();
+    let admin = running.admin.as_str();
+
+    // Green against the monolith; reported for the carve-out; JUnit written.
+    let (ok, out, err) = cli(
+        admin,
+        TOKEN,
+        &[
+            "contract",
+            "verify",
+            "--contracts",
+            contracts,
+            "--provider",
+            &url,
+            "--state-url",
+            &state_url,
+            "--carveout",
+            "catalog",
+            "--junit",
+            junit_arg,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("12 passed, 0 failed"), "{out}");
+    assert!(
+        out.contains("reported to the admin API for carve-out catalog (green)"),
+        "{out}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("tests=\"12\"") && xml.contains("failures=\"0\""),
+        "{xml}"
+    );
+
+    // Red against a provider that is down: the report on stdout, a failing exit, reported red.
+    let (ok, out, _) = cli(
+        admin,
+        TOKEN,
+        &[
+            "contract",
+            "verify",
+            "--contracts",
+            contracts,
+            "--provider",
+            "http://127.0.0.1:9",
+            "--state-url",
+            &state_url,
+            "--carveout",
+            "catalog",
+        ],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAILED") && out.contains("(red)"), "{out}");
+
+    // The latest verification is red: the cut-over is refused, naming it.
+    for args in [
+        ["phase", "set", "catalog", "shadow", "--reason", "r"].as_slice(),
+        [
+            "phase",
+            "set",
+            "catalog",
+            "canary",
+            "--percent",
+            "100",
+            "--reason",
+            "r",
+        ]
+        .as_slice(),
+    ] {
+        let (ok, out, err) = cli(admin, TOKEN, args).await;
+        assert!(ok, "{out}{err}");
+    }
+    let (ok, _, err) = cli(
+        admin,
+        TOKEN,
+        &["phase", "set", "catalog", "extracted", "--reason", "go"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("latest contract verification of catalog") && err.contains("is red"),
+        "{err}"
+    );
+
+    // Nothing to verify is an error, not a pass.
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, _, err) = cli(
+        admin,
+        TOKEN,
+        &[
+            "contract",
+            "verify",
+            "--contracts",
+            empty.path().to_str().unwrap(),
+            "--provider",
+            &url,
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("no pact files"), "{err}");
+}

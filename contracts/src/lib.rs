@@ -9,6 +9,7 @@
 pub mod compare;
 pub mod pact;
 pub mod record;
+pub mod redact;
 pub mod rules;
 pub mod time;
 pub mod verify;

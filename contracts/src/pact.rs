@@ -427,6 +427,11 @@ fn read_headers(value: Option<&Value>) -> Headers {
     out
 }
 
+/// Parses a query string (`a=1&b=x%20y`) into its parameters.
+pub fn parse_query(query: &str) -> BTreeMap<String, Vec<String>> {
+    read_query(Some(&Value::from(query)))
+}
+
 fn read_query(value: Option<&Value>) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
     match value {

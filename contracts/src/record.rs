@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::compare::Observed;
@@ -21,7 +21,7 @@ use crate::rules::{Combine, Location, Matcher, MatchingRules, Pattern, RuleList,
 use crate::verify::{client, send, set_states, VerifyOptions};
 
 /// A scripted recording session (TOML).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Script {
     /// The consumer's name.
@@ -36,7 +36,7 @@ pub struct Script {
 }
 
 /// One scripted request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptedRequest {
     /// What it shows; unique in the script.
@@ -53,14 +53,18 @@ pub struct ScriptedRequest {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// A JSON body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// A JSON body as JSON text (for bodies TOML cannot hold, such as ones with nulls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_json: Option<String>,
     /// Provider states to set up first.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub states: Vec<ScriptedState>,
 }
 
 /// A provider state in a script.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptedState {
     /// Its name.
@@ -104,6 +108,13 @@ impl Script {
             reqwest::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes()).map_err(
                 |_| anyhow::anyhow!("{:?}: {:?} is not a method", r.description, r.method),
             )?;
+            if r.body.is_some() && r.body_json.is_some() {
+                bail!("{:?}: give body or body_json, not both", r.description);
+            }
+            if let Some(text) = &r.body_json {
+                serde_json::from_str::<Value>(text)
+                    .with_context(|| format!("{:?}: body_json is not JSON", r.description))?;
+            }
         }
         Ok(())
     }
@@ -117,7 +128,12 @@ impl Script {
                     .iter()
                     .map(|(k, v)| (k.clone(), vec![v.clone()]))
                     .collect();
-                if r.body.is_some() && crate::pact::header(&headers, "content-type").is_none() {
+                let body = r.body.clone().or_else(|| {
+                    r.body_json
+                        .as_deref()
+                        .and_then(|t| serde_json::from_str(t).ok())
+                });
+                if body.is_some() && crate::pact::header(&headers, "content-type").is_none() {
                     headers.insert("Content-Type".into(), vec!["application/json".into()]);
                 }
                 let request = HttpRequest {
@@ -129,7 +145,7 @@ impl Script {
                         .map(|(k, v)| (k.clone(), vec![v.clone()]))
                         .collect(),
                     headers,
-                    body: r.body.clone().map(Body::Json),
+                    body: body.map(Body::Json),
                     ..HttpRequest::default()
                 };
                 (r.clone(), request)
@@ -724,5 +740,157 @@ mod tests {
             "regex SKU\\-\\d+"
         );
         assert_eq!(infer(&[json!("red"), json!("blue")]).describe(), "type");
+    }
+}
+
+/// A request captured from real traffic (already redacted).
+#[derive(Debug, Clone)]
+pub struct CapturedRequest {
+    /// The method.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// The raw query string.
+    pub query: Option<String>,
+    /// The request headers.
+    pub headers: Vec<(String, String)>,
+    /// The JSON (or text) body.
+    pub body: Option<Value>,
+}
+
+/// A recording script from captured requests: one interaction per distinct request (method,
+/// path, query, body), in the order first seen, with the request headers worth replaying.
+/// Recording it (`record`) learns the noise as for a hand-written script.
+pub fn script_from_captures(
+    consumer: &str,
+    provider: &str,
+    captures: &[CapturedRequest],
+) -> Script {
+    let mut interactions: Vec<ScriptedRequest> = Vec::new();
+    for CapturedRequest {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    } in captures
+    {
+        let query: BTreeMap<String, String> = query
+            .as_deref()
+            .map(crate::pact::parse_query)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| v.into_iter().next().map(|v| (k, v)))
+            .collect();
+        let body_json = body.as_ref().map(Value::to_string);
+        let duplicate = interactions.iter().any(|r| {
+            r.method == *method && r.path == *path && r.query == query && r.body_json == body_json
+        });
+        if duplicate {
+            continue;
+        }
+        let headers = headers
+            .iter()
+            .filter(|(n, _)| {
+                matches!(n.to_ascii_lowercase().as_str(), "accept" | "content-type")
+                    || n.to_ascii_lowercase().starts_with("x-")
+            })
+            .filter(|(_, v)| v != crate::redact::REDACTED)
+            .cloned()
+            .collect();
+        let mut description = format!("{method} {path}");
+        if !query.is_empty() {
+            let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            description.push('?');
+            description.push_str(&q.join("&"));
+        }
+        let n = interactions
+            .iter()
+            .filter(|r| {
+                r.description == description
+                    || r.description.starts_with(&format!("{description} #"))
+            })
+            .count();
+        if n > 0 {
+            description = format!("{description} #{}", n + 1);
+        }
+        interactions.push(ScriptedRequest {
+            description,
+            method: method.clone(),
+            path: path.clone(),
+            query,
+            headers,
+            body: None,
+            body_json,
+            states: Vec::new(),
+        });
+    }
+    Script {
+        consumer: consumer.to_owned(),
+        provider: provider.to_owned(),
+        record_headers: Vec::new(),
+        interactions,
+    }
+}
+
+#[cfg(test)]
+mod capture_tests {
+    use super::*;
+
+    #[test]
+    fn captures_become_a_script_of_distinct_requests() {
+        let get = |q: &str| CapturedRequest {
+            method: "GET".into(),
+            path: "/catalog/products".into(),
+            query: Some(q.to_owned()),
+            headers: vec![
+                ("accept".into(), "application/json".into()),
+                ("authorization".into(), crate::redact::REDACTED.into()),
+                ("user-agent".into(), "curl".into()),
+            ],
+            body: None,
+        };
+        let post = CapturedRequest {
+            method: "POST".into(),
+            path: "/catalog/products".into(),
+            query: None,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Some(json!({"sku": "A", "note": null})),
+        };
+        let script = script_from_captures(
+            "web",
+            "catalog",
+            &[get("limit=2"), get("limit=2"), get("limit=3&q=a%20b"), post],
+        );
+        let descriptions: Vec<&str> = script
+            .interactions
+            .iter()
+            .map(|r| r.description.as_str())
+            .collect();
+        assert_eq!(
+            descriptions,
+            vec![
+                "GET /catalog/products?limit=2",
+                "GET /catalog/products?limit=3&q=a b",
+                "POST /catalog/products"
+            ]
+        );
+        assert_eq!(
+            script.interactions[0].headers.len(),
+            1,
+            "only replayable headers, never redacted ones"
+        );
+        // It survives TOML (a null in a body included) and loads as a script.
+        let text = toml::to_string(&script).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = Script::load(&path).unwrap();
+        let requests = loaded.requests();
+        assert_eq!(
+            requests[2].1.body,
+            Some(Body::Json(json!({"sku": "A", "note": null})))
+        );
+        assert_eq!(requests[1].1.query["q"], vec!["a b".to_owned()]);
     }
 }

@@ -188,6 +188,29 @@ struct CarveOutSection {
     shadow: ShadowSection,
     #[serde(default = "yes")]
     require_contracts: bool,
+    capture: Option<CaptureSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureSection {
+    sample_percent: f64,
+    #[serde(default = "default_capture_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_capture_keep")]
+    keep: usize,
+    #[serde(default)]
+    redact_headers: Vec<String>,
+    #[serde(default)]
+    redact_fields: Vec<String>,
+}
+
+fn default_capture_body() -> usize {
+    64 * 1024
+}
+
+fn default_capture_keep() -> usize {
+    200
 }
 
 fn yes() -> bool {
@@ -283,6 +306,8 @@ pub struct CarveOutSpec {
     pub shadow: ShadowSpec,
     /// Whether going to `extracted` needs a green contract verification on record.
     pub require_contracts: bool,
+    /// Traffic capture for contracts (opt-in).
+    pub capture: Option<crate::capture::CaptureSpec>,
 }
 
 /// The validated configuration.
@@ -428,12 +453,24 @@ impl Config {
                     );
                 }
             }
+            let capture = match section.capture {
+                None => None,
+                Some(c) => Some(crate::capture::CaptureSpec {
+                    sample_basis_points: crate::phase::basis_points(c.sample_percent)
+                        .map_err(|e| anyhow::anyhow!("carve-out {name}: capture: {e}"))?,
+                    max_body_bytes: c.max_body_bytes,
+                    keep: c.keep.max(1),
+                    redact_headers: c.redact_headers,
+                    redact_fields: c.redact_fields,
+                }),
+            };
             carveouts.push(CarveOutSpec {
                 name,
                 upstream,
                 phase,
                 sticky,
                 require_contracts: section.require_contracts,
+                capture,
                 shadow: ShadowSpec {
                     ignore: section.shadow.ignore,
                     headers: section
@@ -550,6 +587,8 @@ mod tests {
         sticky = { header = "X-User-Id" }
         routes = [{ methods = ["get", "HEAD"], path = "/catalog/products/{id}" }]
         shadow = { ignore = ["/updated_at"], headers = ["Content-Type"] }
+        capture = { sample_percent = 2.5, redact_fields = ["/card/number"] }
+        require_contracts = false
     "#;
 
     #[test]
@@ -568,6 +607,10 @@ mod tests {
             Sticky::Header(http::HeaderName::from_static("x-user-id"))
         );
         assert_eq!(catalog.shadow.headers, ["content-type"]);
+        let capture = catalog.capture.as_ref().unwrap();
+        assert_eq!(capture.sample_basis_points, 250);
+        assert_eq!((capture.keep, capture.max_body_bytes), (200, 64 * 1024));
+        assert!(!catalog.require_contracts);
         assert!(config.override_header);
         let route = config
             .routes
@@ -588,6 +631,11 @@ mod tests {
         };
         let config = Config::load(&example).unwrap();
         assert_eq!(config.carveouts[0].name, "catalog");
+        assert!(
+            config.carveouts[0].require_contracts,
+            "contracts are required by default"
+        );
+        assert!(config.carveouts[0].capture.is_none(), "capture is opt-in");
         assert_eq!(config.routes.routes().len(), 2);
     }
 
@@ -651,6 +699,10 @@ mod tests {
             (
                 FULL.replace("\"/updated_at\"", "\"updated_at\""),
                 "not a JSON pointer",
+            ),
+            (
+                FULL.replace("sample_percent = 2.5", "sample_percent = 101"),
+                "capture: percent must be between 0 and 100",
             ),
             (
                 FULL.replace(

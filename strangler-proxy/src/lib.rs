@@ -16,6 +16,7 @@
 
 pub mod app;
 pub mod body;
+pub mod capture;
 pub mod compare;
 pub mod config;
 pub mod control;

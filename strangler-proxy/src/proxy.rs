@@ -16,6 +16,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::capture::{CaptureJob, CaptureStore, Capturer};
 use crate::compare::{Comparator, Observed};
 use crate::config::{CarveOutSpec, Config, Sticky};
 use crate::hygiene::{add_forwarding, check_framing, strip_hop_by_hop};
@@ -37,6 +38,7 @@ pub struct CarveOut {
     pub phase: Phase,
     metrics: RouteMetrics,
     comparator: Comparator,
+    capturer: Option<Arc<Capturer>>,
 }
 
 /// One consistent snapshot of everything routing depends on.
@@ -63,6 +65,7 @@ impl Routing {
                     phase: spec.phase,
                     metrics: metrics.route(&spec.name),
                     comparator: Comparator::new(&spec.shadow.ignore, &spec.shadow.headers),
+                    capturer: spec.capture.clone().map(|c| Arc::new(Capturer::new(c))),
                 }
             })
             .collect();
@@ -157,6 +160,7 @@ pub struct Proxy {
     routing: ArcSwap<Routing>,
     metrics: Metrics,
     shadower: Shadower,
+    captures: CaptureStore,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -177,6 +181,7 @@ impl Proxy {
                 config.shadow_max_body_bytes,
                 MismatchStore::new(config.mismatch_samples),
             ),
+            captures: CaptureStore::default(),
             metrics,
         }
     }
@@ -234,6 +239,11 @@ impl Proxy {
         self.shadower.store()
     }
 
+    /// The captured exchanges of carve-outs that capture traffic.
+    pub fn captures(&self) -> &CaptureStore {
+        &self.captures
+    }
+
     /// Answers one request.
     pub async fn handle(
         &self,
@@ -271,8 +281,25 @@ impl Proxy {
 
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // A sample of monolith-served exchanges of a capturing carve-out is kept for contracts;
+        // a request body is captured only when its declared length fits the bound.
+        let capture = carveout
+            .and_then(|c| c.capturer.as_ref())
+            .filter(|c| {
+                decision.target == Target::Monolith
+                    && (!has_body || declared.is_some_and(|l| l <= c.max_body_bytes() as u64))
+                    && c.sample()
+            })
+            .map(|c| (Arc::clone(c), c.headers(&parts.headers, true)));
         add_forwarding(&mut parts.headers, client.ip());
-        let body = if has_body {
+        let mut request_copy = None;
+        let body = if has_body && capture.is_some() {
+            // The declared length (checked against the limit above) bounds the body.
+            let limit = capture.as_ref().map_or(0, |(c, _)| c.max_body_bytes());
+            let (body, copy) = ProxyBody::tee(body, limit);
+            request_copy = Some(copy);
+            body
+        } else if has_body {
             ProxyBody::Limited {
                 inner: body,
                 seen: 0,
@@ -291,6 +318,13 @@ impl Proxy {
         // needs. A request with a body is streamed once and never replayed.
         let replayable =
             !has_body && (decision.fallback || decision.shadow || upstream.retries(&parts.method));
+        let capture_path = capture.as_ref().map(|_| {
+            (
+                parts.method.to_string(),
+                parts.uri.path().to_owned(),
+                parts.uri.query().map(str::to_owned),
+            )
+        });
         let replay = replayable.then(|| Replay {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -368,6 +402,29 @@ impl Proxy {
                     );
                     return Response::from_parts(parts, body);
                 }
+            }
+        }
+        if let (Some((capturer, request_headers)), Some((method, path, query)), Some(carveout)) =
+            (capture, capture_path, carveout)
+        {
+            if target == Target::Monolith {
+                let response_headers = capturer.headers(response.headers(), false);
+                let status = response.status().as_u16();
+                let (parts, body) = response.into_parts();
+                let (body, response_body) = ProxyBody::tee(body, capturer.max_body_bytes());
+                self.captures.spawn(CaptureJob {
+                    carveout: carveout.spec.name.clone(),
+                    capturer,
+                    method,
+                    path,
+                    query,
+                    request_headers,
+                    request_body: request_copy,
+                    status,
+                    response_headers,
+                    response_body,
+                });
+                return Response::from_parts(parts, body);
             }
         }
         response.map(ProxyBody::Streamed)

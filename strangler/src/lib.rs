@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use contracts::record::{RecordOptions, Script};
+use contracts::record::{script_from_captures, CapturedRequest, RecordOptions, Script};
 use contracts::verify::VerifyOptions;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use strangler_proxy::capture::Capture;
 use strangler_proxy::control::admin::{CarveOutView, PhaseRequest, VerificationReport};
 use strangler_proxy::control::store::{AuditEntry, Verification};
 use strangler_proxy::shadow::Mismatch;
@@ -120,6 +121,21 @@ pub enum ContractCommand {
         /// Who reports it (default: $USER).
         #[arg(long, env = "USER", default_value = "operator")]
         actor: String,
+    },
+    /// Turn the exchanges a proxy captured for a carve-out (opt-in per carve-out, sampled,
+    /// redacted) into a recording script; `contract record` then replays it and learns the noise.
+    Capture {
+        /// The carve-out.
+        name: String,
+        /// Where to write the script (TOML).
+        #[arg(long)]
+        script_out: PathBuf,
+        /// The consumer's name in the contract.
+        #[arg(long, default_value = "consumer")]
+        consumer: String,
+        /// The provider's name in the contract (default: the carve-out's).
+        #[arg(long)]
+        provider_name: Option<String>,
     },
     /// Record contracts from a provider (the monolith) with a script of requests, learning
     /// which fields are noise by replaying them.
@@ -384,6 +400,46 @@ async fn contract(command: ContractCommand, admin: &Admin, json: bool) -> anyhow
             } else {
                 Err(Failed(output).into())
             }
+        }
+        ContractCommand::Capture {
+            name,
+            script_out,
+            consumer,
+            provider_name,
+        } => {
+            let path = format!("/carveouts/{name}/captures");
+            let captures: Vec<Capture> = admin
+                .call(admin.request(reqwest::Method::GET, &path))
+                .await?;
+            if captures.is_empty() {
+                bail!(
+                    "the proxy has captured nothing for {name}: give the carve-out a capture \
+                     section (capture = {{ sample_percent = 10 }}) and let traffic flow"
+                );
+            }
+            let requests: Vec<CapturedRequest> = captures
+                .into_iter()
+                .map(|c| CapturedRequest {
+                    method: c.method,
+                    path: c.path,
+                    query: c.query,
+                    headers: c.request_headers,
+                    body: c.request_body,
+                })
+                .collect();
+            let provider = provider_name.unwrap_or_else(|| name.clone());
+            let script = script_from_captures(&consumer, &provider, &requests);
+            let text = toml::to_string(&script).context("cannot write the script as TOML")?;
+            std::fs::write(&script_out, text)
+                .with_context(|| format!("cannot write {}", script_out.display()))?;
+            Ok(format!(
+                "wrote {} distinct request(s) from {} capture(s) to {}; add provider states \
+                 where a request needs data, then run `strangler contract record --script {}`\n",
+                script.interactions.len(),
+                requests.len(),
+                script_out.display(),
+                script_out.display()
+            ))
         }
         ContractCommand::Record {
             script,

@@ -8,6 +8,7 @@
 //! | `POST /carveouts/{name}/phase` | `{"phase", "percent"?, "reason", "force"?, "actor"?}` |
 //! | `GET /audit?carveout=&limit=` | audit entries, newest first |
 //! | `GET /carveouts/{name}/mismatches` | the latest shadow mismatches |
+//! | `GET /carveouts/{name}/captures` | captured monolith exchanges (redacted), for contracts |
 //! | `POST /carveouts/{name}/verifications` | report a contract verification `{"provider", "interactions", "failures", "actor"?}` |
 //! | `GET /carveouts/{name}/verifications?limit=` | reported verifications, newest first |
 //! | `GET /metrics` | Prometheus text |
@@ -50,6 +51,7 @@ pub fn router(control: ControlPlane, token: Option<String>) -> Router {
         .route("/carveouts/{name}", get(show))
         .route("/carveouts/{name}/phase", post(set_phase))
         .route("/carveouts/{name}/mismatches", get(mismatches))
+        .route("/carveouts/{name}/captures", get(captures))
         .route(
             "/carveouts/{name}/verifications",
             get(verifications).post(report_verification),
@@ -325,6 +327,13 @@ async fn mismatches(State(admin): State<Admin>, Path(name): Path<String>) -> Res
         return response;
     }
     Json(admin.control.proxy().mismatches().list(&name)).into_response()
+}
+
+async fn captures(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    if let Some(response) = unknown(&admin, &name) {
+        return response;
+    }
+    Json(admin.control.proxy().captures().list(&name)).into_response()
 }
 
 /// The body of `POST /carveouts/{name}/verifications`.

@@ -10,6 +10,7 @@
 extern crate e2e;
 
 mod canary;
+mod capture;
 mod control;
 mod hygiene;
 mod phases;

@@ -14,6 +14,7 @@ const TOKEN: &str = "cli-token";
 
 struct Running {
     admin: String,
+    proxy: String,
     _db: e2e::TestDb,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -27,14 +28,6 @@ impl Drop for Running {
 }
 
 async fn replica() -> Running {
-    let db = e2e::TestDb::sqlite().await;
-    let args = ProxyArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_token: Some(TOKEN.to_owned()),
-        control_db: db.url.clone(),
-        ..ProxyArgs::defaults()
-    };
     let text = r#"
         [upstreams.monolith]
         instances = ["http://127.0.0.1:1"]
@@ -46,15 +39,29 @@ async fn replica() -> Running {
         phase = "monolith"
         routes = [{ methods = ["GET"], path = "/catalog/products/{id}" }]
     "#;
+    replica_with(text).await
+}
+
+async fn replica_with(text: &str) -> Running {
+    let db = e2e::TestDb::sqlite().await;
+    let args = ProxyArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some(TOKEN.to_owned()),
+        control_db: db.url.clone(),
+        ..ProxyArgs::defaults()
+    };
     let config = Config::from_toml(text, &args).unwrap();
     let replica = Replica::build(&config).await.unwrap();
     let admin = format!("http://{}", replica.admin_addr());
+    let proxy = format!("http://{}", replica.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(replica.run_until(async {
         let _ = stopped.await;
     }));
     Running {
         admin,
+        proxy,
         _db: db,
         stop: Some(stop),
     }
@@ -358,4 +365,135 @@ async fn contract_verification_gates_the_cut_over() {
     .await;
     assert!(!ok);
     assert!(err.contains("no pact files"), "{err}");
+}
+
+#[tokio::test]
+async fn captured_traffic_becomes_a_contract() {
+    let (url, _db, _stop) = monolith().await;
+    let text = format!(
+        r#"
+        [upstreams.monolith]
+        instances = ["{url}"]
+        [upstreams.catalog]
+        instances = ["http://127.0.0.1:2"]
+        [[carveouts]]
+        name = "catalog"
+        upstream = "catalog"
+        phase = "monolith"
+        routes = [{{ path = "/catalog/*" }}]
+        capture = {{ sample_percent = 100 }}
+        "#
+    );
+    let running = replica_with(&text).await;
+    let admin = running.admin.as_str();
+    let (ok, out, err) = cli(
+        admin,
+        TOKEN,
+        &[
+            "contract",
+            "capture",
+            "catalog",
+            "--script-out",
+            "/dev/null",
+        ],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(err.contains("captured nothing"), "{err}");
+
+    // Real traffic through the proxy, with a token that must not reach the script.
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/catalog/products", running.proxy))
+        .bearer_auth("s3cret")
+        .json(&serde_json::json!({"sku": "CAP-1", "name": "Lamp", "price_cents": 999, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    for path in [
+        "/catalog/products?limit=5",
+        "/catalog/products/1",
+        "/catalog/products?limit=5",
+    ] {
+        let response = http
+            .get(format!("{}{path}", running.proxy))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("captured.toml");
+    let script_arg = script.to_str().unwrap();
+    let mut captured = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !captured {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the captures never arrived"
+        );
+        let (ok, out, _) = cli(
+            admin,
+            TOKEN,
+            &[
+                "contract",
+                "capture",
+                "catalog",
+                "--script-out",
+                script_arg,
+                "--consumer",
+                "shop-web",
+            ],
+        )
+        .await;
+        captured = ok && out.contains("wrote 3 distinct request(s) from 4 capture(s)");
+    }
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(
+        !text.contains("s3cret") && !text.contains("authorization"),
+        "{text}"
+    );
+
+    // Recorded from the monolith (replayed, noise learned), the contract verifies it. The
+    // replayed POST meets the product the captured one created: a conflict, every time.
+    let pact = dir.path().join("captured.json");
+    let pact_arg = pact.to_str().unwrap();
+    let (ok, out, err) = cli(
+        admin,
+        TOKEN,
+        &[
+            "contract",
+            "record",
+            "--script",
+            script_arg,
+            "--provider",
+            &url,
+            "--out",
+            pact_arg,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("recorded 3 interaction(s)"), "{out}");
+    let recorded = std::fs::read_to_string(&pact).unwrap();
+    assert!(
+        recorded.contains("CAP-1") && recorded.contains("\"status\": 409"),
+        "{recorded}"
+    );
+    let (ok, out, err) = cli(
+        admin,
+        TOKEN,
+        &[
+            "contract",
+            "verify",
+            "--contracts",
+            pact_arg,
+            "--provider",
+            &url,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
 }

@@ -778,7 +778,7 @@ mod tests {
             .into(),
             body: Some(Body::Json(body)),
             matching_rules: crate::rules::MatchingRules::from_json(rules).unwrap(),
-            generators: serde_json::Map::new(),
+            generators: crate::generators::Generators::default(),
         }
     }
 

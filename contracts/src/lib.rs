@@ -7,6 +7,7 @@
 //! shadow diffing.
 
 pub mod compare;
+pub mod generators;
 pub mod pact;
 pub mod record;
 pub mod redact;

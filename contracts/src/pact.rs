@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
+use crate::generators::Generators;
 use crate::rules::{MatchingRules, RuleError};
 
 /// A Pact file could not be read.
@@ -151,8 +152,8 @@ pub struct HttpRequest {
     pub body: Option<Body>,
     /// Matching rules.
     pub matching_rules: MatchingRules,
-    /// Generators, kept as read.
-    pub generators: Map<String, Value>,
+    /// Generators.
+    pub generators: Generators,
 }
 
 /// A response.
@@ -166,8 +167,8 @@ pub struct HttpResponse {
     pub body: Option<Body>,
     /// Matching rules.
     pub matching_rules: MatchingRules,
-    /// Generators, kept as read.
-    pub generators: Map<String, Value>,
+    /// Generators.
+    pub generators: Generators,
 }
 
 impl HttpResponse {
@@ -372,7 +373,7 @@ fn read_interaction(raw: &Value, v4: bool) -> Result<Interaction, PactError> {
         matching_rules: MatchingRules::from_json(
             request.get("matchingRules").unwrap_or(&Value::Null),
         )?,
-        generators: read_object(request.get("generators")),
+        generators: Generators::from_json(request.get("generators").unwrap_or(&Value::Null)),
     };
     let headers = read_headers(response.get("headers"));
     let content_type = header(&headers, "content-type")
@@ -389,7 +390,7 @@ fn read_interaction(raw: &Value, v4: bool) -> Result<Interaction, PactError> {
         matching_rules: MatchingRules::from_json(
             response.get("matchingRules").unwrap_or(&Value::Null),
         )?,
-        generators: read_object(response.get("generators")),
+        generators: Generators::from_json(response.get("generators").unwrap_or(&Value::Null)),
     };
     Ok(Interaction {
         description,
@@ -571,10 +572,7 @@ fn write_interaction(interaction: &Interaction) -> Value {
         req.insert("matchingRules".into(), request.matching_rules.to_json());
     }
     if !request.generators.is_empty() {
-        req.insert(
-            "generators".into(),
-            Value::Object(request.generators.clone()),
-        );
+        req.insert("generators".into(), request.generators.to_json());
     }
     let mut res = Map::new();
     res.insert("status".into(), response.status.into());
@@ -588,10 +586,7 @@ fn write_interaction(interaction: &Interaction) -> Value {
         res.insert("matchingRules".into(), response.matching_rules.to_json());
     }
     if !response.generators.is_empty() {
-        res.insert(
-            "generators".into(),
-            Value::Object(response.generators.clone()),
-        );
+        res.insert("generators".into(), response.generators.to_json());
     }
     let mut out = Map::new();
     out.insert("type".into(), "Synchronous/HTTP".into());

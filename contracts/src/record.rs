@@ -454,7 +454,7 @@ pub fn learn(
             headers,
             body,
             matching_rules: rules,
-            generators: Map::new(),
+            generators: crate::generators::Generators::default(),
         },
         noise,
     ))

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use quick_junit::{NonSuccessKind, Report as JunitReport, TestCase, TestCaseStatus, TestSuite};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 use crate::compare::{match_response, Difference, Observed};
 use crate::pact::{Interaction, Pact, ProviderState};
@@ -231,8 +231,12 @@ async fn verify_one(
     interaction: &Interaction,
     options: &VerifyOptions,
 ) -> Result<Vec<Difference>, String> {
-    set_states(client, options, &interaction.provider_states, "setup").await?;
-    let result = send(client, &options.provider, &interaction.request).await;
+    let context = set_states(client, options, &interaction.provider_states, "setup").await?;
+    let request = interaction
+        .request
+        .generators
+        .apply(&interaction.request, &context)?;
+    let result = send(client, &options.provider, &request).await;
     if options.teardown {
         set_states(client, options, &interaction.provider_states, "teardown").await?;
     }
@@ -240,15 +244,17 @@ async fn verify_one(
     Ok(match_response(&interaction.response, &actual))
 }
 
-/// Calls the provider-state hook for each state.
+/// Calls the provider-state hook for each state; returns the values the hook answered with
+/// (a JSON object), which `ProviderState` generators use.
 pub(crate) async fn set_states(
     client: &reqwest::Client,
     options: &VerifyOptions,
     states: &[ProviderState],
     action: &str,
-) -> Result<(), String> {
+) -> Result<Map<String, Value>, String> {
+    let mut context = Map::new();
     if states.is_empty() {
-        return Ok(());
+        return Ok(context);
     }
     let Some(url) = &options.state_url else {
         return Err(format!(
@@ -271,8 +277,11 @@ pub(crate) async fn set_states(
                 response.status()
             ));
         }
+        if let Ok(Value::Object(values)) = response.json::<Value>().await {
+            context.extend(values);
+        }
     }
-    Ok(())
+    Ok(context)
 }
 
 /// Sends a contract's request to `base` and captures the response.

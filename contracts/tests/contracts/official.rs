@@ -53,6 +53,33 @@ async fn pacts_own_verifier_agrees_with_ours() {
     let (passed, text) = official(&bin, &file, &m.url, &m.state_url()).await;
     assert!(passed, "Pact's verifier rejects the monolith:\n{text}");
 
+    // A contract whose request takes a value from the provider state (a generator): both
+    // verifiers pass it on a monolith whose fixture ids are not the example's.
+    let generated = crate::support::pacts_dir().join("provider-state-values.json");
+    let fresh = Monolith::start().await;
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/catalog/products", fresh.url))
+        .json(
+            &serde_json::json!({"sku": "OLD", "name": "Old", "price_cents": 1, "currency": "EUR"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (passed, text) = official(&bin, &generated, &fresh.url, &fresh.state_url()).await;
+    assert!(passed, "Pact's verifier on the generator contract:\n{text}");
+    let ours = contracts::verify::verify_path(
+        &generated,
+        &VerifyOptions {
+            state_url: Some(fresh.state_url()),
+            ..VerifyOptions::new(fresh.url.clone())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(ours.passed(), "{}", ours.render());
+
     let mutant = Mutant::start(&m.url).await;
     let options = VerifyOptions {
         state_url: Some(mutant.state_url()),

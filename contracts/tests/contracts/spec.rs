@@ -55,7 +55,7 @@ fn expected(value: &Value) -> HttpResponse {
         headers: headers.into_iter().map(|(k, v)| (k, vec![v])).collect(),
         body,
         matching_rules: MatchingRules::from_json(rules).unwrap(),
-        generators: serde_json::Map::new(),
+        generators: contracts::generators::Generators::default(),
     }
 }
 

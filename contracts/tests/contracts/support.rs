@@ -19,6 +19,11 @@ pub fn catalog_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("catalog")
 }
 
+/// Hand-written pacts that exercise what recording does not produce (generators).
+pub fn pacts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pacts")
+}
+
 /// A monolith serving the provider-state hook on a fresh database.
 pub struct Monolith {
     /// Its base URL.

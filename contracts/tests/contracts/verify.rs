@@ -176,3 +176,36 @@ async fn a_verification_of_nothing_or_of_a_dead_provider_is_red() {
         report.render()
     );
 }
+
+#[tokio::test]
+async fn provider_state_values_reach_the_request_through_generators() {
+    let m = Monolith::start().await;
+    // Products made before the fixture push its ids up: /catalog/products/1 will not be it.
+    let http = reqwest::Client::new();
+    for sku in ["OLD-1", "OLD-2"] {
+        let created = http
+            .post(format!("{}/catalog/products", m.url))
+            .json(&serde_json::json!({"sku": sku, "name": "Old", "price_cents": 1, "currency": "EUR"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    let file = crate::support::pacts_dir().join("provider-state-values.json");
+    let report = verify_path(&file, &options(&m.url, m.state_url()))
+        .await
+        .unwrap();
+    assert!(report.passed(), "{}", report.render());
+    assert!(
+        report.outcomes[0]
+            .request
+            .starts_with("GET /catalog/products/1"),
+        "the contract's example"
+    );
+
+    // Without the generator the example path is sent, and it is not the fixture product.
+    let mut pact = Pact::load(&file).unwrap();
+    pact.interactions[0].request.generators = contracts::generators::Generators::default();
+    let report = verify(&[(file, pact)], &options(&m.url, m.state_url())).await;
+    assert!(!report.passed(), "{}", report.render());
+}

@@ -6,16 +6,18 @@
 //! States:
 //! - `catalog fixture` (`count`, default 3): the catalog holds exactly the products
 //!   `CT-0001` .. `CT-<count>` with their canonical fields; other products are removed. Never
-//!   turn this on against data you want to keep.
+//!   turn this on against data you want to keep. Answers `{"count", "first_id", "last_id"}`
+//!   for `ProviderState` generators (`/catalog/products/${first_id}`).
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::catalog::{CatalogApi, ProductInput, ProductQuery, MAX_PAGE};
 use crate::error::{Error, Result};
@@ -57,10 +59,10 @@ pub fn fixture_product(k: u64) -> ProductInput {
 async fn change(
     State(catalog): State<Arc<dyn CatalogApi>>,
     Json(change): Json<StateChange>,
-) -> Result<StatusCode> {
+) -> Result<Response> {
     // Pact's verifier calls the hook for interactions without a state too, with an empty name.
     if change.action == "teardown" || change.state.is_empty() {
-        return Ok(StatusCode::NO_CONTENT);
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
     if change.action != "setup" {
         return Err(Error::Unprocessable(format!(
@@ -79,8 +81,14 @@ async fn change(
                         Error::Unprocessable(format!("count must be 1 to 1000, not {v}"))
                     })?,
             };
-            catalog_fixture(catalog.as_ref(), count).await?;
-            Ok(StatusCode::NO_CONTENT)
+            let ids = catalog_fixture(catalog.as_ref(), count).await?;
+            // The values a contract's `ProviderState` generators can use (`${first_id}`).
+            Ok(axum::Json(json!({
+                "count": count,
+                "first_id": ids.first(),
+                "last_id": ids.last(),
+            }))
+            .into_response())
         }
         other => Err(Error::Unprocessable(format!(
             "unknown provider state {other:?} (known: \"catalog fixture\")"
@@ -88,7 +96,8 @@ async fn change(
     }
 }
 
-async fn catalog_fixture(catalog: &dyn CatalogApi, count: u64) -> Result<()> {
+/// Puts the fixture in place; returns the fixture products' ids in sku order.
+async fn catalog_fixture(catalog: &dyn CatalogApi, count: u64) -> Result<Vec<i64>> {
     let wanted: Vec<ProductInput> = (1..=count).map(fixture_product).collect();
     let mut existing = Vec::new();
     let mut after = None;
@@ -119,10 +128,12 @@ async fn catalog_fixture(catalog: &dyn CatalogApi, count: u64) -> Result<()> {
             None => catalog.delete_product(product.id).await?,
         }
     }
+    let mut ids = Vec::with_capacity(wanted.len());
     for w in wanted {
-        if !existing.iter().any(|p| p.sku == w.sku) {
-            catalog.create_product(w).await?;
+        match existing.iter().find(|p| p.sku == w.sku) {
+            Some(p) => ids.push(p.id),
+            None => ids.push(catalog.create_product(w).await?.id),
         }
     }
-    Ok(())
+    Ok(ids)
 }

@@ -69,6 +69,19 @@ impl Db {
         options: &DbOptions,
         migrations: &Migrations,
     ) -> anyhow::Result<Db> {
+        let db = Db::connect_unmigrated(url, options).await?;
+        let migrator = match db.backend {
+            Backend::Sqlite => migrations.sqlite,
+            Backend::Postgres => migrations.postgres,
+        };
+        migrator.run(&db.pool).await.with_context(|| {
+            format!("cannot apply the {} database's migrations", migrations.name)
+        })?;
+        Ok(db)
+    }
+
+    /// Connects to `url` without applying any migration (a database another program owns).
+    pub async fn connect_unmigrated(url: &str, options: &DbOptions) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();
         let (url, backend) = normalize_url(url)?;
         let connect_options = AnyConnectOptions::from_str(&url)
@@ -84,13 +97,6 @@ impl Db {
                 Some(pool_options(options, backend, true).connect_lazy_with(connect_options))
             }
         };
-        let migrator = match backend {
-            Backend::Sqlite => migrations.sqlite,
-            Backend::Postgres => migrations.postgres,
-        };
-        migrator.run(&pool).await.with_context(|| {
-            format!("cannot apply the {} database's migrations", migrations.name)
-        })?;
         Ok(Db {
             pool,
             relaxed,

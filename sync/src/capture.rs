@@ -1,0 +1,223 @@
+//! Capture: triggers on the source tables write every insert, update and delete into the
+//! change log (`sync_changes`) in the writer's own transaction, on SQLite and PostgreSQL.
+//!
+//! Loop prevention: a writer that applies synced changes (the relay, the backfill) first inserts
+//! a row into `sync_applying` inside its own transaction and deletes it before committing. The
+//! triggers skip capture while that row is visible, which is only inside that transaction:
+//! SQLite has one writer at a time, and PostgreSQL never shows another transaction's
+//! uncommitted row. So synced writes are never captured again, and forward and reverse sync can
+//! run at once without echoing.
+
+use sqlkit::{Backend, Db};
+
+use crate::mapping::{Mapping, TableMap};
+
+fn sqlite_ddl() -> Vec<String> {
+    vec![
+        "CREATE TABLE IF NOT EXISTS sync_changes (\
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, \
+            pk TEXT NOT NULL, image TEXT, xid BIGINT NOT NULL DEFAULT 0, at TEXT NOT NULL)"
+            .to_owned(),
+        "CREATE TABLE IF NOT EXISTS sync_applying (origin TEXT NOT NULL)".to_owned(),
+    ]
+}
+
+fn postgres_ddl() -> Vec<String> {
+    vec![
+        "CREATE TABLE IF NOT EXISTS sync_changes (\
+            seq BIGSERIAL PRIMARY KEY, tbl TEXT NOT NULL, op TEXT NOT NULL, \
+            pk TEXT NOT NULL, image TEXT, xid BIGINT NOT NULL DEFAULT 0, at TEXT NOT NULL)"
+            .to_owned(),
+        "CREATE TABLE IF NOT EXISTS sync_applying (origin TEXT NOT NULL)".to_owned(),
+    ]
+}
+
+/// The tables a relay needs in its target: the checkpoint, and the loop-prevention flag.
+pub(crate) async fn ensure_target_tables(db: &Db) -> Result<(), sqlx::Error> {
+    for sql in [
+        "CREATE TABLE IF NOT EXISTS sync_applying (origin TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS sync_checkpoints (stream TEXT PRIMARY KEY, seq BIGINT NOT NULL, at TEXT NOT NULL)",
+    ] {
+        sqlx::query(sql).execute(db.pool()).await?;
+    }
+    Ok(())
+}
+
+fn json_pairs(table: &TableMap, row: &str, key_only: bool, postgres: bool) -> String {
+    let columns: Vec<&str> = if key_only {
+        table.key.iter().map(|c| c.source.as_str()).collect()
+    } else {
+        table.all().map(|c| c.source.as_str()).collect()
+    };
+    let pairs: Vec<String> = columns
+        .iter()
+        .map(|c| format!("'{c}', {row}.{c}"))
+        .collect();
+    if postgres {
+        format!("jsonb_build_object({})::text", pairs.join(", "))
+    } else {
+        format!("json_object({})", pairs.join(", "))
+    }
+}
+
+fn sqlite_triggers(table: &TableMap) -> Vec<String> {
+    let t = &table.source;
+    let skip = "NOT EXISTS (SELECT 1 FROM sync_applying)";
+    let now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+    let key_changed = table
+        .key
+        .iter()
+        .map(|c| format!("OLD.{0} IS NOT NEW.{0}", c.source))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let insert = |op: &str, row: &str, image: bool| {
+        format!(
+            "INSERT INTO sync_changes (tbl, op, pk, image, at) VALUES ('{t}', '{op}', {}, {}, {now});",
+            json_pairs(table, row, true, false),
+            if image { json_pairs(table, row, false, false) } else { "NULL".to_owned() }
+        )
+    };
+    vec![
+        format!(
+            "CREATE TRIGGER sync_{t}_i AFTER INSERT ON {t} WHEN {skip} BEGIN {} END",
+            insert("I", "NEW", true)
+        ),
+        format!(
+            "CREATE TRIGGER sync_{t}_u AFTER UPDATE ON {t} WHEN {skip} BEGIN {} {} END",
+            // A changed key: the old row is gone.
+            format!(
+                "INSERT INTO sync_changes (tbl, op, pk, image, at) SELECT '{t}', 'D', {}, NULL, {now} WHERE {key_changed};",
+                json_pairs(table, "OLD", true, false)
+            ),
+            insert("U", "NEW", true)
+        ),
+        format!(
+            "CREATE TRIGGER sync_{t}_d AFTER DELETE ON {t} WHEN {skip} BEGIN {} END",
+            insert("D", "OLD", false)
+        ),
+    ]
+}
+
+fn postgres_triggers(table: &TableMap) -> Vec<String> {
+    let t = &table.source;
+    let now = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
+    let old_key = table
+        .key
+        .iter()
+        .map(|c| format!("OLD.{}", c.source))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let new_key = old_key.replace("OLD.", "NEW.");
+    let insert = |op: &str, row: &str, image: bool| {
+        format!(
+            "INSERT INTO sync_changes (tbl, op, pk, image, xid, at) VALUES ('{t}', '{op}', {}, {}, txid_current(), {now});",
+            json_pairs(table, row, true, true),
+            if image { json_pairs(table, row, false, true) } else { "NULL".to_owned() }
+        )
+    };
+    vec![
+        format!(
+            "CREATE OR REPLACE FUNCTION sync_capture_{t}() RETURNS trigger LANGUAGE plpgsql AS $fn$ \
+             BEGIN \
+               IF EXISTS (SELECT 1 FROM sync_applying) THEN RETURN NULL; END IF; \
+               IF TG_OP = 'DELETE' THEN {del} \
+               ELSE \
+                 IF TG_OP = 'UPDATE' AND ROW({old_key}) IS DISTINCT FROM ROW({new_key}) THEN {del} END IF; \
+                 IF TG_OP = 'INSERT' THEN {ins} ELSE {upd} END IF; \
+               END IF; \
+               RETURN NULL; \
+             END $fn$",
+            del = insert("D", "OLD", false),
+            ins = insert("I", "NEW", true),
+            upd = insert("U", "NEW", true),
+        ),
+        format!(
+            "CREATE TRIGGER sync_{t} AFTER INSERT OR UPDATE OR DELETE ON {t} \
+             FOR EACH ROW EXECUTE FUNCTION sync_capture_{t}()"
+        ),
+    ]
+}
+
+/// Installs the change log and the capture triggers of every source table of `mapping` (one
+/// transaction: all or nothing). Installing twice is refused by the database (the triggers
+/// exist); remove first.
+pub async fn install(db: &Db, mapping: &Mapping) -> anyhow::Result<()> {
+    let postgres = db.backend() == Backend::Postgres;
+    let mut statements = if postgres {
+        postgres_ddl()
+    } else {
+        sqlite_ddl()
+    };
+    for table in &mapping.tables {
+        statements.extend(if postgres {
+            postgres_triggers(table)
+        } else {
+            sqlite_triggers(table)
+        });
+    }
+    let mut tx = db.pool().begin().await?;
+    for sql in &statements {
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| anyhow::anyhow!("installing capture for {}: {e}", mapping.carveout))?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether capture is installed for every source table of `mapping`.
+pub async fn installed(db: &Db, mapping: &Mapping) -> Result<bool, sqlx::Error> {
+    for table in &mapping.tables {
+        let found: i64 = match db.backend() {
+            Backend::Sqlite => {
+                sqlx::query_scalar(
+                    "SELECT CAST(COUNT(*) AS BIGINT) FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+                )
+                .bind(format!("sync_{}_i", table.source))
+                .fetch_one(db.pool())
+                .await?
+            }
+            Backend::Postgres => {
+                sqlx::query_scalar(
+                    "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_trigger WHERE tgname = $1 AND NOT tgisinternal \
+                     AND tgrelid = to_regclass($2)",
+                )
+                .bind(format!("sync_{}", table.source))
+                .bind(table.source.clone())
+                .fetch_one(db.pool())
+                .await?
+            }
+        };
+        if found == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Removes the triggers and the change log (what was not relayed yet is dropped with it).
+pub async fn uninstall(db: &Db, mapping: &Mapping) -> anyhow::Result<()> {
+    let mut statements = Vec::new();
+    for table in &mapping.tables {
+        let t = &table.source;
+        match db.backend() {
+            Backend::Sqlite => {
+                for op in ["i", "u", "d"] {
+                    statements.push(format!("DROP TRIGGER IF EXISTS sync_{t}_{op}"));
+                }
+            }
+            Backend::Postgres => {
+                statements.push(format!("DROP TRIGGER IF EXISTS sync_{t} ON {t}"));
+                statements.push(format!("DROP FUNCTION IF EXISTS sync_capture_{t}()"));
+            }
+        }
+    }
+    statements.push("DROP TABLE IF EXISTS sync_changes".to_owned());
+    let mut tx = db.pool().begin().await?;
+    for sql in &statements {
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

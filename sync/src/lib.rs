@@ -1,0 +1,16 @@
+//! Dual-write data sync for carve-outs, driven by a mapping file (source tables and columns ↔
+//! target tables and columns, with simple invertible transforms):
+//!
+//! - [`capture`]: triggers write every change of the source tables into a change log in the
+//!   writer's own transaction (SQLite and PostgreSQL), skipping the writes sync itself makes;
+//! - [`relay`]: applies the log to the target in order, each batch with its checkpoint in one
+//!   transaction, never past a change that may still commit;
+//! - [`verify`]: compares both sides on the mapped form of every row.
+//!
+//! The same mapping runs forward (monolith → service) and, reversed, backward.
+
+pub mod capture;
+pub mod mapping;
+pub mod relay;
+pub mod schema;
+pub mod verify;

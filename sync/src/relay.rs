@@ -1,0 +1,406 @@
+//! The relay: reads the source's change log in order and applies it to the target. Each batch
+//! commits together with its checkpoint in one target transaction, so a crash at any point loses
+//! nothing and applies nothing twice; applying is an upsert or delete by key, idempotent anyway.
+//!
+//! Gaps: on PostgreSQL a change's sequence number is taken before its transaction commits, so
+//! number 11 can become visible after 12. The relay never moves its cursor past a missing
+//! number while a transaction that may hold it is still running: when it first sees the gap it
+//! notes the next transaction id to be assigned, and it skips the gap only once every
+//! transaction older than that has ended (the number was rolled back). A gap that stays open
+//! longer than a bound is reported loudly (a warning, and [`Step::gap`] in every step).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use sqlkit::{Backend, Db, Statement};
+use sqlx::Row;
+
+use crate::capture::ensure_target_tables;
+use crate::mapping::{Mapping, TableMap};
+use crate::schema::Kind;
+
+/// What one step did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Step {
+    /// Changes applied.
+    pub applied: usize,
+    /// The cursor after the step (the last applied sequence number).
+    pub cursor: i64,
+    /// A missing sequence number the relay is waiting on, and for how long.
+    pub gap: Option<(i64, Duration)>,
+}
+
+struct Gap {
+    seq: i64,
+    /// The next transaction id when the gap was first seen.
+    horizon: i64,
+    since: Instant,
+    reported: bool,
+}
+
+/// A relay from one database to another, for one direction of one carve-out.
+pub struct Relay {
+    source: Db,
+    target: Db,
+    mapping: Mapping,
+    stream: String,
+    batch: i64,
+    gap: Option<Gap>,
+    gap_report_after: Duration,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One change read from the log.
+#[derive(Debug, Clone)]
+struct Change {
+    seq: i64,
+    table: String,
+    op: String,
+    pk: Map<String, Value>,
+    image: Option<Map<String, Value>>,
+}
+
+impl Relay {
+    /// A relay applying `source`'s change log to `target` with a checked `mapping`;
+    /// `direction` names the stream (`forward`, `reverse`) whose checkpoint it keeps.
+    pub async fn new(
+        source: Db,
+        target: Db,
+        mapping: Mapping,
+        direction: &str,
+    ) -> anyhow::Result<Relay> {
+        ensure_target_tables(&target).await?;
+        Ok(Relay {
+            stream: format!("{}:{direction}", mapping.carveout),
+            source,
+            target,
+            mapping,
+            batch: 1000,
+            gap: None,
+            gap_report_after: Duration::from_secs(10),
+        })
+    }
+
+    /// Changes applied per transaction.
+    pub fn with_batch(mut self, batch: i64) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// How long a gap may stay open before it is reported.
+    pub fn with_gap_report_after(mut self, after: Duration) -> Self {
+        self.gap_report_after = after;
+        self
+    }
+
+    /// The stream's name (`catalog:forward`).
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The last applied sequence number (0 before the first).
+    pub async fn cursor(&self) -> Result<i64, sqlx::Error> {
+        let mut select = self
+            .target
+            .statement("SELECT seq FROM sync_checkpoints WHERE stream = ");
+        select.bind(self.stream.clone());
+        Ok(select
+            .query()?
+            .fetch_optional(self.target.pool())
+            .await?
+            .map(|row| row.try_get::<i64, _>("seq"))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// Changes in the log after the cursor (the lag in events), and the age of the oldest
+    /// (the lag in seconds; zero when there is nothing to apply).
+    pub async fn lag(&self) -> anyhow::Result<(i64, Duration)> {
+        let cursor = self.cursor().await?;
+        let mut select = self.source.statement(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, MIN(at) AS oldest FROM sync_changes WHERE seq > ",
+        );
+        select.bind(cursor);
+        let row = select.query()?.fetch_one(self.source.pool()).await?;
+        let n: i64 = row.try_get("n")?;
+        let oldest: Option<String> = row.try_get("oldest")?;
+        let age = oldest.and_then(|at| chrono_age(&at)).unwrap_or_default();
+        Ok((n, age))
+    }
+
+    /// Applies the next batch. Returns what it did; `applied == 0` means caught up (or waiting
+    /// on a gap).
+    pub async fn step(&mut self) -> anyhow::Result<Step> {
+        let cursor = self.cursor().await?;
+        let changes = self.read(cursor).await?;
+        let mut expected = cursor + 1;
+        let mut take = Vec::new();
+        for change in changes {
+            if change.seq != expected {
+                if !self.gap_resolved(expected).await? {
+                    break;
+                }
+                tracing::info!(stream = %self.stream, from = expected, to = change.seq - 1, "skipping sequence numbers no transaction will commit");
+                self.gap = None;
+            }
+            expected = change.seq + 1;
+            take.push(change);
+        }
+        if take.is_empty() {
+            return Ok(Step {
+                applied: 0,
+                cursor,
+                gap: self.gap.as_ref().map(|g| (g.seq, g.since.elapsed())),
+            });
+        }
+        let new_cursor = take.last().map_or(cursor, |c| c.seq);
+        self.apply(&take, new_cursor).await?;
+        if self.gap.as_ref().is_some_and(|g| g.seq < new_cursor) {
+            self.gap = None;
+        }
+        Ok(Step {
+            applied: take.len(),
+            cursor: new_cursor,
+            gap: self.gap.as_ref().map(|g| (g.seq, g.since.elapsed())),
+        })
+    }
+
+    /// Steps until nothing is left to apply (a gap that stays open ends it too).
+    pub async fn drain(&mut self) -> anyhow::Result<i64> {
+        let mut total = 0;
+        loop {
+            let step = self.step().await?;
+            total += i64::try_from(step.applied).unwrap_or(i64::MAX);
+            if step.applied == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn read(&self, cursor: i64) -> anyhow::Result<Vec<Change>> {
+        let mut select = self
+            .source
+            .statement("SELECT seq, tbl, op, pk, image FROM sync_changes WHERE seq > ");
+        select
+            .bind(cursor)
+            .push(" ORDER BY seq LIMIT ")
+            .bind(self.batch);
+        let rows = select.query()?.fetch_all(self.source.pool()).await?;
+        rows.iter()
+            .map(|row| {
+                let object = |text: Option<String>| -> anyhow::Result<Option<Map<String, Value>>> {
+                    match text {
+                        None => Ok(None),
+                        Some(text) => match serde_json::from_str(&text)? {
+                            Value::Object(map) => Ok(Some(map)),
+                            other => anyhow::bail!("a change row holds {other}, not an object"),
+                        },
+                    }
+                };
+                Ok(Change {
+                    seq: row.try_get("seq")?,
+                    table: row.try_get("tbl")?,
+                    op: row.try_get("op")?,
+                    pk: object(Some(row.try_get("pk")?))?.unwrap_or_default(),
+                    image: object(row.try_get("image")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the missing sequence number `seq` can no longer appear.
+    async fn gap_resolved(&mut self, seq: i64) -> anyhow::Result<bool> {
+        if self.source.backend() == Backend::Sqlite {
+            // One writer at a time: a number below a visible one is never still in flight.
+            return Ok(true);
+        }
+        let row = sqlx::query(
+            "SELECT CAST(txid_snapshot_xmin(txid_current_snapshot()) AS BIGINT) AS xmin, \
+                    CAST(txid_snapshot_xmax(txid_current_snapshot()) AS BIGINT) AS xmax",
+        )
+        .fetch_one(self.source.pool())
+        .await?;
+        let (xmin, xmax): (i64, i64) = (row.try_get("xmin")?, row.try_get("xmax")?);
+        match &mut self.gap {
+            Some(gap) if gap.seq == seq => {
+                if xmin >= gap.horizon {
+                    return Ok(true);
+                }
+                if !gap.reported && gap.since.elapsed() >= self.gap_report_after {
+                    gap.reported = true;
+                    tracing::warn!(stream = %self.stream, seq, waited = ?gap.since.elapsed(), "a change is missing and a transaction that may hold it is still open; not moving past it");
+                }
+                Ok(false)
+            }
+            _ => {
+                self.gap = Some(Gap {
+                    seq,
+                    horizon: xmax,
+                    since: Instant::now(),
+                    reported: false,
+                });
+                Ok(false)
+            }
+        }
+    }
+
+    async fn apply(&self, changes: &[Change], new_cursor: i64) -> anyhow::Result<()> {
+        let mut tx = self.target.pool().begin().await?;
+        sqlx::query("INSERT INTO sync_applying (origin) VALUES ('relay')")
+            .execute(&mut *tx)
+            .await?;
+        for change in changes {
+            let table = self
+                .mapping
+                .tables
+                .iter()
+                .find(|t| t.source == change.table)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "change {} is for {}, which the mapping does not name",
+                        change.seq,
+                        change.table
+                    )
+                })?;
+            let mut statement = match (change.op.as_str(), &change.image) {
+                ("D", _) => delete(&self.target, table, &change.pk),
+                (_, Some(image)) => upsert(&self.target, table, image),
+                (op, None) => Err(format!("change {} ({op}) has no row image", change.seq)),
+            }
+            .map_err(|e| anyhow::anyhow!("change {}: {e}", change.seq))?;
+            statement.query()?.execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM sync_applying")
+            .execute(&mut *tx)
+            .await?;
+        let mut checkpoint = self
+            .target
+            .statement("INSERT INTO sync_checkpoints (stream, seq, at) VALUES (");
+        checkpoint
+            .bind(self.stream.clone())
+            .push(", ")
+            .bind(new_cursor)
+            .push(", ")
+            .bind(sqlkit::now())
+            .push(") ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, at = excluded.at");
+        checkpoint.query()?.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn chrono_age(at: &str) -> Option<Duration> {
+    let then =
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()?;
+    let age = time::OffsetDateTime::now_utc() - then;
+    Some(Duration::from_secs_f64(age.as_seconds_f64().max(0.0)))
+}
+
+/// Binds `value` as the kind of its column.
+pub(crate) fn bind(statement: &mut Statement, kind: Kind, value: &Value) -> Result<(), String> {
+    match kind {
+        Kind::Integer => {
+            let v = match value {
+                Value::Null => None,
+                Value::Number(n) => {
+                    Some(n.as_i64().ok_or_else(|| format!("{n} is not an integer"))?)
+                }
+                Value::Bool(b) => Some(i64::from(*b)),
+                Value::String(s) => {
+                    Some(s.parse().map_err(|_| format!("{s:?} is not an integer"))?)
+                }
+                other => return Err(format!("{other} is not an integer")),
+            };
+            statement.bind(v);
+        }
+        Kind::Real => {
+            let v = match value {
+                Value::Null => None,
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => Some(s.parse().map_err(|_| format!("{s:?} is not a number"))?),
+                other => return Err(format!("{other} is not a number")),
+            };
+            statement.bind(v);
+        }
+        Kind::Bool => {
+            let v = match value {
+                Value::Null => None,
+                Value::Bool(b) => Some(*b),
+                Value::Number(n) => Some(n.as_i64() != Some(0)),
+                other => return Err(format!("{other} is not a boolean")),
+            };
+            statement.bind(v);
+        }
+        Kind::Text => {
+            let v = match value {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            };
+            statement.bind(v);
+        }
+    }
+    Ok(())
+}
+
+/// `INSERT ... ON CONFLICT (key) DO UPDATE` of a source row image into the target table.
+pub(crate) fn upsert(
+    db: &Db,
+    table: &TableMap,
+    image: &Map<String, Value>,
+) -> Result<Statement, String> {
+    let values = table.to_target(image)?;
+    let columns: Vec<&str> = table.all().map(|c| c.target.as_str()).collect();
+    let mut statement = db.statement(format!(
+        "INSERT INTO {} ({}) VALUES (",
+        table.target,
+        columns.join(", ")
+    ));
+    for (i, (column, value)) in table.all().zip(&values).enumerate() {
+        if i > 0 {
+            statement.push(", ");
+        }
+        bind(&mut statement, column.target_kind, value)?;
+    }
+    let keys: Vec<&str> = table.key.iter().map(|c| c.target.as_str()).collect();
+    statement.push(&format!(") ON CONFLICT ({}) ", keys.join(", ")));
+    if table.columns.is_empty() {
+        statement.push("DO NOTHING");
+    } else {
+        let sets: Vec<String> = table
+            .columns
+            .iter()
+            .map(|c| format!("{0} = excluded.{0}", c.target))
+            .collect();
+        statement.push(&format!("DO UPDATE SET {}", sets.join(", ")));
+    }
+    Ok(statement)
+}
+
+/// `DELETE` of the target row with a source key.
+pub(crate) fn delete(
+    db: &Db,
+    table: &TableMap,
+    pk: &Map<String, Value>,
+) -> Result<Statement, String> {
+    let mut statement = db.statement(format!("DELETE FROM {} WHERE ", table.target));
+    for (i, column) in table.key.iter().enumerate() {
+        let value = pk
+            .get(&column.source)
+            .ok_or_else(|| format!("the key column {} is missing", column.source))?;
+        let value = column.transform.apply(value)?;
+        if i > 0 {
+            statement.push(" AND ");
+        }
+        statement.push(&format!("{} = ", column.target));
+        bind(&mut statement, column.target_kind, &value)?;
+    }
+    Ok(statement)
+}

@@ -6,4 +6,5 @@
 #[macro_use]
 extern crate e2e;
 
+mod catalog_sync;
 mod shop;

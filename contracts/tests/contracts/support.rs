@@ -75,6 +75,50 @@ impl Drop for Monolith {
     }
 }
 
+/// The extracted catalog service with its provider-state hook, on a fresh database.
+pub struct CatalogService {
+    /// Its base URL.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _db: TestDb,
+}
+
+impl CatalogService {
+    /// Starts one on a fresh SQLite database.
+    pub async fn start() -> CatalogService {
+        let db = TestDb::sqlite().await;
+        let config = catalog_service::config::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: db.url.clone(),
+            provider_states: true,
+        };
+        let service = catalog_service::Service::build(&config).await.unwrap();
+        let url = format!("http://{}", service.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(service.run_until(async {
+            let _ = stopped.await;
+        }));
+        CatalogService {
+            url,
+            stop: Some(stop),
+            _db: db,
+        }
+    }
+
+    /// Its provider-state hook.
+    pub fn state_url(&self) -> String {
+        format!("{}{}", self.url, catalog_service::states::PATH)
+    }
+}
+
+impl Drop for CatalogService {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// A defect a provider can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Defect {

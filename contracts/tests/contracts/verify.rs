@@ -6,7 +6,7 @@ use contracts::pact::Pact;
 use contracts::record::{record, RecordOptions, Script};
 use contracts::verify::{verify, verify_path, VerifyOptions};
 
-use crate::support::{catalog_dir, Defect, Monolith, Mutant};
+use crate::support::{catalog_dir, CatalogService, Defect, Monolith, Mutant};
 
 fn options(provider: &str, state_url: String) -> VerifyOptions {
     VerifyOptions {
@@ -97,6 +97,21 @@ async fn the_committed_catalog_contract_verifies_the_monolith() {
     assert!(junit.contains("<testsuites"), "{junit}");
     assert!(junit.contains("the first page of products"), "{junit}");
     assert!(!junit.contains("<failure"), "{junit}");
+}
+
+#[tokio::test]
+async fn the_committed_catalog_contract_verifies_the_extracted_service() {
+    let service = CatalogService::start().await;
+    let report = verify_path(&catalog_dir(), &options(&service.url, service.state_url()))
+        .await
+        .unwrap();
+    assert!(report.passed(), "{}", report.render());
+    assert!(report.outcomes.len() >= 10);
+    let file = crate::support::pacts_dir().join("provider-state-values.json");
+    let report = verify_path(&file, &options(&service.url, service.state_url()))
+        .await
+        .unwrap();
+    assert!(report.passed(), "{}", report.render());
 }
 
 #[tokio::test]

@@ -1,0 +1,164 @@
+//! The catalog carve-out's data sync between the real monolith and the real catalog service:
+//! what the monolith's API writes, the service's API serves identically, and back.
+
+use std::path::Path;
+
+use e2e::TestDb;
+use monolith::app::Application;
+use monolith::config::ServeConfig;
+use serde_json::{json, Value};
+use sqlkit::{Db, DbOptions};
+use strangler_sync::mapping::Mapping;
+use strangler_sync::relay::Relay;
+use strangler_sync::{capture, verify};
+
+struct Running {
+    url: String,
+    db: Db,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn monolith(db: &TestDb) -> Running {
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        ..ServeConfig::defaults()
+    };
+    let app = Application::build(&config).await.unwrap();
+    let url = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let db = Db::connect_unmigrated(&db.url, &DbOptions::default())
+        .await
+        .unwrap();
+    Running {
+        url,
+        db,
+        _stop: stop,
+    }
+}
+
+async fn service(db: &TestDb) -> Running {
+    let config = catalog_service::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        provider_states: false,
+    };
+    let service = catalog_service::Service::build(&config).await.unwrap();
+    let url = format!("http://{}", service.local_addr());
+    let db = service.db().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(service.run_until(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        url,
+        db,
+        _stop: stop,
+    }
+}
+
+async fn twin(db: &TestDb) -> TestDb {
+    if db.url.starts_with("postgres") {
+        TestDb::postgres().await
+    } else {
+        TestDb::sqlite().await
+    }
+}
+
+async fn json(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = http.get(url).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+db_test!(the_service_serves_what_the_monolith_wrote_and_back);
+
+async fn the_service_serves_what_the_monolith_wrote_and_back(db: TestDb) {
+    let other = twin(&db).await;
+    let (m, s) = (monolith(&db).await, service(&other).await);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sync/mappings/catalog.toml");
+    let mut mapping = Mapping::load(&path).unwrap();
+    mapping.check(&m.db, &s.db).await.unwrap();
+    capture::install(&m.db, &mapping).await.unwrap();
+    let reverse = mapping.reversed();
+    capture::install(&s.db, &reverse).await.unwrap();
+    let mut forward = Relay::new(m.db.clone(), s.db.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap();
+    let mut backward = Relay::new(s.db.clone(), m.db.clone(), reverse.clone(), "reverse")
+        .await
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for (sku, name, price) in [
+        ("LAMP-1", "Desk Lamp", 1999),
+        ("MUG-1", "Coffee Mug", 850),
+        ("KET-1", "Kettle", 3200),
+    ] {
+        let created: Value = http
+            .post(format!("{}/catalog/products", m.url))
+            .json(&json!({"sku": sku, "name": name, "price_cents": price, "currency": "EUR"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["id"].as_i64().unwrap());
+    }
+    let updated = http
+        .put(format!("{}/catalog/products/{}", m.url, ids[1]))
+        .json(&json!({"sku": "MUG-1", "name": "Big Coffee Mug", "description": "Holds more.", "price_cents": 990, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), 200);
+    let deleted = http
+        .delete(format!("{}/catalog/products/{}", m.url, ids[2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    forward.drain().await.unwrap();
+
+    // Same answers from both, for one product, a page and a search.
+    for path in [
+        format!("/catalog/products/{}", ids[1]),
+        format!("/catalog/products/{}", ids[2]),
+        "/catalog/products?limit=1".to_owned(),
+        "/catalog/products?q=coffee".to_owned(),
+    ] {
+        let from_monolith = json(&http, &format!("{}{path}", m.url)).await;
+        let from_service = json(&http, &format!("{}{path}", s.url)).await;
+        assert_eq!(from_monolith, from_service, "{path}");
+    }
+    let report = verify::verify(&m.db, &s.db, &mapping).await.unwrap();
+    assert!(report.clean(), "{}", report.summary());
+
+    // After a cut-over the service takes the writes; reverse sync keeps the monolith current.
+    let renamed = http
+        .put(format!("{}/catalog/products/{}", s.url, ids[0]))
+        .json(&json!({"sku": "LAMP-1", "name": "Desk Lamp Pro", "price_cents": 2499, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), 200);
+    backward.drain().await.unwrap();
+    forward.drain().await.unwrap();
+    let path = format!("/catalog/products/{}", ids[0]);
+    let (status, from_monolith) = json(&http, &format!("{}{path}", m.url)).await;
+    assert_eq!(status, 200);
+    assert_eq!(from_monolith["name"], "Desk Lamp Pro");
+    assert_eq!(from_monolith["price_cents"], 2499);
+    assert_eq!(
+        from_monolith,
+        json(&http, &format!("{}{path}", s.url)).await.1
+    );
+    assert!(verify::verify(&m.db, &s.db, &mapping)
+        .await
+        .unwrap()
+        .clean());
+}

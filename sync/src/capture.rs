@@ -32,13 +32,30 @@ fn postgres_ddl() -> Vec<String> {
     ]
 }
 
-/// The tables a relay needs in its target: the checkpoint, and the loop-prevention flag.
+/// The tables a relay and a backfill need in their target: the checkpoints, the backfill
+/// progress, and the loop-prevention flag.
 pub(crate) async fn ensure_target_tables(db: &Db) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
+    lock_ddl(db, &mut tx).await?;
     for sql in [
         "CREATE TABLE IF NOT EXISTS sync_applying (origin TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS sync_checkpoints (stream TEXT PRIMARY KEY, seq BIGINT NOT NULL, at TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS sync_backfill (stream TEXT NOT NULL, tbl TEXT NOT NULL, \
+         last_key TEXT, read_rows BIGINT NOT NULL, skipped BIGINT NOT NULL, done BIGINT NOT NULL, \
+         PRIMARY KEY (stream, tbl))",
     ] {
-        sqlx::query(sql).execute(db.pool()).await?;
+        sqlx::query(sql).execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+/// Serialises the sync tool's DDL: PostgreSQL's `CREATE ... IF NOT EXISTS` is not safe against
+/// a concurrent twin (SQLite's single writer already is).
+async fn lock_ddl(db: &Db, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
+    if db.backend() == Backend::Postgres {
+        sqlx::query("SELECT CAST(pg_advisory_xact_lock(7271001) AS TEXT)")
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
@@ -156,6 +173,7 @@ pub async fn install(db: &Db, mapping: &Mapping) -> anyhow::Result<()> {
         });
     }
     let mut tx = db.pool().begin().await?;
+    lock_ddl(db, &mut tx).await?;
     for sql in &statements {
         sqlx::raw_sql(sql)
             .execute(&mut *tx)

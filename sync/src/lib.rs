@@ -9,6 +9,7 @@
 //!
 //! The same mapping runs forward (monolith → service) and, reversed, backward.
 
+pub mod backfill;
 pub mod capture;
 pub mod mapping;
 pub mod relay;

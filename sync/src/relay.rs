@@ -252,10 +252,16 @@ impl Relay {
     }
 
     async fn apply(&self, changes: &[Change], new_cursor: i64) -> anyhow::Result<()> {
+        let first = changes.first().map_or(new_cursor, |c| c.seq);
         let mut tx = self.target.pool().begin().await?;
-        sqlx::query("INSERT INTO sync_applying (origin) VALUES ('relay')")
-            .execute(&mut *tx)
-            .await?;
+        // The checkpoint row first: it serialises this batch with a backfill chunk (and with a
+        // second relay that should not be running), and it must not have moved meanwhile.
+        let held = lock_checkpoint(&self.target, &mut tx, &self.stream).await?;
+        anyhow::ensure!(
+            held < first,
+            "the checkpoint of {} moved to {held} while this relay read up to {first}: is another relay running?",
+            self.stream
+        );
         for change in changes {
             let table = self
                 .mapping
@@ -294,6 +300,32 @@ impl Relay {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Takes the write lock a relay batch and a backfill chunk share (the stream's checkpoint row,
+/// and on SQLite the database's single writer lock), inside `tx`; returns the checkpoint.
+pub(crate) async fn lock_checkpoint(
+    db: &Db,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    stream: &str,
+) -> anyhow::Result<i64> {
+    sqlx::query("INSERT INTO sync_applying (origin) VALUES ('sync')")
+        .execute(&mut **tx)
+        .await?;
+    let mut ensure = db.statement("INSERT INTO sync_checkpoints (stream, seq, at) VALUES (");
+    ensure
+        .bind(stream.to_owned())
+        .push(", 0, ")
+        .bind(sqlkit::now())
+        .push(") ON CONFLICT (stream) DO NOTHING");
+    ensure.query()?.execute(&mut **tx).await?;
+    let mut select = db.statement("SELECT seq FROM sync_checkpoints WHERE stream = ");
+    select.bind(stream.to_owned());
+    if db.backend() == Backend::Postgres {
+        select.push(" FOR UPDATE");
+    }
+    let row = select.query()?.fetch_one(&mut **tx).await?;
+    Ok(row.try_get("seq")?)
 }
 
 fn chrono_age(at: &str) -> Option<Duration> {
@@ -356,21 +388,34 @@ pub(crate) fn upsert(
     table: &TableMap,
     image: &Map<String, Value>,
 ) -> Result<Statement, String> {
-    let values = table.to_target(image)?;
+    upsert_rows(db, table, &[table.to_target(image)?])
+}
+
+/// One `INSERT ... ON CONFLICT (key) DO UPDATE` of many target rows (values in
+/// [`TableMap::all`] order).
+pub(crate) fn upsert_rows(
+    db: &Db,
+    table: &TableMap,
+    rows: &[Vec<Value>],
+) -> Result<Statement, String> {
     let columns: Vec<&str> = table.all().map(|c| c.target.as_str()).collect();
     let mut statement = db.statement(format!(
-        "INSERT INTO {} ({}) VALUES (",
+        "INSERT INTO {} ({}) VALUES ",
         table.target,
         columns.join(", ")
     ));
-    for (i, (column, value)) in table.all().zip(&values).enumerate() {
-        if i > 0 {
-            statement.push(", ");
+    for (r, values) in rows.iter().enumerate() {
+        statement.push(if r == 0 { "(" } else { ", (" });
+        for (i, (column, value)) in table.all().zip(values).enumerate() {
+            if i > 0 {
+                statement.push(", ");
+            }
+            bind(&mut statement, column.target_kind, value)?;
         }
-        bind(&mut statement, column.target_kind, value)?;
+        statement.push(")");
     }
     let keys: Vec<&str> = table.key.iter().map(|c| c.target.as_str()).collect();
-    statement.push(&format!(") ON CONFLICT ({}) ", keys.join(", ")));
+    statement.push(&format!(" ON CONFLICT ({}) ", keys.join(", ")));
     if table.columns.is_empty() {
         statement.push("DO NOTHING");
     } else {

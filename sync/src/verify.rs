@@ -108,7 +108,7 @@ impl Report {
     }
 }
 
-fn read_value(row: &AnyRow, index: usize, kind: Kind) -> Result<Value, sqlx::Error> {
+pub(crate) fn read_value(row: &AnyRow, index: usize, kind: Kind) -> Result<Value, sqlx::Error> {
     Ok(match kind {
         Kind::Integer => row
             .try_get::<Option<i64>, _>(index)?

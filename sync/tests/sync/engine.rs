@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use e2e::TestDb;
 use sqlkit::{Backend, Db, DbOptions};
+use strangler_sync::backfill::Backfill;
 use strangler_sync::capture;
 use strangler_sync::mapping::Mapping;
 use strangler_sync::relay::Relay;
@@ -62,6 +63,7 @@ async fn count(db: &Db, sql: &str) -> i64 {
 }
 
 db_test!(
+    backfill_under_concurrent_writes_loses_nothing,
     changes_flow_forward_mapped,
     a_restarted_relay_resumes_without_applying_twice,
     forward_and_reverse_at_once_do_not_echo,
@@ -371,4 +373,109 @@ async fn the_relay_waits_for_a_change_that_may_still_commit() {
     assert_eq!(relay.drain().await.unwrap(), 1);
     assert_eq!(relay.cursor().await.unwrap(), 4);
     assert!(verify(&source, &target, &mapping).await.unwrap().clean());
+}
+
+async fn backfill_under_concurrent_writes_loses_nothing(db: TestDb) {
+    let (source, target, mapping, _dbs) = setup(db).await;
+    // Rows from before capture existed.
+    for start in (0..2500).step_by(500) {
+        let values: Vec<String> = (start + 1..=start + 500)
+            .map(|i| format!("({i}, 'item {i}', {i}, NULL)"))
+            .collect();
+        exec(
+            &source,
+            &format!("INSERT INTO src_items VALUES {}", values.join(", ")),
+        )
+        .await;
+    }
+    let early = Backfill::new(source.clone(), target.clone(), mapping.clone(), "forward").await;
+    assert!(format!("{:#}", early.unwrap_err()).contains("install it first"));
+    capture::install(&source, &mapping).await.unwrap();
+
+    // Writers and the relay run all along the backfill.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (source, stop) = (source.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let id = (i * 37) % 2500 + 1;
+                exec(&source, &format!("UPDATE src_items SET price_cents = price_cents + 1, name = 'changed {i}' WHERE id = {id}")).await;
+                exec(
+                    &source,
+                    &format!(
+                        "INSERT INTO src_items VALUES ({}, 'new {i}', {i}, NULL)",
+                        10_000 + i
+                    ),
+                )
+                .await;
+                if i % 5 == 0 {
+                    exec(
+                        &source,
+                        &format!("DELETE FROM src_items WHERE id = {}", (i * 11) % 2500 + 1),
+                    )
+                    .await;
+                }
+                tokio::task::yield_now().await;
+            }
+            i
+        })
+    };
+    let relay = {
+        let (source, target, mapping, stop) = (
+            source.clone(),
+            target.clone(),
+            mapping.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut relay = Relay::new(source, target, mapping, "forward")
+                .await
+                .unwrap()
+                .with_batch(50);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                relay.step().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    // A first run stops after two chunks; a second resumes.
+    let first = Backfill::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap()
+        .with_chunk(300);
+    let partial = first.run_chunks(2, |_| {}).await.unwrap();
+    assert_eq!(partial[0].read, 600);
+    assert!(!partial[0].done);
+    let second = Backfill::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap()
+        .with_chunk(300);
+    let mut reports = 0;
+    let done = second.run(|_| reports += 1).await.unwrap();
+    assert!(done[0].done);
+    assert!(done[0].read >= 2500, "{:?}", done[0]);
+    assert!(reports > 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    relay.await.unwrap();
+    assert!(writes > 0);
+
+    let mut relay = Relay::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap();
+    relay.drain().await.unwrap();
+    let report = verify(&source, &target, &mapping).await.unwrap();
+    assert!(
+        report.clean(),
+        "{}\n{:#?}",
+        report.summary(),
+        report.drift.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        report.rows_compared,
+        u64::try_from(count(&source, "SELECT CAST(COUNT(*) AS BIGINT) FROM src_items").await)
+            .unwrap()
+    );
 }

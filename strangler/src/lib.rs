@@ -3,6 +3,8 @@
 //! (unreachable admin, refused transition, bad token) are one clear line on stderr and a
 //! non-zero exit; a red verification prints its report and exits non-zero.
 
+pub mod sync;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,6 +83,12 @@ pub enum Command {
     Mismatches {
         /// The carve-out.
         name: String,
+    },
+    /// The data sync of a carve-out: install, backfill, run, status, verify, repair.
+    Sync {
+        /// What to do.
+        #[command(subcommand)]
+        command: sync::SyncCommand,
     },
     /// Contract tests: record contracts from the monolith, verify a provider against them.
     Contract {
@@ -333,6 +341,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
             })
         }
         Command::Contract { command } => contract(command, &admin, json).await,
+        Command::Sync { command } => sync::run(command, json).await,
         Command::Mismatches { name } => {
             let path = format!("/carveouts/{name}/mismatches");
             let mismatches: Vec<Mismatch> = admin

@@ -497,3 +497,149 @@ async fn captured_traffic_becomes_a_contract() {
     .await;
     assert!(ok, "{out}{err}");
 }
+
+#[tokio::test]
+async fn the_catalog_syncs_from_the_command_line() {
+    let shop_db = e2e::TestDb::sqlite().await;
+    let config = monolith::config::ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: shop_db.url.clone(),
+        seed_products: 50,
+        ..monolith::config::ServeConfig::defaults()
+    };
+    let app = monolith::app::Application::build(&config).await.unwrap();
+    let shop = format!("http://{}", app.local_addr());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let service_db = e2e::TestDb::sqlite().await;
+    let service = catalog_service::Service::build(&catalog_service::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: service_db.url.clone(),
+        provider_states: false,
+    })
+    .await
+    .unwrap();
+    let service_pool = service.db().clone();
+    drop(service);
+
+    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
+    let (ok, out, err) = sync_cli(m, s, mapping, "status", &[]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("capture NOT installed"), "{out}");
+    let (ok, out, err) = sync_cli(m, s, mapping, "install", &[]).await;
+    assert!(
+        ok && out.contains("capture installed for catalog (forward)"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = sync_cli(m, s, mapping, "backfill", &[]).await;
+    assert!(
+        ok && out.contains("catalog_products: 50 rows copied"),
+        "{out}{err}"
+    );
+
+    let created = reqwest::Client::new()
+        .post(format!("{shop}/catalog/products"))
+        .json(&serde_json::json!({"sku": "CLI-1", "name": "Lamp", "price_cents": 999, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (ok, out, err) = sync_cli(m, s, mapping, "run", &["--once"]).await;
+    assert!(
+        ok && out.contains("catalog:forward: 1 change(s) applied"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = sync_cli(m, s, mapping, "status", &["--json"]).await;
+    assert!(ok);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            status["capture_installed"].as_bool(),
+            status["lag_events"].as_i64()
+        ),
+        (Some(true), Some(0))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("drift.json");
+    let report_arg = report.to_str().unwrap();
+    let (ok, out, err) = sync_cli(m, s, mapping, "verify", &["--report", report_arg]).await;
+    assert!(
+        ok && out.contains("51 rows compared, no drift"),
+        "{out}{err}"
+    );
+
+    // A row changed behind the relay's back: verify fails and names it; repair fixes it.
+    sqlx::query("UPDATE products SET title = 'tampered' WHERE product_id = 1")
+        .execute(service_pool.pool())
+        .await
+        .unwrap();
+    let (ok, out, _) = sync_cli(m, s, mapping, "verify", &["--report", report_arg]).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("1 drifted row(s)"), "{out}");
+    let drift: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(drift["drift"][0]["kind"], "different", "{drift}");
+    assert_eq!(drift["drift"][0]["actual"]["title"], "tampered", "{drift}");
+    let (ok, out, err) = sync_cli(m, s, mapping, "repair", &[]).await;
+    assert!(
+        ok && out.contains("repaired 1 row(s)") && out.contains("no drift"),
+        "{out}{err}"
+    );
+
+    // A mapping that does not fit is refused before anything runs.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(mapping)
+            .unwrap()
+            .replace("\"summary\"", "\"blurb\""),
+    )
+    .unwrap();
+    let (ok, _, err) = cli(
+        "http://127.0.0.1:9",
+        "x",
+        &[
+            "sync",
+            "status",
+            "catalog",
+            "--mapping",
+            bad.to_str().unwrap(),
+            "--monolith-db",
+            &shop_db.url,
+            "--service-db",
+            &service_db.url,
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("the target table products has no column blurb"),
+        "{err}"
+    );
+}
+
+async fn sync_cli(
+    monolith_db: &str,
+    service_db: &str,
+    mapping: &str,
+    command: &str,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let mut args = vec![
+        "sync",
+        command,
+        "catalog",
+        "--mapping",
+        mapping,
+        "--monolith-db",
+        monolith_db,
+        "--service-db",
+        service_db,
+    ];
+    args.extend_from_slice(extra);
+    cli("http://127.0.0.1:9", "x", &args).await
+}

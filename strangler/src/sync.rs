@@ -1,0 +1,323 @@
+//! `strangler sync ...`: the data sync of a carve-out, driven by its mapping file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use sqlkit::{Db, DbOptions};
+use strangler_sync::backfill::Backfill;
+use strangler_sync::mapping::Mapping;
+use strangler_sync::relay::Relay;
+use strangler_sync::{capture, verify};
+
+use crate::Failed;
+
+/// Which way the data flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    /// Monolith → service (before the cut-over).
+    Forward,
+    /// Service → monolith (after it).
+    Reverse,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+}
+
+/// Where a carve-out's data lives.
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    /// The carve-out.
+    pub carveout: String,
+    /// The mapping file (default: sync/mappings/<carveout>.toml).
+    #[arg(long)]
+    pub mapping: Option<PathBuf>,
+    /// The monolith's database (SQLite path or postgres:// URL).
+    #[arg(long, env = "STRANGLER_MONOLITH_DB")]
+    pub monolith_db: String,
+    /// The service's database.
+    #[arg(long, env = "STRANGLER_SERVICE_DB")]
+    pub service_db: String,
+    /// Which way.
+    #[arg(long, value_enum, default_value = "forward")]
+    pub direction: Direction,
+}
+
+/// `strangler sync ...`.
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Install capture (change log and triggers) on the source side.
+    Install(SyncArgs),
+    /// Remove capture from the source side.
+    Uninstall(SyncArgs),
+    /// Copy the rows that existed before capture (resumable).
+    Backfill {
+        /// The carve-out and its databases.
+        #[command(flatten)]
+        args: SyncArgs,
+        /// Rows per chunk.
+        #[arg(long, default_value_t = 2000)]
+        chunk: i64,
+    },
+    /// Relay changes to the target: until stopped, or until caught up with --once.
+    Run {
+        /// The carve-out and its databases.
+        #[command(flatten)]
+        args: SyncArgs,
+        /// Drain what is there and exit.
+        #[arg(long)]
+        once: bool,
+        /// Pause between polls when caught up (ms).
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+    },
+    /// Capture, cursor and lag.
+    Status(SyncArgs),
+    /// Compare both sides; exits non-zero on drift and when nothing was compared.
+    Verify {
+        /// The carve-out and its databases.
+        #[command(flatten)]
+        args: SyncArgs,
+        /// Write the JSON drift report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Re-copy every drifted key from the source, then verify again.
+    Repair(SyncArgs),
+}
+
+struct Sides {
+    mapping: Mapping,
+    source: Db,
+    target: Db,
+    direction: Direction,
+}
+
+async fn open(args: &SyncArgs) -> anyhow::Result<Sides> {
+    let path = args
+        .mapping
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("sync/mappings/{}.toml", args.carveout)));
+    let mut mapping = Mapping::load(&path)?;
+    anyhow::ensure!(
+        mapping.carveout == args.carveout,
+        "{} maps carve-out {}, not {}",
+        path.display(),
+        mapping.carveout,
+        args.carveout
+    );
+    let options = DbOptions::default();
+    let monolith = Db::connect_unmigrated(&args.monolith_db, &options)
+        .await
+        .context("the monolith's database")?;
+    let service = Db::connect_unmigrated(&args.service_db, &options)
+        .await
+        .context("the service's database")?;
+    mapping.check(&monolith, &service).await?;
+    Ok(match args.direction {
+        Direction::Forward => Sides {
+            mapping,
+            source: monolith,
+            target: service,
+            direction: args.direction,
+        },
+        Direction::Reverse => Sides {
+            mapping: mapping.reversed(),
+            source: service,
+            target: monolith,
+            direction: args.direction,
+        },
+    })
+}
+
+/// Runs a sync command and returns what to print.
+pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
+    match command {
+        SyncCommand::Install(args) => {
+            let sides = open(&args).await?;
+            if capture::installed(&sides.source, &sides.mapping).await? {
+                return Ok(format!(
+                    "capture is already installed for {} ({})\n",
+                    args.carveout,
+                    sides.direction.name()
+                ));
+            }
+            capture::install(&sides.source, &sides.mapping).await?;
+            Ok(format!(
+                "capture installed for {} ({}): {} table(s)\n",
+                args.carveout,
+                sides.direction.name(),
+                sides.mapping.tables.len()
+            ))
+        }
+        SyncCommand::Uninstall(args) => {
+            let sides = open(&args).await?;
+            capture::uninstall(&sides.source, &sides.mapping).await?;
+            Ok(format!(
+                "capture removed for {} ({})\n",
+                args.carveout,
+                sides.direction.name()
+            ))
+        }
+        SyncCommand::Backfill { args, chunk } => {
+            let sides = open(&args).await?;
+            let backfill = Backfill::new(
+                sides.source,
+                sides.target,
+                sides.mapping,
+                sides.direction.name(),
+            )
+            .await?
+            .with_chunk(chunk);
+            let bar = indicatif::ProgressBar::new(0);
+            if json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} rows ({per_sec})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let done = backfill
+                .run(|p| {
+                    bar.set_message(p.table.clone());
+                    bar.set_length(p.total.max(p.read));
+                    bar.set_position(p.read);
+                })
+                .await?;
+            bar.finish_and_clear();
+            Ok(if json {
+                serde_json::to_string_pretty(&json!(done
+                    .iter()
+                    .map(|p| json!({"table": p.table, "read": p.read, "skipped": p.skipped, "done": p.done}))
+                    .collect::<Vec<_>>()))?
+                    + "\n"
+            } else {
+                done.iter()
+                    .map(|p| {
+                        format!(
+                            "{}: {} rows copied ({} left to the relay: changed during the copy)\n",
+                            p.table,
+                            p.read - p.skipped,
+                            p.skipped
+                        )
+                    })
+                    .collect()
+            })
+        }
+        SyncCommand::Run {
+            args,
+            once,
+            interval_ms,
+        } => {
+            let sides = open(&args).await?;
+            let mut relay = Relay::new(
+                sides.source,
+                sides.target,
+                sides.mapping,
+                sides.direction.name(),
+            )
+            .await?;
+            if once {
+                let applied = relay.drain().await?;
+                return Ok(format!("{}: {applied} change(s) applied\n", relay.stream()));
+            }
+            let mut total = 0i64;
+            let stop = tokio::signal::ctrl_c();
+            tokio::pin!(stop);
+            loop {
+                let step = tokio::select! {
+                    step = relay.step() => step?,
+                    _ = &mut stop => break,
+                };
+                total += i64::try_from(step.applied).unwrap_or(0);
+                if step.applied == 0 {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+                        _ = &mut stop => break,
+                    }
+                }
+            }
+            Ok(format!(
+                "{}: stopped after applying {total} change(s)\n",
+                relay.stream()
+            ))
+        }
+        SyncCommand::Status(args) => {
+            let sides = open(&args).await?;
+            let installed = capture::installed(&sides.source, &sides.mapping).await?;
+            let relay = Relay::new(
+                sides.source,
+                sides.target,
+                sides.mapping,
+                sides.direction.name(),
+            )
+            .await?;
+            let cursor = relay.cursor().await?;
+            let (events, age) = if installed {
+                relay.lag().await?
+            } else {
+                (0, Duration::ZERO)
+            };
+            Ok(if json {
+                serde_json::to_string_pretty(&json!({
+                    "stream": relay.stream(),
+                    "capture_installed": installed,
+                    "cursor": cursor,
+                    "lag_events": events,
+                    "lag_seconds": age.as_secs_f64(),
+                }))? + "\n"
+            } else {
+                format!(
+                    "{}: capture {}, cursor {cursor}, lag {events} change(s) / {:.3} s\n",
+                    relay.stream(),
+                    if installed {
+                        "installed"
+                    } else {
+                        "NOT installed"
+                    },
+                    age.as_secs_f64()
+                )
+            })
+        }
+        SyncCommand::Verify { args, report } => {
+            let sides = open(&args).await?;
+            let result = verify::verify(&sides.source, &sides.target, &sides.mapping).await?;
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&result)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            let output = if json {
+                serde_json::to_string_pretty(&result)? + "\n"
+            } else {
+                result.summary()
+            };
+            if result.clean() {
+                Ok(output)
+            } else {
+                Err(Failed(output).into())
+            }
+        }
+        SyncCommand::Repair(args) => {
+            let sides = open(&args).await?;
+            let before = verify::verify(&sides.source, &sides.target, &sides.mapping).await?;
+            let fixed = verify::repair(&sides.target, &sides.mapping, &before).await?;
+            let after = verify::verify(&sides.source, &sides.target, &sides.mapping).await?;
+            let output = format!("repaired {fixed} row(s)\n{}", after.summary());
+            if after.clean() {
+                Ok(output)
+            } else {
+                Err(Failed(output).into())
+            }
+        }
+    }
+}

@@ -47,8 +47,19 @@ pub struct Services {
 impl Services {
     /// Wires the in-process modules over `db`, charging through `provider`.
     pub fn new(db: &Db, provider: Arc<dyn PaymentProvider>, payment_timeout: Duration) -> Self {
-        let accounts: Arc<dyn AccountsApi> = Arc::new(Accounts::new(db.clone()));
         let catalog: Arc<dyn CatalogApi> = Arc::new(Catalog::new(db.clone()));
+        Self::with_catalog(db, provider, payment_timeout, catalog)
+    }
+
+    /// [`Services::new`] with the catalog of the caller's choice (the extracted catalog
+    /// service over HTTP, once the catalog runs outside the monolith).
+    pub fn with_catalog(
+        db: &Db,
+        provider: Arc<dyn PaymentProvider>,
+        payment_timeout: Duration,
+        catalog: Arc<dyn CatalogApi>,
+    ) -> Self {
+        let accounts: Arc<dyn AccountsApi> = Arc::new(Accounts::new(db.clone()));
         let inventory: Arc<dyn InventoryApi> =
             Arc::new(Inventory::new(db.clone(), catalog.clone()));
         let payments: Arc<dyn PaymentsApi> =
@@ -146,7 +157,18 @@ impl Application {
             ..DbOptions::default()
         };
         let db = Db::connect(&config.database_url, &options).await?;
-        let services = Services::new(&db, provider, config.payment_timeout());
+        let services = match &config.catalog_url {
+            None => Services::new(&db, provider, config.payment_timeout()),
+            Some(url) => {
+                tracing::info!(%url, "the catalog runs outside the monolith");
+                let catalog = catalog::HttpCatalog::new(
+                    url,
+                    Duration::from_millis(config.catalog_timeout_ms),
+                    2,
+                )?;
+                Services::with_catalog(&db, provider, config.payment_timeout(), Arc::new(catalog))
+            }
+        };
         if config.seed_products > 0 || config.seed_customers > 0 {
             seed_if_empty(&db, &services, config).await?;
         }

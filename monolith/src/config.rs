@@ -61,6 +61,13 @@ pub struct ServeConfig {
     /// Seed this many customers before serving, if there are none.
     #[arg(long, env = "SHOP_SEED_CUSTOMERS", default_value_t = 0)]
     pub seed_customers: u64,
+    /// Reach the catalog over HTTP at this URL (the extracted catalog service) instead of
+    /// in process; the monolith's own catalog routes and its other modules use it.
+    #[arg(long, env = "SHOP_CATALOG_URL")]
+    pub catalog_url: Option<String>,
+    /// Timeout of each call to an HTTP catalog (ms).
+    #[arg(long, env = "SHOP_CATALOG_TIMEOUT_MS", default_value_t = 2000)]
+    pub catalog_timeout_ms: u64,
     /// Serve the provider-state hook for contract verification
     /// (`POST /_contracts/provider-states`). It rewrites data: test environments only.
     #[arg(long, env = "SHOP_PROVIDER_STATES", default_value_t = false)]

@@ -19,9 +19,14 @@ struct Running {
 }
 
 async fn monolith(db: &TestDb) -> Running {
+    monolith_with(db, None).await
+}
+
+async fn monolith_with(db: &TestDb, catalog_url: Option<String>) -> Running {
     let config = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: db.url.clone(),
+        catalog_url,
         ..ServeConfig::defaults()
     };
     let app = Application::build(&config).await.unwrap();
@@ -73,7 +78,97 @@ async fn json(http: &reqwest::Client, url: &str) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-db_test!(the_service_serves_what_the_monolith_wrote_and_back);
+db_test!(
+    the_service_serves_what_the_monolith_wrote_and_back,
+    orders_keep_working_with_the_catalog_outside
+);
+
+async fn orders_keep_working_with_the_catalog_outside(db: TestDb) {
+    let other = twin(&db).await;
+    let (m, s) = (monolith(&db).await, service(&other).await);
+    let http = reqwest::Client::new();
+    let post = |url: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let response = http.post(url).json(&body).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (_, customer) = post(
+        format!("{}/accounts", m.url),
+        json!({"email": "out@example.com", "name": "Out"}),
+    )
+    .await;
+    let (_, product) = post(
+        format!("{}/catalog/products", m.url),
+        json!({"sku": "OUT-1", "name": "Teapot", "price_cents": 1800, "currency": "EUR"}),
+    )
+    .await;
+    let product = product["id"].as_i64().unwrap();
+    let stock = http
+        .put(format!("{}/inventory/{product}", m.url))
+        .json(&json!({"quantity": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stock.status(), 200);
+
+    // The catalog's rows move to the service, which then owns the price.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sync/mappings/catalog.toml");
+    let mut mapping = Mapping::load(&path).unwrap();
+    mapping.check(&m.db, &s.db).await.unwrap();
+    capture::install(&m.db, &mapping).await.unwrap();
+    strangler_sync::backfill::Backfill::new(m.db.clone(), s.db.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap()
+        .run(|_| {})
+        .await
+        .unwrap();
+    let repriced = http
+        .put(format!("{}/catalog/products/{product}", s.url))
+        .json(&json!({"sku": "OUT-1", "name": "Teapot", "price_cents": 2000, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(repriced.status(), 200);
+
+    // A monolith whose catalog is the service: its orders price from there.
+    let outside = monolith_with(&db, Some(s.url.clone())).await;
+    let (status, order) = post(
+        format!("{}/orders", outside.url),
+        json!({"customer_id": customer["id"], "items": [{"product_id": product, "quantity": 2}], "card_token": "tok_ok"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["status"], "confirmed");
+    assert_eq!(order["total_cents"], 4000, "priced by the service");
+    let (status, missing) = post(
+        format!("{}/orders", outside.url),
+        json!({"customer_id": customer["id"], "items": [{"product_id": 999_999, "quantity": 1}], "card_token": "tok_ok"}),
+    )
+    .await;
+    assert!((400..500).contains(&status), "{status} {missing}");
+    // Its catalog routes answer from the service too.
+    let (status, read) = json(
+        &http,
+        &format!("{}/catalog/products/{product}", outside.url),
+    )
+    .await;
+    assert_eq!((status, read["price_cents"].as_i64()), (200, Some(2000)));
+
+    // The catalog down: a clear error, not a hang.
+    drop(s);
+    let (status, down) = post(
+        format!("{}/orders", outside.url),
+        json!({"customer_id": customer["id"], "items": [{"product_id": product, "quantity": 1}], "card_token": "tok_ok"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{down}");
+    assert_eq!(down["type"], "/problems/catalog-unavailable");
+}
 
 async fn the_service_serves_what_the_monolith_wrote_and_back(db: TestDb) {
     let other = twin(&db).await;

@@ -4,6 +4,7 @@
 //! [`CatalogApi`]; that trait is the seam a later carve-out backs with an HTTP client of the
 //! extracted catalog service, so it stays async and free of database types.
 
+mod client;
 mod http;
 mod store;
 
@@ -14,6 +15,7 @@ use utoipa::ToSchema;
 use crate::db::Db;
 use crate::error::{Error, Result};
 
+pub use client::HttpCatalog;
 pub use http::{router, ProductList};
 pub use store::seed_products;
 

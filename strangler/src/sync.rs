@@ -78,6 +78,10 @@ pub enum SyncCommand {
         /// Pause between polls when caught up (ms).
         #[arg(long, default_value_t = 50)]
         interval_ms: u64,
+        /// The relay's lease: one relay per carve-out and direction applies changes; a standby
+        /// takes over this long after the active one died (ms).
+        #[arg(long, default_value_t = 5000)]
+        lease_ms: u64,
     },
     /// Capture, cursor and lag.
     Status(SyncArgs),
@@ -218,6 +222,7 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
             args,
             once,
             interval_ms,
+            lease_ms,
         } => {
             let sides = open(&args).await?;
             let mut relay = Relay::new(
@@ -226,9 +231,26 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                 sides.mapping,
                 sides.direction.name(),
             )
-            .await?;
+            .await?
+            .with_lease(Duration::from_millis(lease_ms));
             if once {
-                let applied = relay.drain().await?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                let mut applied = 0;
+                loop {
+                    let step = relay.step().await?;
+                    applied += step.applied;
+                    if step.standby {
+                        anyhow::ensure!(
+                            tokio::time::Instant::now() < deadline,
+                            "another relay holds {} and did not let go within 30 s",
+                            relay.stream()
+                        );
+                        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+                    } else if step.applied == 0 {
+                        break;
+                    }
+                }
+                relay.release_lease().await?;
                 return Ok(format!("{}: {applied} change(s) applied\n", relay.stream()));
             }
             let mut total = 0i64;
@@ -247,6 +269,7 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                     }
                 }
             }
+            relay.release_lease().await?;
             Ok(format!(
                 "{}: stopped after applying {total} change(s)\n",
                 relay.stream()

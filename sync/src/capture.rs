@@ -43,6 +43,8 @@ pub(crate) async fn ensure_target_tables(db: &Db) -> Result<(), sqlx::Error> {
         "CREATE TABLE IF NOT EXISTS sync_backfill (stream TEXT NOT NULL, tbl TEXT NOT NULL, \
          last_key TEXT, read_rows BIGINT NOT NULL, skipped BIGINT NOT NULL, done BIGINT NOT NULL, \
          PRIMARY KEY (stream, tbl))",
+        "CREATE TABLE IF NOT EXISTS sync_leases (stream TEXT PRIMARY KEY, holder TEXT NOT NULL, \
+         expires_ms BIGINT NOT NULL)",
     ] {
         sqlx::query(sql).execute(&mut *tx).await?;
     }

@@ -28,6 +28,8 @@ pub struct Step {
     pub cursor: i64,
     /// A missing sequence number the relay is waiting on, and for how long.
     pub gap: Option<(i64, Duration)>,
+    /// Another relay holds the stream's lease: this one waits (and takes over when it lapses).
+    pub standby: bool,
 }
 
 struct Gap {
@@ -47,6 +49,8 @@ pub struct Relay {
     batch: i64,
     gap: Option<Gap>,
     gap_report_after: Duration,
+    holder: String,
+    lease: Duration,
 }
 
 impl std::fmt::Debug for Relay {
@@ -85,7 +89,61 @@ impl Relay {
             batch: 1000,
             gap: None,
             gap_report_after: Duration::from_secs(10),
+            holder: format!("{}-{:x}", std::process::id(), rand_id()),
+            lease: Duration::from_secs(5),
         })
+    }
+
+    /// How long the lease lasts without renewal: a relay that dies is replaced after this.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Takes or renews the stream's lease: only one relay per stream applies changes. Returns
+    /// whether this relay holds it.
+    pub async fn hold_lease(&self) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let expires = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut claim = self
+            .target
+            .statement("INSERT INTO sync_leases (stream, holder, expires_ms) VALUES (");
+        claim
+            .bind(self.stream.clone())
+            .push(", ")
+            .bind(self.holder.clone())
+            .push(", ")
+            .bind(expires)
+            .push(
+                ") ON CONFLICT (stream) DO UPDATE SET holder = excluded.holder, \
+                 expires_ms = excluded.expires_ms WHERE sync_leases.holder = excluded.holder \
+                 OR sync_leases.expires_ms < ",
+            )
+            .bind(now);
+        claim.query()?.execute(self.target.pool()).await?;
+        let mut held = self
+            .target
+            .statement("SELECT holder FROM sync_leases WHERE stream = ");
+        held.bind(self.stream.clone());
+        let holder: String = held
+            .query()?
+            .fetch_one(self.target.pool())
+            .await?
+            .try_get("holder")?;
+        Ok(holder == self.holder)
+    }
+
+    /// Gives the lease up (a clean stop), so a standby takes over at once.
+    pub async fn release_lease(&self) -> anyhow::Result<()> {
+        let mut release = self
+            .target
+            .statement("DELETE FROM sync_leases WHERE stream = ");
+        release
+            .bind(self.stream.clone())
+            .push(" AND holder = ")
+            .bind(self.holder.clone());
+        release.query()?.execute(self.target.pool()).await?;
+        Ok(())
     }
 
     /// Changes applied per transaction.
@@ -138,6 +196,13 @@ impl Relay {
     /// Applies the next batch. Returns what it did; `applied == 0` means caught up (or waiting
     /// on a gap).
     pub async fn step(&mut self) -> anyhow::Result<Step> {
+        if !self.hold_lease().await? {
+            return Ok(Step {
+                cursor: self.cursor().await?,
+                standby: true,
+                ..Step::default()
+            });
+        }
         let cursor = self.cursor().await?;
         let changes = self.read(cursor).await?;
         let mut expected = cursor + 1;
@@ -158,6 +223,7 @@ impl Relay {
                 applied: 0,
                 cursor,
                 gap: self.gap.as_ref().map(|g| (g.seq, g.since.elapsed())),
+                standby: false,
             });
         }
         let new_cursor = take.last().map_or(cursor, |c| c.seq);
@@ -169,6 +235,7 @@ impl Relay {
             applied: take.len(),
             cursor: new_cursor,
             gap: self.gap.as_ref().map(|g| (g.seq, g.since.elapsed())),
+            standby: false,
         })
     }
 
@@ -326,6 +393,23 @@ pub(crate) async fn lock_checkpoint(
     }
     let row = select.query()?.fetch_one(&mut **tx).await?;
     Ok(row.try_get("seq")?)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
 }
 
 fn chrono_age(at: &str) -> Option<Duration> {

@@ -643,3 +643,120 @@ async fn sync_cli(
     args.extend_from_slice(extra);
     cli("http://127.0.0.1:9", "x", &args).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing() {
+    let shop_db = e2e::TestDb::sqlite().await;
+    let config = monolith::config::ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: shop_db.url.clone(),
+        ..monolith::config::ServeConfig::defaults()
+    };
+    let shop = monolith::app::Application::build(&config).await.unwrap();
+    let shop_pool = shop.db().pool().clone();
+    drop(shop);
+    let service_db = e2e::TestDb::sqlite().await;
+    let service = catalog_service::Service::build(&catalog_service::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: service_db.url.clone(),
+        provider_states: false,
+    })
+    .await
+    .unwrap();
+    drop(service);
+    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
+    let (ok, out, err) = sync_cli(m, s, mapping, "install", &[]).await;
+    assert!(ok, "{out}{err}");
+
+    // Writes keep coming while relay processes are killed (SIGKILL, no clean stop) at random
+    // points, one after another.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (pool, stop) = (shop_pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i: i64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                sqlx::query(&format!(
+                    "INSERT INTO catalog_products (sku, name, description, price_cents, currency, created_at, updated_at) \
+                     VALUES ('K-{i}', 'Kill {i}', '', {i}, 'EUR', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')"
+                ))
+                .execute(&pool)
+                .await
+                .unwrap();
+                if i % 3 == 0 {
+                    sqlx::query(&format!("UPDATE catalog_products SET price_cents = price_cents + 7 WHERE sku = 'K-{}'", i / 2))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                if i % 10 == 0 {
+                    sqlx::query(&format!(
+                        "DELETE FROM catalog_products WHERE sku = 'K-{}'",
+                        i - 5
+                    ))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            i
+        })
+    };
+    for round in 0..5u64 {
+        let mut child = std::process::Command::new(BIN)
+            .args([
+                "sync",
+                "run",
+                "catalog",
+                "--mapping",
+                mapping,
+                "--monolith-db",
+                m,
+                "--service-db",
+                s,
+                "--interval-ms",
+                "5",
+                "--lease-ms",
+                "300",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Pseudo-random kill points between 150 and 650 ms.
+        let wait = 150 + (round * 7919 + std::process::id() as u64) % 500;
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(writes > 50, "{writes} writes");
+
+    let (ok, out, err) = sync_cli(
+        m,
+        s,
+        mapping,
+        "run",
+        &["--once", "--lease-ms", "300", "--interval-ms", "20"],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    // The killed relays did part of the work; the last one only what was left.
+    let left: i64 = out
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(left < writes, "the killed relays applied nothing ({left} of {writes} left)");
+    let (ok, out, err) = sync_cli(m, s, mapping, "verify", &[]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("no drift"), "{out}");
+    let (_, out, _) = sync_cli(m, s, mapping, "status", &["--json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["lag_events"], 0, "{status}");
+}

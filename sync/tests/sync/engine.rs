@@ -125,12 +125,15 @@ async fn a_restarted_relay_resumes_without_applying_twice(db: TestDb) {
         )
         .await;
     }
+    let lease = Duration::from_millis(300);
     let mut first = Relay::new(source.clone(), target.clone(), mapping.clone(), "forward")
         .await
         .unwrap()
-        .with_batch(3);
+        .with_batch(3)
+        .with_lease(lease);
     let step = first.step().await.unwrap();
     assert_eq!((step.applied, step.cursor), (3, 3));
+    // The first relay dies without a word: its lease lapses, then a standby takes over.
     drop(first);
     // A relay that applies a change twice would count a price twice here.
     exec(
@@ -142,9 +145,28 @@ async fn a_restarted_relay_resumes_without_applying_twice(db: TestDb) {
     let mut second = Relay::new(source.clone(), target.clone(), mapping.clone(), "forward")
         .await
         .unwrap()
-        .with_batch(3);
+        .with_batch(3)
+        .with_lease(lease);
     assert_eq!(second.cursor().await.unwrap(), 3, "the checkpoint survived");
-    assert_eq!(second.drain().await.unwrap(), 5);
+    let step = second.step().await.unwrap();
+    assert!(step.standby, "the dead relay's lease has not lapsed yet");
+    assert_eq!(step.applied, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while second.step().await.unwrap().standby {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    second.drain().await.unwrap();
+    assert_eq!(second.cursor().await.unwrap(), 8);
+    // A clean stop hands over at once.
+    second.release_lease().await.unwrap();
+    let mut third = Relay::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap();
+    assert!(!third.step().await.unwrap().standby);
     assert_eq!(
         count(&target, "SELECT CAST(COUNT(*) AS BIGINT) FROM items").await,
         7
@@ -453,6 +475,7 @@ async fn backfill_under_concurrent_writes_loses_nothing(db: TestDb) {
                 relay.step().await.unwrap();
                 tokio::task::yield_now().await;
             }
+            relay.release_lease().await.unwrap();
         })
     };
     // A first run stops after two chunks; a second resumes.

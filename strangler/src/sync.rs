@@ -9,6 +9,7 @@ use serde_json::json;
 use sqlkit::{Db, DbOptions};
 use strangler_sync::backfill::Backfill;
 use strangler_sync::mapping::Mapping;
+use strangler_sync::metrics::RelayMetrics;
 use strangler_sync::relay::Relay;
 use strangler_sync::{capture, verify};
 
@@ -82,6 +83,9 @@ pub enum SyncCommand {
         /// takes over this long after the active one died (ms).
         #[arg(long, default_value_t = 5000)]
         lease_ms: u64,
+        /// Serve Prometheus metrics (lag, applied, errors, active) at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Capture, cursor and lag.
     Status(SyncArgs),
@@ -223,6 +227,7 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
             once,
             interval_ms,
             lease_ms,
+            metrics_listen,
         } => {
             let sides = open(&args).await?;
             let mut relay = Relay::new(
@@ -253,18 +258,59 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                 relay.release_lease().await?;
                 return Ok(format!("{}: {applied} change(s) applied\n", relay.stream()));
             }
+            let metrics = std::sync::Arc::new(RelayMetrics::new(relay.stream()));
+            if let Some(addr) = metrics_listen {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (metrics)"))?;
+                eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+                let metrics = metrics.clone();
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let metrics = metrics.clone();
+                        async move { metrics.encode() }
+                    }),
+                );
+                tokio::spawn(async move { axum::serve(listener, app).await });
+            }
             let mut total = 0i64;
+            let mut last_lag = tokio::time::Instant::now() - Duration::from_secs(10);
+            let mut failures = 0u32;
             let stop = tokio::signal::ctrl_c();
             tokio::pin!(stop);
             loop {
+                if last_lag.elapsed() >= Duration::from_secs(1) {
+                    last_lag = tokio::time::Instant::now();
+                    if let Ok((events, age)) = relay.lag().await {
+                        metrics.lag(events, age);
+                    }
+                }
                 let step = tokio::select! {
-                    step = relay.step() => step?,
+                    step = relay.step() => step,
                     _ = &mut stop => break,
                 };
-                total += i64::try_from(step.applied).unwrap_or(0);
-                if step.applied == 0 {
+                let pause = match step {
+                    Ok(step) => {
+                        failures = 0;
+                        metrics.step(&step);
+                        total += i64::try_from(step.applied).unwrap_or(0);
+                        (step.applied == 0).then(|| Duration::from_millis(interval_ms))
+                    }
+                    Err(err) => {
+                        // A relay is a daemon: report, back off, retry (nothing was applied).
+                        failures += 1;
+                        metrics.error();
+                        eprintln!("error: {}: {err:#} (retrying)", relay.stream());
+                        Some(
+                            Duration::from_millis(interval_ms.max(10) << failures.min(6))
+                                .min(Duration::from_secs(5)),
+                        )
+                    }
+                };
+                if let Some(pause) = pause {
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+                        () = tokio::time::sleep(pause) => {}
                         _ = &mut stop => break,
                     }
                 }

@@ -12,6 +12,7 @@
 pub mod backfill;
 pub mod capture;
 pub mod mapping;
+pub mod metrics;
 pub mod relay;
 pub mod schema;
 pub mod verify;

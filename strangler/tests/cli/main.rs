@@ -752,11 +752,99 @@ async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing() {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
-    assert!(left < writes, "the killed relays applied nothing ({left} of {writes} left)");
+    assert!(
+        left < writes,
+        "the killed relays applied nothing ({left} of {writes} left)"
+    );
     let (ok, out, err) = sync_cli(m, s, mapping, "verify", &[]).await;
     assert!(ok, "{out}{err}");
     assert!(out.contains("no drift"), "{out}");
     let (_, out, _) = sync_cli(m, s, mapping, "status", &["--json"]).await;
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["lag_events"], 0, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_relay_exports_its_lag_and_progress() {
+    let shop_db = e2e::TestDb::sqlite().await;
+    let config = monolith::config::ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: shop_db.url.clone(),
+        ..monolith::config::ServeConfig::defaults()
+    };
+    let shop = monolith::app::Application::build(&config).await.unwrap();
+    let shop_pool = shop.db().pool().clone();
+    drop(shop);
+    let service_db = e2e::TestDb::sqlite().await;
+    drop(
+        catalog_service::Service::build(&catalog_service::config::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: service_db.url.clone(),
+            provider_states: false,
+        })
+        .await
+        .unwrap(),
+    );
+    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
+    assert!(sync_cli(m, s, mapping, "install", &[]).await.0);
+
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "sync",
+            "run",
+            "catalog",
+            "--mapping",
+            mapping,
+            "--monolith-db",
+            m,
+            "--service-db",
+            s,
+        ])
+        .args(["--interval-ms", "10", "--metrics-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stderr)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let url = first
+        .trim()
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    sqlx::query(
+        "INSERT INTO catalog_products (sku, name, description, price_cents, currency, created_at, updated_at) \
+         VALUES ('M-1', 'Metric', '', 100, 'EUR', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')",
+    )
+    .execute(&shop_pool)
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(text.contains(r#"strangler_sync_applied_total{stream="catalog:forward"} 1"#)
+        && text.contains(r#"strangler_sync_active{stream="catalog:forward"} 1"#))
+    {
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        text = http.get(&url).send().await.unwrap().text().await.unwrap();
+    }
+    assert!(text.contains("strangler_sync_lag_events"), "{text}");
+    assert!(text.contains("strangler_sync_lag_seconds"), "{text}");
+    assert!(
+        text.contains(r#"strangler_sync_errors_total{stream="catalog:forward"} 0"#),
+        "{text}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

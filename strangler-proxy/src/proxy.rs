@@ -6,7 +6,9 @@
 //! and keeps it to the end; a phase change or a reload swaps in a new snapshot, so no in-flight
 //! request is dropped or sees half a change.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -94,6 +96,13 @@ impl Routing {
         self.routes.routes()
     }
 
+    /// The carve-out that owns a request, if any.
+    pub fn owner(&self, method: &Method, path: &str) -> Option<String> {
+        self.routes
+            .find(method, path)
+            .map(|route| self.carveouts[route.carveout].spec.name.clone())
+    }
+
     /// The name of the upstream at `index`.
     pub fn upstream_name(&self, index: usize) -> &str {
         self.upstreams.get(index).map_or("", |u| u.name())
@@ -161,6 +170,10 @@ pub struct Proxy {
     metrics: Metrics,
     shadower: Shadower,
     captures: CaptureStore,
+    /// Fenced carve-outs and when each fence lapses (Unix ms).
+    fences: tokio::sync::watch::Sender<Arc<HashMap<String, i64>>>,
+    any_fence: AtomicBool,
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -182,6 +195,9 @@ impl Proxy {
                 MismatchStore::new(config.mismatch_samples),
             ),
             captures: CaptureStore::default(),
+            fences: tokio::sync::watch::Sender::new(Arc::new(HashMap::new())),
+            any_fence: AtomicBool::new(false),
+            held: std::sync::atomic::AtomicUsize::new(0),
             metrics,
         }
     }
@@ -239,6 +255,67 @@ impl Proxy {
         self.shadower.store()
     }
 
+    /// Holds `carveout`'s writes until `until_ms` (Unix ms); 0 (or a past time) lifts the fence.
+    pub fn set_fence(&self, carveout: &str, until_ms: i64) {
+        self.fences.send_modify(|fences| {
+            let mut next = (**fences).clone();
+            if until_ms > now_ms() {
+                next.insert(carveout.to_owned(), until_ms);
+            } else {
+                next.remove(carveout);
+            }
+            self.any_fence.store(!next.is_empty(), Ordering::Relaxed);
+            *fences = Arc::new(next);
+        });
+    }
+
+    /// Whether `carveout`'s writes are held now.
+    pub fn fenced(&self, carveout: &str) -> bool {
+        self.fences
+            .borrow()
+            .get(carveout)
+            .is_some_and(|until| *until > now_ms())
+    }
+
+    /// How many writes a fence holds right now.
+    pub fn held_writes(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Waits while `carveout` is fenced; returns whether it waited.
+    async fn wait_fence(&self, carveout: &str) -> bool {
+        struct Held<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        let _held = Held(&self.held);
+        let mut fences = self.fences.subscribe();
+        let mut waited = false;
+        loop {
+            let until = fences.borrow_and_update().get(carveout).copied();
+            let now = now_ms();
+            match until {
+                Some(until) if until > now => {
+                    waited = true;
+                    let lapse =
+                        std::time::Duration::from_millis(u64::try_from(until - now).unwrap_or(0));
+                    tokio::select! {
+                        changed = fences.changed() => {
+                            if changed.is_err() {
+                                return waited;
+                            }
+                        }
+                        () = tokio::time::sleep(lapse) => {}
+                    }
+                }
+                _ => return waited,
+            }
+        }
+    }
+
     /// The captured exchanges of carve-outs that capture traffic.
     pub fn captures(&self) -> &CaptureStore {
         &self.captures
@@ -251,7 +328,18 @@ impl Proxy {
         client: SocketAddr,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let routing = self.routing.load_full();
+        let mut routing = self.routing.load_full();
+        // A cut-over's write fence: the carve-out's writes wait (none fail) until it lifts or
+        // lapses, then go wherever the routing sends them by then.
+        if self.any_fence.load(Ordering::Relaxed)
+            && !matches!(*request.method(), Method::GET | Method::HEAD)
+        {
+            if let Some(name) = routing.owner(request.method(), request.uri().path()) {
+                if self.wait_fence(&name).await {
+                    routing = self.routing.load_full();
+                }
+            }
+        }
         let declared = match check_framing(request.headers()) {
             Ok(length) => length,
             Err(err) => return problem(StatusCode::BAD_REQUEST, "bad-framing", &err.to_string()),
@@ -525,4 +613,10 @@ mod tests {
             assert!(!has_dot_segment(good), "{good}");
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -9,6 +9,8 @@
 //! | `GET /audit?carveout=&limit=` | audit entries, newest first |
 //! | `GET /carveouts/{name}/mismatches` | the latest shadow mismatches |
 //! | `GET /carveouts/{name}/captures` | captured monolith exchanges (redacted), for contracts |
+//! | `POST /carveouts/{name}/fence` | hold the carve-out's writes `{"hold_ms"}` (at most 30 s; a cut-over's write fence) |
+//! | `DELETE /carveouts/{name}/fence` | let them go |
 //! | `POST /carveouts/{name}/verifications` | report a contract verification `{"provider", "interactions", "failures", "actor"?}` |
 //! | `GET /carveouts/{name}/verifications?limit=` | reported verifications, newest first |
 //! | `GET /metrics` | Prometheus text |
@@ -52,6 +54,7 @@ pub fn router(control: ControlPlane, token: Option<String>) -> Router {
         .route("/carveouts/{name}/phase", post(set_phase))
         .route("/carveouts/{name}/mismatches", get(mismatches))
         .route("/carveouts/{name}/captures", get(captures))
+        .route("/carveouts/{name}/fence", post(fence).delete(unfence))
         .route(
             "/carveouts/{name}/verifications",
             get(verifications).post(report_verification),
@@ -327,6 +330,61 @@ async fn mismatches(State(admin): State<Admin>, Path(name): Path<String>) -> Res
         return response;
     }
     Json(admin.control.proxy().mismatches().list(&name)).into_response()
+}
+
+/// The body of `POST /carveouts/{name}/fence`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FenceRequest {
+    /// How long to hold writes at most (ms, 1 to 30,000); lifted earlier with `DELETE`.
+    pub hold_ms: u64,
+}
+
+async fn fence(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    body: Result<Json<FenceRequest>, JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return problem(rejection.status(), "invalid-body", &rejection.body_text())
+        }
+    };
+    if !(1..=30_000).contains(&request.hold_ms) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "hold_ms must be between 1 and 30000",
+        );
+    }
+    match admin
+        .control
+        .fence(&name, std::time::Duration::from_millis(request.hold_ms))
+        .await
+    {
+        Ok(Some(until)) => {
+            Json(serde_json::json!({"carveout": name, "fenced_until_ms": until})).into_response()
+        }
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("no carve-out named {name}"),
+        ),
+        Err(err) => internal(&err),
+    }
+}
+
+async fn unfence(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    match admin.control.unfence(&name).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("no carve-out named {name}"),
+        ),
+        Err(err) => internal(&err),
+    }
 }
 
 async fn captures(State(admin): State<Admin>, Path(name): Path<String>) -> Response {

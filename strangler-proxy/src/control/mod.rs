@@ -204,6 +204,9 @@ impl ControlPlane {
         let routing = self.proxy.routing();
         let mut changed = 0;
         for state in self.store.states().await? {
+            if self.proxy.fenced(&state.name) != (state.fenced_until_ms > now_ms()) {
+                self.proxy.set_fence(&state.name, state.fenced_until_ms);
+            }
             let live = routing
                 .carveouts()
                 .iter()
@@ -216,6 +219,31 @@ impl ControlPlane {
             }
         }
         Ok(changed)
+    }
+
+    /// Holds the carve-out's writes on every replica for at most `hold` (each replica applies
+    /// it at its next poll; this one at once). Returns when the fence lapses (Unix ms), or
+    /// `None` for an unknown carve-out.
+    pub async fn fence(&self, carveout: &str, hold: Duration) -> Result<Option<i64>, sqlx::Error> {
+        let until = now_ms() + i64::try_from(hold.as_millis()).unwrap_or(i64::MAX / 2);
+        if !self.store.fence(carveout, until).await? {
+            return Ok(None);
+        }
+        self.proxy.set_fence(carveout, until);
+        tracing::info!(
+            carveout,
+            hold_ms = hold.as_millis() as u64,
+            "write fence up"
+        );
+        Ok(Some(until))
+    }
+
+    /// Lifts the carve-out's write fence; false for an unknown carve-out.
+    pub async fn unfence(&self, carveout: &str) -> Result<bool, sqlx::Error> {
+        let known = self.store.fence(carveout, 0).await?;
+        self.proxy.set_fence(carveout, 0);
+        tracing::info!(carveout, "write fence down");
+        Ok(known)
     }
 
     /// Polls the store every `interval` until the task is dropped.
@@ -288,4 +316,10 @@ impl ControlPlane {
         tracing::info!(carveout, from = %from, to = %to, actor = %change.actor, forced, "phase changed");
         Ok(state)
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -32,6 +32,8 @@ pub struct CarveOutState {
     pub updated_by: String,
     /// Why.
     pub reason: String,
+    /// Writes are held until this time (Unix ms); 0 when there is no fence.
+    pub fenced_until_ms: i64,
 }
 
 /// One audited change.
@@ -107,10 +109,12 @@ fn state(row: &AnyRow) -> Result<CarveOutState, sqlx::Error> {
         updated_at: row.try_get("updated_at")?,
         updated_by: row.try_get("updated_by")?,
         reason: row.try_get("reason")?,
+        fenced_until_ms: row.try_get("fenced_until_ms")?,
     })
 }
 
-const STATE_COLUMNS: &str = "name, phase, basis_points, version, updated_at, updated_by, reason";
+const STATE_COLUMNS: &str =
+    "name, phase, basis_points, version, updated_at, updated_by, reason, fenced_until_ms";
 
 impl ControlStore {
     /// Connects (an SQLite path or a postgres:// URL) and migrates.
@@ -142,6 +146,23 @@ impl ControlStore {
             .await?;
         }
         Ok(())
+    }
+
+    /// Sets (or, with 0, lifts) a carve-out's write fence; false for an unknown carve-out.
+    pub async fn fence(&self, name: &str, until_ms: i64) -> Result<bool, sqlx::Error> {
+        let mut update = self
+            .db
+            .statement("UPDATE control_carveouts SET fenced_until_ms = ");
+        update
+            .bind(until_ms)
+            .push(" WHERE name = ")
+            .bind(name.to_owned());
+        Ok(update
+            .query()?
+            .execute(self.db.pool())
+            .await?
+            .rows_affected()
+            > 0)
     }
 
     /// Every carve-out's state, by name.

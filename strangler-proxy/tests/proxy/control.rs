@@ -487,3 +487,128 @@ async fn extracted_needs_a_green_contract_verification(db: TestDb) {
         "{reason}"
     );
 }
+
+db_test!(a_write_fence_holds_writes_and_lets_them_go_to_the_new_owner);
+
+async fn a_write_fence_holds_writes_and_lets_them_go_to_the_new_owner(db: TestDb) {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let a = TestReplica::start(&db.url, &monolith, &service).await;
+    let b = TestReplica::start(&db.url, &monolith, &service).await;
+    for phase in [
+        json!({"phase": "shadow", "reason": "r"}),
+        json!({"phase": "canary", "percent": 100, "reason": "r"}),
+    ] {
+        assert_eq!(a.set_phase(phase).await.0, 200);
+    }
+    a.report_verification(json!({"provider": "svc", "interactions": 3, "failures": 0}))
+        .await;
+
+    let fence = a
+        .http
+        .post(format!("{}/carveouts/catalog/fence", a.admin))
+        .bearer_auth(TOKEN)
+        .json(&json!({"hold_ms": 10_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fence.status(), 200);
+    // Replica b learns of the fence from the control database.
+    eventually(
+        Duration::from_secs(1),
+        "replica b to raise the fence",
+        || async { b.control.proxy().fenced("catalog") },
+    )
+    .await;
+
+    let writes_before = monolith.hits() + service.hits();
+    let mut writes = Vec::new();
+    for (i, replica) in [&a, &b].iter().cycle().take(20).enumerate() {
+        let url = format!("http://{}/catalog/items/{i}", replica.replica_addr);
+        let http = replica.http.clone();
+        writes.push(tokio::spawn(async move {
+            let response = http.post(url).json(&json!({"i": i})).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }));
+    }
+    eventually(Duration::from_secs(2), "the fence to hold all 20 writes", || async {
+        a.control.proxy().held_writes() + b.control.proxy().held_writes() == 20
+    })
+    .await;
+    // Reads are not held.
+    let (status, read) = {
+        let r = a
+            .http
+            .get(format!("http://{}/catalog/x", a.replica_addr))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!((status, read["served_by"].as_str()), (200, Some("service")));
+    // The held writes reached no upstream (the one read did).
+    assert_eq!(monolith.hits() + service.hits(), writes_before + 1);
+    assert!(writes.iter().all(|w| !w.is_finished()));
+
+    // Ownership flips while they wait; then the fence comes down.
+    let (status, body) = a
+        .set_phase(json!({"phase": "extracted", "reason": "cut over"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        Duration::from_secs(1),
+        "replica b to apply the phase",
+        || async { b.served_by("/catalog/x").await == "service" },
+    )
+    .await;
+    let down = a
+        .http
+        .delete(format!("{}/carveouts/catalog/fence", a.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 204);
+    for write in writes {
+        let (status, body) = write.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["served_by"], "service",
+            "a held write goes to the new owner"
+        );
+    }
+
+    // A fence nobody lifts lapses on its own: writes are delayed, never failed.
+    let fence = a
+        .http
+        .post(format!("{}/carveouts/catalog/fence", a.admin))
+        .bearer_auth(TOKEN)
+        .json(&json!({"hold_ms": 300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fence.status(), 200);
+    let started = Instant::now();
+    let held = a
+        .http
+        .post(format!("http://{}/catalog/late", a.replica_addr))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    let too_long = a
+        .http
+        .post(format!("{}/carveouts/catalog/fence", a.admin))
+        .bearer_auth(TOKEN)
+        .json(&json!({"hold_ms": 60_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_long.status(), 422);
+}

@@ -580,6 +580,12 @@ fn upstream_problem(err: &UpstreamError) -> Response<ProxyBody> {
     problem(status, slug, &err.to_string())
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::has_dot_segment;
@@ -613,10 +619,4 @@ mod tests {
             assert!(!has_dot_segment(good), "{good}");
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

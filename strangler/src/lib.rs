@@ -3,6 +3,7 @@
 //! (unreachable admin, refused transition, bad token) are one clear line on stderr and a
 //! non-zero exit; a red verification prints its report and exits non-zero.
 
+pub mod cutover;
 pub mod sync;
 
 use std::fmt::Write as _;
@@ -83,6 +84,23 @@ pub enum Command {
     Mismatches {
         /// The carve-out.
         name: String,
+    },
+    /// Move a carve-out's writes to its service (canary → extracted), guarded: pre-checks, a
+    /// write fence, the relay drained, a re-verify, ownership and sync direction flipped.
+    Cutover {
+        /// The carve-out.
+        name: String,
+        /// Databases, bounds, reason.
+        #[command(flatten)]
+        args: cutover::CutoverArgs,
+    },
+    /// The mirror of a cut-over: writes back to the monolith (extracted → canary).
+    Rollback {
+        /// The carve-out.
+        name: String,
+        /// Databases, bounds, reason.
+        #[command(flatten)]
+        args: cutover::CutoverArgs,
     },
     /// The data sync of a carve-out: install, backfill, run, status, verify, repair.
     Sync {
@@ -222,13 +240,14 @@ pub enum PhaseCommand {
     },
 }
 
-struct Admin {
+/// A client of the admin API.
+pub struct Admin {
     http: reqwest::Client,
     args: AdminArgs,
 }
 
 impl Admin {
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let url = format!("{}{path}", self.args.admin_url.trim_end_matches('/'));
         let request = self.http.request(method, url);
         match &self.args.admin_token {
@@ -237,7 +256,7 @@ impl Admin {
         }
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
@@ -342,6 +361,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Contract { command } => contract(command, &admin, json).await,
         Command::Sync { command } => sync::run(command, json).await,
+        Command::Cutover { name, args } => cutover::run(&admin, &name, args, true).await,
+        Command::Rollback { name, args } => cutover::run(&admin, &name, args, false).await,
         Command::Mismatches { name } => {
             let path = format!("/carveouts/{name}/mismatches");
             let mismatches: Vec<Mismatch> = admin

@@ -25,7 +25,8 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn name(self) -> &'static str {
+    /// `forward` or `reverse`.
+    pub fn name(self) -> &'static str {
         match self {
             Direction::Forward => "forward",
             Direction::Reverse => "reverse",
@@ -102,14 +103,20 @@ pub enum SyncCommand {
     Repair(SyncArgs),
 }
 
-struct Sides {
-    mapping: Mapping,
-    source: Db,
-    target: Db,
-    direction: Direction,
+/// A direction's source and target, with the mapping as it reads in that direction.
+pub struct Sides {
+    /// The mapping (reversed for `reverse`).
+    pub mapping: Mapping,
+    /// Where changes come from.
+    pub source: Db,
+    /// Where they go.
+    pub target: Db,
+    /// Which way.
+    pub direction: Direction,
 }
 
-async fn open(args: &SyncArgs) -> anyhow::Result<Sides> {
+/// Opens both databases and checks the mapping against them.
+pub async fn open(args: &SyncArgs) -> anyhow::Result<Sides> {
     let path = args
         .mapping
         .clone()
@@ -360,7 +367,10 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
         }
         SyncCommand::Verify { args, report } => {
             let sides = open(&args).await?;
-            let result = verify::verify(&sides.source, &sides.target, &sides.mapping).await?;
+            let stream = format!("{}:{}", sides.mapping.carveout, sides.direction.name());
+            let result =
+                verify::verify_live(&sides.source, &sides.target, &sides.mapping, Some(&stream))
+                    .await?;
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_string_pretty(&result)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;

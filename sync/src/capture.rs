@@ -241,3 +241,32 @@ pub async fn uninstall(db: &Db, mapping: &Mapping) -> anyhow::Result<()> {
     tx.commit().await?;
     Ok(())
 }
+
+/// Moves the key sequences of `mapping`'s source tables past their largest key, so the side
+/// that takes the writes next does not hand out ids that synced rows already use (PostgreSQL
+/// sequences do not advance when rows arrive with explicit ids; SQLite's AUTOINCREMENT does).
+pub async fn align_sequences(db: &Db, mapping: &Mapping) -> anyhow::Result<()> {
+    if db.backend() != Backend::Postgres {
+        return Ok(());
+    }
+    for table in &mapping.tables {
+        let [key] = table.key.as_slice() else {
+            continue;
+        };
+        let (t, k) = (&table.source, &key.source);
+        let sequence: Option<String> =
+            sqlx::query_scalar("SELECT CAST(pg_get_serial_sequence($1, $2) AS TEXT)")
+                .bind(t.clone())
+                .bind(k.clone())
+                .fetch_one(db.pool())
+                .await?;
+        if let Some(sequence) = sequence {
+            sqlx::query(&format!(
+                "SELECT CAST(setval('{sequence}', GREATEST((SELECT COALESCE(MAX({k}), 0) FROM {t}), 1)) AS TEXT)"
+            ))
+            .execute(db.pool())
+            .await?;
+        }
+    }
+    Ok(())
+}

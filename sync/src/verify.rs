@@ -69,6 +69,8 @@ pub struct Report {
     pub carveout: String,
     /// Rows compared (source rows).
     pub rows_compared: u64,
+    /// Differences explained by changes in flight (not drift).
+    pub in_flight: u64,
     /// Per table.
     pub tables: Vec<TableReport>,
     /// Every drifted key.
@@ -104,6 +106,13 @@ impl Report {
             "{}: {} rows compared, {verdict}",
             self.carveout, self.rows_compared
         );
+        if self.in_flight > 0 {
+            let _ = writeln!(
+                out,
+                "{} row(s) differ only by changes in flight (the relay settles them)",
+                self.in_flight
+            );
+        }
         out
     }
 }
@@ -129,13 +138,13 @@ pub(crate) fn read_value(row: &AnyRow, index: usize, kind: Kind) -> Result<Value
 }
 
 async fn rows(
-    db: &Db,
+    conn: &mut sqlx::AnyConnection,
     table: &str,
     columns: &[(&str, Kind)],
 ) -> Result<Vec<Vec<Value>>, sqlx::Error> {
     let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
     let sql = format!("SELECT {} FROM {table}", names.join(", "));
-    let fetched = sqlx::query(&sql).fetch_all(db.pool()).await?;
+    let fetched = sqlx::query(&sql).fetch_all(conn).await?;
     fetched
         .iter()
         .map(|row| {
@@ -166,35 +175,81 @@ fn object(columns: &[&ColumnMap], values: &[Value], target: bool) -> Map<String,
         .collect()
 }
 
-async fn verify_table(
-    source: &Db,
-    target: &Db,
+/// Reads every mapped table of one side in one snapshot, with a mark read in the same snapshot.
+async fn read_side(
+    db: &Db,
+    mapping: &Mapping,
+    source_side: bool,
+    mark_sql: Option<(String, String)>,
+) -> anyhow::Result<(Vec<Vec<Vec<Value>>>, Option<i64>)> {
+    // The mark's table may not exist (capture not installed, no relay yet): no mark then.
+    let mark_sql = match mark_sql {
+        Some((sql, stream)) => {
+            let table = if source_side {
+                "sync_changes"
+            } else {
+                "sync_checkpoints"
+            };
+            let exists = sqlx::query(&format!("SELECT 1 FROM {table} LIMIT 1"))
+                .fetch_optional(db.pool())
+                .await
+                .is_ok();
+            exists.then_some((sql, stream))
+        }
+        None => None,
+    };
+    let mut tx = db.pool().begin().await?;
+    if db.backend() == sqlkit::Backend::Postgres {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut mark = None;
+    if let Some((sql, stream)) = mark_sql {
+        let mut statement = db.statement(sql);
+        if !stream.is_empty() {
+            statement.bind(stream);
+        }
+        let row = statement.query()?.fetch_optional(&mut *tx).await?;
+        mark = row.and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten());
+    }
+    let mut all = Vec::new();
+    for table in &mapping.tables {
+        let columns: Vec<(&str, Kind)> = table
+            .all()
+            .map(|c| {
+                if source_side {
+                    (c.source.as_str(), c.source_kind)
+                } else {
+                    (c.target.as_str(), c.target_kind)
+                }
+            })
+            .collect();
+        let name = if source_side {
+            &table.source
+        } else {
+            &table.target
+        };
+        all.push(rows(&mut tx, name, &columns).await?);
+    }
+    tx.commit().await?;
+    Ok((all, mark))
+}
+
+fn verify_table(
     table: &TableMap,
-) -> anyhow::Result<(TableReport, Vec<Drift>)> {
+    source_rows: &[Vec<Value>],
+    target_rows: &[Vec<Value>],
+    in_flight: &std::collections::HashSet<String>,
+) -> anyhow::Result<(TableReport, Vec<Drift>, u64)> {
     let all: Vec<&ColumnMap> = table.all().collect();
     let keys = table.key.len();
-    let source_rows = rows(
-        source,
-        &table.source,
-        &all.iter()
-            .map(|c| (c.source.as_str(), c.source_kind))
-            .collect::<Vec<_>>(),
-    )
-    .await?;
-    let target_rows = rows(
-        target,
-        &table.target,
-        &all.iter()
-            .map(|c| (c.target.as_str(), c.target_kind))
-            .collect::<Vec<_>>(),
-    )
-    .await?;
     let mut by_key: HashMap<String, Vec<Value>> = HashMap::with_capacity(target_rows.len());
-    for row in &target_rows {
+    for row in target_rows {
         by_key.insert(Value::from(row[..keys].to_vec()).to_string(), row.clone());
     }
     let mut drift = Vec::new();
-    for row in &source_rows {
+    for row in source_rows {
         let mapped: Vec<Value> = all
             .iter()
             .zip(row)
@@ -246,6 +301,18 @@ async fn verify_table(
             source_key,
         });
     }
+    // Keys with a change in flight (logged, and applied on one side of the two snapshots but
+    // not the other) are not drift: the relay settles them.
+    let before = drift.len();
+    drift.retain(|d| {
+        let key: Vec<Value> = table
+            .key
+            .iter()
+            .map(|c| d.key.get(&c.target).cloned().unwrap_or(Value::Null))
+            .collect();
+        !in_flight.contains(&format!("{}|{}", table.source, Value::from(key)))
+    });
+    let in_flight_count = (before - drift.len()) as u64;
     Ok((
         TableReport {
             source: table.source.clone(),
@@ -255,20 +322,95 @@ async fn verify_table(
             drifted: drift.len() as u64,
         },
         drift,
+        in_flight_count,
     ))
 }
 
-/// Compares every mapped table.
+/// Compares every mapped table, strictly: every difference is drift (use it when no change is
+/// in flight, e.g. under a write fence with the relay drained).
 pub async fn verify(source: &Db, target: &Db, mapping: &Mapping) -> anyhow::Result<Report> {
+    verify_live(source, target, mapping, None).await
+}
+
+/// Compares every mapped table while changes may be flowing: keys whose change sits between
+/// the relay's checkpoint (read with the target) and the log's end (read with the source) are
+/// counted as in flight, not as drift. `stream` names the relay (`catalog:forward`); without it
+/// the comparison is strict.
+pub async fn verify_live(
+    source: &Db,
+    target: &Db,
+    mapping: &Mapping,
+    stream: Option<&str>,
+) -> anyhow::Result<Report> {
+    let live = stream.is_some();
+    let (source_rows, watermark) = read_side(
+        source,
+        mapping,
+        true,
+        live.then(|| {
+            (
+                "SELECT CAST(MAX(seq) AS BIGINT) FROM sync_changes".to_owned(),
+                String::new(),
+            )
+        }),
+    )
+    .await?;
+    let (target_rows, cursor) = read_side(
+        target,
+        mapping,
+        false,
+        stream.map(|s| {
+            (
+                "SELECT seq FROM sync_checkpoints WHERE stream = ".to_owned(),
+                s.to_owned(),
+            )
+        }),
+    )
+    .await?;
+    let mut in_flight = std::collections::HashSet::new();
+    if live {
+        let since = watermark.unwrap_or(0).min(cursor.unwrap_or(0));
+        let mut select = source.statement("SELECT tbl, pk FROM sync_changes WHERE seq > ");
+        select.bind(since);
+        if let Ok(rows) = select.query()?.fetch_all(source.pool()).await {
+            for row in rows {
+                let (Ok(tbl), Ok(pk)) = (
+                    row.try_get::<String, _>("tbl"),
+                    row.try_get::<String, _>("pk"),
+                ) else {
+                    continue;
+                };
+                let Some(table) = mapping.tables.iter().find(|t| t.source == tbl) else {
+                    continue;
+                };
+                let Ok(Value::Object(pk)) = serde_json::from_str::<Value>(&pk) else {
+                    continue;
+                };
+                let key: Option<Vec<Value>> = table
+                    .key
+                    .iter()
+                    .map(|c| pk.get(&c.source).and_then(|v| c.transform.apply(v).ok()))
+                    .collect();
+                if let Some(key) = key {
+                    in_flight.insert(format!("{tbl}|{}", Value::from(key)));
+                }
+            }
+        }
+    }
     let mut report = Report {
         carveout: mapping.carveout.clone(),
         rows_compared: 0,
+        in_flight: 0,
         tables: Vec::new(),
         drift: Vec::new(),
     };
-    for table in &mapping.tables {
-        let (counts, drift) = verify_table(source, target, table).await?;
+    for ((table, source_rows), target_rows) in
+        mapping.tables.iter().zip(&source_rows).zip(&target_rows)
+    {
+        let (counts, drift, in_flight_count) =
+            verify_table(table, source_rows, target_rows, &in_flight)?;
         report.rows_compared += counts.source_rows;
+        report.in_flight += in_flight_count;
         report.tables.push(counts);
         report.drift.extend(drift);
     }

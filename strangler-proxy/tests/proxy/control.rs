@@ -531,9 +531,11 @@ async fn a_write_fence_holds_writes_and_lets_them_go_to_the_new_owner(db: TestDb
             (status, response.json::<Value>().await.unwrap())
         }));
     }
-    eventually(Duration::from_secs(2), "the fence to hold all 20 writes", || async {
-        a.control.proxy().held_writes() + b.control.proxy().held_writes() == 20
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the fence to hold all 20 writes",
+        || async { a.control.proxy().held_writes() + b.control.proxy().held_writes() == 20 },
+    )
     .await;
     // Reads are not held.
     let (status, read) = {

@@ -848,3 +848,193 @@ async fn a_running_relay_exports_its_lag_and_progress() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+async fn cutover_cli(
+    admin: &str,
+    command: &str,
+    owner: &str,
+    m: &str,
+    s: &str,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let mut args = vec![
+        command,
+        "catalog",
+        "--mapping",
+        mapping,
+        "--monolith-db",
+        m,
+        "--service-db",
+        s,
+        "--owner-url",
+        owner,
+        "--reason",
+        "test",
+    ];
+    args.extend_from_slice(extra);
+    cli(admin, TOKEN, &args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_and_rollback_under_load_lose_no_write() {
+    let shop_db = e2e::TestDb::sqlite().await;
+    let app = monolith::app::Application::build(&monolith::config::ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: shop_db.url.clone(),
+        seed_products: 20,
+        ..monolith::config::ServeConfig::defaults()
+    })
+    .await
+    .unwrap();
+    let shop = format!("http://{}", app.local_addr());
+    let (_stop_shop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let service_db = e2e::TestDb::sqlite().await;
+    let service = catalog_service::Service::build(&catalog_service::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: service_db.url.clone(),
+        provider_states: false,
+    })
+    .await
+    .unwrap();
+    let svc = format!("http://{}", service.local_addr());
+    let (_stop_svc, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(service.run_until(async {
+        let _ = stopped.await;
+    }));
+    let running = replica_with(&format!(
+        r#"
+        [upstreams.monolith]
+        instances = ["{shop}"]
+        [upstreams.catalog]
+        instances = ["{svc}"]
+        [[carveouts]]
+        name = "catalog"
+        upstream = "catalog"
+        phase = "canary"
+        percent = 100
+        routes = [{{ path = "/catalog/*" }}]
+        "#
+    ))
+    .await;
+    let admin = running.admin.as_str();
+    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
+    for (command, extra) in [
+        ("install", &[][..]),
+        ("backfill", &[][..]),
+        ("run", &["--once"][..]),
+    ] {
+        let (ok, out, err) = sync_cli(m, s, mapping, command, extra).await;
+        assert!(ok, "{command}: {out}{err}");
+    }
+
+    // Without a green contract verification the cut-over is refused and nothing changes.
+    let (ok, _, err) = cutover_cli(admin, "cutover", &svc, m, s, &[]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("refused, nothing changed") && err.contains("no contract verification"),
+        "{err}"
+    );
+    let (ok, _, err) = cutover_cli(admin, "cutover", "http://127.0.0.1:9", m, s, &[]).await;
+    assert!(!ok);
+    assert!(err.contains("the new owner is not healthy"), "{err}");
+    let (_, view, _) = cli(admin, TOKEN, &["carveouts", "show", "catalog", "--json"]).await;
+    assert!(view.contains("\"phase\": \"canary\""), "{view}");
+    let http = reqwest::Client::new();
+    let green = http
+        .post(format!("{admin}/carveouts/catalog/verifications"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"provider": svc, "interactions": 12, "failures": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(green.status(), 201);
+
+    // Writes through the proxy all along: none may fail, wherever they land.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (proxy, stop, http) = (running.proxy.clone(), stop.clone(), http.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let r = http
+                    .post(format!("{proxy}/catalog/products"))
+                    .json(&serde_json::json!({"sku": format!("LOAD-{i}"), "name": format!("Load {i}"), "price_cents": i, "currency": "EUR"}))
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(r.status().as_u16());
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (ok, out, err) = cutover_cli(admin, "cutover", &svc, m, s, &[]).await;
+    assert!(ok, "{out}{err}");
+    assert!(err.contains("ownership: catalog is now extracted"), "{err}");
+    assert!(err.contains("fence: released after"), "{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // The service owns the writes now; reverse sync keeps the monolith current.
+    let (ok, out, err) =
+        sync_cli(m, s, mapping, "run", &["--direction", "reverse", "--once"]).await;
+    assert!(ok, "{out}{err}");
+    // A roll-back whose pre-check fails changes nothing.
+    let (ok, _, err) = cutover_cli(admin, "rollback", "http://127.0.0.1:9", m, s, &[]).await;
+    assert!(!ok && err.contains("refused, nothing changed"), "{err}");
+    let (ok, out, err) = cutover_cli(
+        admin,
+        "rollback",
+        &shop,
+        m,
+        s,
+        &["--max-lag-events", "100000"],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(err.contains("ownership: catalog is now canary"), "{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = writer.await.unwrap();
+    assert!(statuses.len() > 20, "{} writes", statuses.len());
+    assert!(
+        statuses.iter().all(|s| *s == 201),
+        "failed writes: {:?}",
+        statuses.iter().filter(|s| **s != 201).collect::<Vec<_>>()
+    );
+
+    // Writes after the roll-back went to the monolith: forward sync brings them over, and both
+    // sides agree on every write.
+    let (ok, out, err) = sync_cli(m, s, mapping, "run", &["--once"]).await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = sync_cli(m, s, mapping, "verify", &[]).await;
+    assert!(ok, "{out}{err}");
+    let (_, audit, _) = cli(admin, TOKEN, &["audit", "catalog", "--json"]).await;
+    assert!(
+        audit.contains("cutover: test") && audit.contains("rollback: test"),
+        "{audit}"
+    );
+    let count: i64 = {
+        let db = sqlkit::Db::connect_unmigrated(m, &sqlkit::DbOptions::default())
+            .await
+            .unwrap();
+        sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM catalog_products WHERE sku LIKE 'LOAD-%'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        count as usize,
+        statuses.len(),
+        "every write is in the monolith"
+    );
+}

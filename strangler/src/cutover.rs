@@ -183,7 +183,11 @@ pub async fn run(
             failures.join("; ")
         );
     }
-    out.step("  service healthy, lag within bounds, no drift, contracts green");
+    out.step(if to_service {
+        "  the service is ready, lag within bounds, no drift, contracts green"
+    } else {
+        "  the monolith is ready, lag within bounds, no drift"
+    });
 
     out.step(&format!(
         "fence: holding {name}'s writes (at most {} ms)",

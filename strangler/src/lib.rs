@@ -4,6 +4,7 @@
 //! non-zero exit; a red verification prints its report and exits non-zero.
 
 pub mod cutover;
+pub mod stack;
 pub mod sync;
 
 use std::fmt::Write as _;
@@ -101,6 +102,16 @@ pub enum Command {
         /// Databases, bounds, reason.
         #[command(flatten)]
         args: cutover::CutoverArgs,
+    },
+    /// The whole carve-out on SQLite in one process: monolith, catalog service, proxy with its
+    /// admin API, and the sync relays. Serves until Ctrl-C.
+    Stack(stack::StackArgs),
+    /// The stack in a temporary folder, and the catalog walked through every phase with live
+    /// traffic, saying what happens at each step.
+    Demo {
+        /// Products to seed the monolith with.
+        #[arg(long, default_value_t = 200)]
+        seed_products: u64,
     },
     /// The data sync of a carve-out: install, backfill, run, status, verify, repair.
     Sync {
@@ -242,8 +253,8 @@ pub enum PhaseCommand {
 
 /// A client of the admin API.
 pub struct Admin {
-    http: reqwest::Client,
-    args: AdminArgs,
+    pub(crate) http: reqwest::Client,
+    pub(crate) args: AdminArgs,
 }
 
 impl Admin {
@@ -361,6 +372,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Contract { command } => contract(command, &admin, json).await,
         Command::Sync { command } => sync::run(command, json).await,
+        Command::Stack(args) => stack::stack(args).await,
+        Command::Demo { seed_products } => stack::demo(seed_products).await,
         Command::Cutover { name, args } => cutover::run(&admin, &name, args, true).await,
         Command::Rollback { name, args } => cutover::run(&admin, &name, args, false).await,
         Command::Mismatches { name } => {

@@ -1038,3 +1038,86 @@ async fn cutover_and_rollback_under_load_lose_no_write() {
         "every write is in the monolith"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_walks_every_phase_under_traffic_without_a_failed_request() {
+    let output = tokio::task::spawn_blocking(|| {
+        Command::new(BIN)
+            .args(["demo", "--seed-products", "30"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    for step in [
+        "3. phase shadow",
+        "4. phase canary 50 %",
+        "5. contracts: 12 interaction(s)",
+        "7. phase extracted",
+        "8. roll-back",
+        ", 0 failed; monolith and service:",
+        "no drift",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    assert!(
+        stderr.contains("ownership: catalog is now extracted"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ownership: catalog is now canary"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_starts_with_one_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "stack",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--seed-products",
+            "10",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "--monolith-listen",
+            "127.0.0.1:0",
+            "--service-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let proxy = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.trim().strip_prefix("proxy") {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("the stack never said where its proxy listens");
+    })
+    .await
+    .unwrap();
+    let page: serde_json::Value = reqwest::get(format!("{proxy}/catalog/products?limit=3"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 3, "{page}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for db in ["shop.db", "catalog.db", "control.db"] {
+        assert!(dir.path().join(db).exists(), "{db}");
+    }
+}

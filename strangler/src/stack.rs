@@ -1,0 +1,491 @@
+//! `strangler stack` and `strangler demo`: the whole carve-out on SQLite in one process — the
+//! monolith, the catalog service, the proxy with its admin API, and the data sync relays — and a
+//! walk of the catalog through every phase with live traffic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::{json, Value};
+use sqlkit::{Db, DbOptions};
+use strangler_sync::backfill::Backfill;
+use strangler_sync::mapping::Mapping;
+use strangler_sync::relay::Relay;
+use strangler_sync::{capture, verify};
+
+use crate::cutover::CutoverArgs;
+use crate::{Admin, AdminArgs};
+
+/// Where the stack keeps its databases and listens.
+#[derive(Debug, Clone, Args)]
+pub struct StackArgs {
+    /// Folder of the SQLite databases (created if missing).
+    #[arg(long, default_value = ".strangler-stack")]
+    pub dir: PathBuf,
+    /// The proxy's address (the one clients use).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// The proxy's admin API.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub admin_listen: SocketAddr,
+    /// The monolith's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub monolith_listen: SocketAddr,
+    /// The catalog service's address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub service_listen: SocketAddr,
+    /// Products to seed the monolith with, when its catalog is empty.
+    #[arg(long, default_value_t = 200)]
+    pub seed_products: u64,
+}
+
+/// The running stack.
+pub struct Stack {
+    /// The proxy's base URL.
+    pub proxy: String,
+    /// The admin API's base URL.
+    pub admin: String,
+    /// The monolith's base URL.
+    pub monolith: String,
+    /// The catalog service's base URL.
+    pub service: String,
+    monolith_db: String,
+    service_db: String,
+    mapping: PathBuf,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    relays: Arc<AtomicBool>,
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+fn serve<F>(
+    stop: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+    run: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F,
+) where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    stop.push(tx);
+    let task = run(rx);
+    tokio::spawn(async move {
+        if let Err(err) = task.await {
+            eprintln!("error: {err:#}");
+        }
+    });
+}
+
+/// The mapping file next to the binary's source, or in the current folder.
+fn mapping_file() -> PathBuf {
+    let local = PathBuf::from("sync/mappings/catalog.toml");
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../sync/mappings/catalog.toml"
+        ))
+    }
+}
+
+impl Stack {
+    /// Starts everything; the catalog carve-out begins in `monolith` with forward sync running.
+    pub async fn start(args: &StackArgs) -> anyhow::Result<Stack> {
+        std::fs::create_dir_all(&args.dir)
+            .with_context(|| format!("cannot create {}", args.dir.display()))?;
+        let path = |name: &str| args.dir.join(name).display().to_string();
+        let (monolith_db, service_db, control_db) =
+            (path("shop.db"), path("catalog.db"), path("control.db"));
+        let mut stop = Vec::new();
+
+        let shop = monolith::app::Application::build(&monolith::config::ServeConfig {
+            listen: args.monolith_listen,
+            database_url: monolith_db.clone(),
+            seed_products: args.seed_products,
+            seed_customers: 20,
+            ..monolith::config::ServeConfig::defaults()
+        })
+        .await
+        .context("the monolith")?;
+        let monolith = url(shop.local_addr());
+        serve(&mut stop, |rx| {
+            shop.run_until(async move {
+                let _ = rx.await;
+            })
+        });
+
+        let catalog = catalog_service::Service::build(&catalog_service::config::Config {
+            listen: args.service_listen,
+            database_url: service_db.clone(),
+            provider_states: false,
+        })
+        .await
+        .context("the catalog service")?;
+        let service = url(catalog.local_addr());
+        serve(&mut stop, |rx| {
+            catalog.run_until(async move {
+                let _ = rx.await;
+            })
+        });
+
+        let text = format!(
+            r#"
+            [upstreams.monolith]
+            instances = ["{monolith}"]
+            [upstreams.catalog]
+            instances = ["{service}"]
+            [[carveouts]]
+            name = "catalog"
+            upstream = "catalog"
+            phase = "monolith"
+            routes = [{{ path = "/catalog/*" }}]
+            shadow = {{ ignore = ["/created_at", "/updated_at", "/items/*/created_at", "/items/*/updated_at"], headers = ["content-type"] }}
+            "#
+        );
+        let proxy_args = strangler_proxy::config::ProxyArgs {
+            listen: args.listen,
+            admin_listen: args.admin_listen,
+            control_db,
+            ..strangler_proxy::config::ProxyArgs::defaults()
+        };
+        let config = strangler_proxy::config::Config::from_toml(&text, &proxy_args)?;
+        let replica = strangler_proxy::app::Replica::build(&config)
+            .await
+            .context("the proxy")?;
+        let (proxy, admin) = (url(replica.local_addr()), url(replica.admin_addr()));
+        serve(&mut stop, |rx| {
+            replica.run_until(async move {
+                let _ = rx.await;
+            })
+        });
+
+        let mapping = mapping_file();
+        let stack = Stack {
+            proxy,
+            admin,
+            monolith,
+            service,
+            monolith_db,
+            service_db,
+            mapping,
+            stop,
+            relays: Arc::new(AtomicBool::new(true)),
+        };
+        stack.start_sync().await?;
+        Ok(stack)
+    }
+
+    async fn dbs(&self) -> anyhow::Result<(Db, Db, Mapping)> {
+        let options = DbOptions::default();
+        let m = Db::connect_unmigrated(&self.monolith_db, &options).await?;
+        let s = Db::connect_unmigrated(&self.service_db, &options).await?;
+        let mut mapping = Mapping::load(&self.mapping)?;
+        mapping.check(&m, &s).await?;
+        Ok((m, s, mapping))
+    }
+
+    /// Forward capture, backfill, and both relays running in the background (the reverse one
+    /// idles until the service takes writes).
+    async fn start_sync(&self) -> anyhow::Result<()> {
+        let (m, s, mapping) = self.dbs().await?;
+        if !capture::installed(&m, &mapping).await? {
+            capture::install(&m, &mapping).await?;
+        }
+        Backfill::new(m.clone(), s.clone(), mapping.clone(), "forward")
+            .await?
+            .run(|_| {})
+            .await?;
+        let reverse = mapping.reversed();
+        if !capture::installed(&s, &reverse).await? {
+            capture::install(&s, &reverse).await?;
+        }
+        for (source, target, mapping, direction) in [
+            (m.clone(), s.clone(), mapping.clone(), "forward"),
+            (s, m, reverse, "reverse"),
+        ] {
+            let mut relay = Relay::new(source, target, mapping, direction)
+                .await?
+                .with_lease(Duration::from_secs(2));
+            let running = self.relays.clone();
+            tokio::spawn(async move {
+                while running.load(Ordering::Relaxed) {
+                    match relay.step().await {
+                        Ok(step) if step.applied > 0 => continue,
+                        Ok(_) => {}
+                        Err(err) => eprintln!("error: {}: {err:#}", relay.stream()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = relay.release_lease().await;
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops everything.
+    pub fn stop(self) {
+        self.relays.store(false, Ordering::Relaxed);
+        for stop in self.stop {
+            let _ = stop.send(());
+        }
+    }
+
+    fn admin_client(&self) -> anyhow::Result<Admin> {
+        Ok(Admin {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            args: AdminArgs {
+                admin_url: self.admin.clone(),
+                admin_token: None,
+                json: false,
+            },
+        })
+    }
+
+    fn cutover_args(&self, reason: &str, owner: &str) -> CutoverArgs {
+        CutoverArgs {
+            mapping: Some(self.mapping.clone()),
+            monolith_db: self.monolith_db.clone(),
+            service_db: self.service_db.clone(),
+            owner_url: owner.to_owned(),
+            max_lag_events: 10_000,
+            max_lag_seconds: 10.0,
+            fence_ms: 5000,
+            reason: reason.to_owned(),
+            force: false,
+            actor: "demo".to_owned(),
+            percent: 0.0,
+        }
+    }
+}
+
+/// `strangler stack`: serves until Ctrl-C.
+pub async fn stack(args: StackArgs) -> anyhow::Result<String> {
+    let stack = Stack::start(&args).await?;
+    eprintln!(
+        "the stack is up (databases in {}):\n  proxy          {}   <- send traffic here\n  admin API      {}   (strangler --admin-url {} ...)\n  monolith       {}\n  catalog        {}\n  sync relays    forward and reverse, running\nCtrl-C stops it.",
+        args.dir.display(),
+        stack.proxy,
+        stack.admin,
+        stack.admin,
+        stack.monolith,
+        stack.service
+    );
+    tokio::signal::ctrl_c().await?;
+    stack.stop();
+    Ok("stopped\n".to_owned())
+}
+
+#[derive(Default)]
+struct Traffic {
+    sent: AtomicU64,
+    failed: AtomicU64,
+    writes: AtomicU64,
+}
+
+fn say(text: &str) {
+    println!("{text}");
+}
+
+/// `strangler demo`: the stack in a temporary folder, and the catalog walked through every phase
+/// with live traffic.
+pub async fn demo(seed_products: u64) -> anyhow::Result<String> {
+    let dir = std::env::temp_dir().join(format!("strangler-demo-{}", std::process::id()));
+    let any = "127.0.0.1:0".parse()?;
+    let args = StackArgs {
+        dir: dir.clone(),
+        listen: any,
+        admin_listen: any,
+        monolith_listen: any,
+        service_listen: any,
+        seed_products,
+    };
+    let stack = Stack::start(&args).await?;
+    say(&format!(
+        "1. the stack is up: proxy {}, monolith {}, catalog service {}",
+        stack.proxy, stack.monolith, stack.service
+    ));
+    say("   the catalog's rows were copied to the service; forward sync follows every change");
+
+    // Live traffic: reads of products and writes of new ones, through the proxy.
+    let traffic = Arc::new(Traffic::default());
+    let running = Arc::new(AtomicBool::new(true));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let load = {
+        let (traffic, running, http, proxy) = (
+            traffic.clone(),
+            running.clone(),
+            http.clone(),
+            stack.proxy.clone(),
+        );
+        tokio::spawn(async move {
+            let mut i: u64 = 0;
+            while running.load(Ordering::Relaxed) {
+                i += 1;
+                let request = if i % 4 == 0 {
+                    traffic.writes.fetch_add(1, Ordering::Relaxed);
+                    http.post(format!("{proxy}/catalog/products")).json(&json!({
+                        "sku": format!("DEMO-{}-{i}", std::process::id()), "name": format!("Demo item {i}"),
+                        "price_cents": 100 + i, "currency": "EUR"}))
+                } else {
+                    http.get(format!(
+                        "{proxy}/catalog/products/{}",
+                        1 + i % seed_products.max(1)
+                    ))
+                    .header("x-user-id", format!("user-{}", i % 97))
+                };
+                traffic.sent.fetch_add(1, Ordering::Relaxed);
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => {}
+                    _ => {
+                        traffic.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let admin = stack.admin_client()?;
+    let pause = || tokio::time::sleep(Duration::from_millis(1500));
+    let phase = |body: Value| {
+        let admin = &admin;
+        async move {
+            let view: Value = admin
+                .call(
+                    admin
+                        .request(reqwest::Method::POST, "/carveouts/catalog/phase")
+                        .json(&body),
+                )
+                .await?;
+            anyhow::Ok(view)
+        }
+    };
+    pause().await;
+    say(&format!(
+        "2. phase monolith: {} requests so far, all served by the monolith",
+        traffic.sent.load(Ordering::Relaxed)
+    ));
+
+    phase(json!({"phase": "shadow", "reason": "compare the service's answers", "actor": "demo"}))
+        .await?;
+    pause().await;
+    let mismatches: Vec<Value> = admin
+        .call(admin.request(reqwest::Method::GET, "/carveouts/catalog/mismatches"))
+        .await?;
+    say(&format!(
+        "3. phase shadow: reads are copied to the service and compared; {} mismatch(es) sampled",
+        mismatches.len()
+    ));
+
+    for percent in [10, 50] {
+        phase(json!({"phase": "canary", "percent": percent, "reason": "canary", "actor": "demo"}))
+            .await?;
+        pause().await;
+        say(&format!("4. phase canary {percent} %: that share of callers (sticky by X-User-Id) reads from the service; writes stay with the monolith"));
+    }
+
+    // Contracts: verified against a scratch copy of the service (the hook rewrites its data).
+    let scratch_dir = dir.join("contracts");
+    std::fs::create_dir_all(&scratch_dir)?;
+    let scratch = catalog_service::Service::build(&catalog_service::config::Config {
+        listen: any,
+        database_url: scratch_dir.join("catalog.db").display().to_string(),
+        provider_states: true,
+    })
+    .await?;
+    let scratch_url = url(scratch.local_addr());
+    let (scratch_stop, scratch_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(scratch.run_until(async move {
+        let _ = scratch_stopped.await;
+    }));
+    let contracts_dir = {
+        let local = PathBuf::from("contracts/catalog");
+        if local.exists() {
+            local
+        } else {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../contracts/catalog"))
+        }
+    };
+    let report = contracts::verify::verify_path(
+        &contracts_dir,
+        &contracts::verify::VerifyOptions {
+            state_url: Some(format!("{scratch_url}{}", catalog_service::states::PATH)),
+            ..contracts::verify::VerifyOptions::new(scratch_url.clone())
+        },
+    )
+    .await?;
+    let _ = scratch_stop.send(());
+    let _: Value = admin
+        .call(
+            admin
+                .request(reqwest::Method::POST, "/carveouts/catalog/verifications")
+                .json(&json!({"provider": scratch_url, "interactions": report.outcomes.len(), "failures": report.failures(), "actor": "demo"})),
+        )
+        .await?;
+    say(&format!(
+        "5. contracts: {} interaction(s) recorded from the monolith verified against the service: {}",
+        report.outcomes.len(),
+        if report.passed() { "green" } else { "RED" }
+    ));
+
+    phase(json!({"phase": "canary", "percent": 100, "reason": "all reads", "actor": "demo"}))
+        .await?;
+    say("6. cut-over: pre-checks, write fence, relay drained, re-verify, writes flipped to the service");
+    crate::cutover::run(
+        &admin,
+        "catalog",
+        stack.cutover_args("demo cut-over", &stack.service),
+        true,
+    )
+    .await?;
+    pause().await;
+    say(&format!("7. phase extracted: the service takes reads and writes; reverse sync keeps the monolith current ({} writes so far)", traffic.writes.load(Ordering::Relaxed)));
+
+    say("8. roll-back: the mirror image, writes back to the monolith");
+    crate::cutover::run(
+        &admin,
+        "catalog",
+        stack.cutover_args("demo roll-back", &stack.monolith),
+        false,
+    )
+    .await?;
+    pause().await;
+    running.store(false, Ordering::Relaxed);
+    load.await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (m, s, mapping) = stack.dbs().await?;
+    // The stack's own forward relay catches up with the last writes.
+    let watcher = Relay::new(m.clone(), s.clone(), mapping.clone(), "forward").await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while watcher.lag().await?.0 > 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the forward relay did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let check = verify::verify_live(&m, &s, &mapping, Some("catalog:forward")).await?;
+    let (sent, failed, writes) = (
+        traffic.sent.load(Ordering::Relaxed),
+        traffic.failed.load(Ordering::Relaxed),
+        traffic.writes.load(Ordering::Relaxed),
+    );
+    say(&format!(
+        "9. done: {sent} requests ({writes} writes), {failed} failed; monolith and service: {}",
+        check.summary().trim().replace('\n', "; ")
+    ));
+    stack.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(failed == 0, "{failed} request(s) failed during the demo");
+    anyhow::ensure!(check.clean(), "the two sides do not agree after the demo");
+    Ok(String::new())
+}

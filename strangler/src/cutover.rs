@@ -194,15 +194,22 @@ pub async fn run(
         args.fence_ms
     ));
     let fenced_at = Instant::now();
-    let _: Value = admin
+    let fence: Value = admin
         .call(
             admin
                 .request(reqwest::Method::POST, &format!("/carveouts/{name}/fence"))
                 .json(&json!({"hold_ms": args.fence_ms})),
         )
         .await?;
+    // Every replica raises the fence at its next poll of the control database: wait for that
+    // before draining, so no write slips past the fence to the old owner.
+    let settle = fence["applies_within_ms"].as_u64().unwrap_or(500);
+    tokio::time::sleep(Duration::from_millis(settle)).await;
+    // Everything under the fence must be done before it lapses on its own.
+    let deadline =
+        fenced_at + Duration::from_millis(args.fence_ms).saturating_sub(Duration::from_millis(100));
     let result = fenced_steps(
-        admin, name, &args, &draining, &following, before, after, &mut out, to_service,
+        deadline, admin, name, &args, &draining, &following, before, after, &mut out, to_service,
     )
     .await;
     let lifted = admin
@@ -227,6 +234,7 @@ pub async fn run(
 
 #[allow(clippy::too_many_arguments)]
 async fn fenced_steps(
+    deadline: Instant,
     admin: &Admin,
     name: &str,
     args: &CutoverArgs,
@@ -237,7 +245,6 @@ async fn fenced_steps(
     out: &mut Out,
     to_service: bool,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_millis(args.fence_ms);
     // Drain: step ourselves when no relay runs; otherwise wait for the running one.
     let mut relay = Relay::new(
         draining.source.clone(),
@@ -290,6 +297,10 @@ async fn fenced_steps(
         after.name()
     ));
 
+    anyhow::ensure!(
+        Instant::now() < deadline,
+        "the fence would lapse before the flip: raise --fence-ms"
+    );
     let phase = if to_service {
         json!({"phase": "extracted", "reason": format!("cutover: {}", args.reason), "force": args.force, "actor": args.actor})
     } else {

@@ -363,9 +363,12 @@ async fn fence(
         .fence(&name, std::time::Duration::from_millis(request.hold_ms))
         .await
     {
-        Ok(Some(until)) => {
-            Json(serde_json::json!({"carveout": name, "fenced_until_ms": until})).into_response()
-        }
+        Ok(Some(until)) => Json(serde_json::json!({
+            "carveout": name,
+            "fenced_until_ms": until,
+            "applies_within_ms": u64::try_from(admin.control.applies_within().as_millis()).unwrap_or(u64::MAX),
+        }))
+        .into_response(),
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
             "not-found",

@@ -142,6 +142,7 @@ pub struct ControlPlane {
     store: ControlStore,
     proxy: Arc<Proxy>,
     guards: Arc<Vec<Arc<dyn PhaseGuard>>>,
+    interval_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -168,6 +169,7 @@ impl ControlPlane {
             store,
             proxy,
             guards: Arc::new(vec![gate]),
+            interval_ms: Arc::new(std::sync::atomic::AtomicU64::new(200)),
         };
         control.sync().await?;
         Ok(control)
@@ -204,9 +206,6 @@ impl ControlPlane {
         let routing = self.proxy.routing();
         let mut changed = 0;
         for state in self.store.states().await? {
-            if self.proxy.fenced(&state.name) != (state.fenced_until_ms > now_ms()) {
-                self.proxy.set_fence(&state.name, state.fenced_until_ms);
-            }
             let live = routing
                 .carveouts()
                 .iter()
@@ -216,6 +215,10 @@ impl ControlPlane {
             {
                 tracing::info!(carveout = %state.name, phase = %state.phase, by = %state.updated_by, "applied a phase change");
                 changed += 1;
+            }
+            // After the phase: writes a lifted fence lets go must see the new owner.
+            if self.proxy.fenced(&state.name) != (state.fenced_until_ms > now_ms()) {
+                self.proxy.set_fence(&state.name, state.fenced_until_ms);
             }
         }
         Ok(changed)
@@ -246,8 +249,18 @@ impl ControlPlane {
         Ok(known)
     }
 
+    /// How long every replica may take to apply a change (two polls of the slowest interval
+    /// seen here; replicas are expected to share one setting).
+    pub fn applies_within(&self) -> Duration {
+        Duration::from_millis(2 * self.interval_ms.load(std::sync::atomic::Ordering::Relaxed) + 50)
+    }
+
     /// Polls the store every `interval` until the task is dropped.
     pub async fn sync_forever(self, interval: Duration) {
+        self.interval_ms.store(
+            u64::try_from(interval.as_millis()).unwrap_or(u64::MAX / 4),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -232,8 +232,10 @@ impl Backfill {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", table.source))?;
             copy.push(mapped);
         }
-        if !copy.is_empty() {
-            upsert_rows(&self.target, table, &copy)
+        // SQLite takes at most 32,766 bound values a statement.
+        let per_statement = (30_000 / columns.len().max(1)).max(1);
+        for rows in copy.chunks(per_statement) {
+            upsert_rows(&self.target, table, rows)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", table.source))?
                 .query()?
                 .execute(&mut *tx)

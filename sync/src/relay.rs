@@ -9,6 +9,7 @@
 //! transaction older than that has ended (the number was rolled back). A gap that stays open
 //! longer than a bound is reported loudly (a warning, and [`Step::gap`] in every step).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -329,12 +330,16 @@ impl Relay {
             "the checkpoint of {} moved to {held} while this relay read up to {first}: is another relay running?",
             self.stream
         );
+        // The batch collapsed to the last change of each key (images are whole rows, so the
+        // last one is the row's state), then applied as one multi-row upsert per table and the
+        // deletes: the same result as applying each change in order, in far fewer statements.
+        let mut last: HashMap<(usize, String), &Change> = HashMap::with_capacity(changes.len());
         for change in changes {
-            let table = self
+            let index = self
                 .mapping
                 .tables
                 .iter()
-                .find(|t| t.source == change.table)
+                .position(|t| t.source == change.table)
                 .ok_or_else(|| {
                     anyhow::anyhow!(
                         "change {} is for {}, which the mapping does not name",
@@ -342,13 +347,44 @@ impl Relay {
                         change.table
                     )
                 })?;
-            let mut statement = match (change.op.as_str(), &change.image) {
-                ("D", _) => delete(&self.target, table, &change.pk),
-                (_, Some(image)) => upsert(&self.target, table, image),
-                (op, None) => Err(format!("change {} ({op}) has no row image", change.seq)),
+            let key: Vec<Value> = self.mapping.tables[index]
+                .key
+                .iter()
+                .map(|c| change.pk.get(&c.source).cloned().unwrap_or(Value::Null))
+                .collect();
+            last.insert((index, Value::from(key).to_string()), change);
+        }
+        for (index, table) in self.mapping.tables.iter().enumerate() {
+            let mut rows = Vec::new();
+            for ((i, _), change) in &last {
+                if *i != index {
+                    continue;
+                }
+                match (change.op.as_str(), &change.image) {
+                    ("D", _) => {
+                        delete(&self.target, table, &change.pk)
+                            .map_err(|e| anyhow::anyhow!("change {}: {e}", change.seq))?
+                            .query()?
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    (_, Some(image)) => rows.push(
+                        table
+                            .to_target(image)
+                            .map_err(|e| anyhow::anyhow!("change {}: {e}", change.seq))?,
+                    ),
+                    (op, None) => anyhow::bail!("change {} ({op}) has no row image", change.seq),
+                }
             }
-            .map_err(|e| anyhow::anyhow!("change {}: {e}", change.seq))?;
-            statement.query()?.execute(&mut *tx).await?;
+            // SQLite takes at most 32,766 bound values a statement.
+            let per_statement = (30_000 / table.all().count().max(1)).max(1);
+            for chunk in rows.chunks(per_statement) {
+                upsert_rows(&self.target, table, chunk)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", table.source))?
+                    .query()?
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         sqlx::query("DELETE FROM sync_applying")
             .execute(&mut *tx)

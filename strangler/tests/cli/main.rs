@@ -876,9 +876,9 @@ async fn cutover_cli(
     cli(admin, TOKEN, &args).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cutover_and_rollback_under_load_lose_no_write() {
-    let shop_db = e2e::TestDb::sqlite().await;
+e2e::db_test!(cutover_and_rollback_under_load_lose_no_write);
+
+async fn cutover_and_rollback_under_load_lose_no_write(shop_db: e2e::TestDb) {
     let app = monolith::app::Application::build(&monolith::config::ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: shop_db.url.clone(),
@@ -892,7 +892,11 @@ async fn cutover_and_rollback_under_load_lose_no_write() {
     tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
-    let service_db = e2e::TestDb::sqlite().await;
+    let service_db = if shop_db.url.starts_with("postgres") {
+        e2e::TestDb::postgres().await
+    } else {
+        e2e::TestDb::sqlite().await
+    };
     let service = catalog_service::Service::build(&catalog_service::config::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: service_db.url.clone(),

@@ -217,12 +217,20 @@ pub async fn run(
         .send()
         .await;
     let held = fenced_at.elapsed();
-    match (&result, lifted) {
-        (_, Err(e)) => out.step(&format!(
+    let lifted = match lifted {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => Err(format!("the admin API answered {}", response.status())),
+        Err(e) => Err(e.to_string()),
+    };
+    match lifted {
+        Err(e) => out.step(&format!(
             "fence: could not lift it ({e}); it lapses on its own within {} ms",
             args.fence_ms
         )),
-        _ => out.step(&format!("fence: released after {} ms", held.as_millis())),
+        Ok(()) => out.step(&format!(
+            "fence: released after {} ms ({settle} ms of it waiting for every replica to raise it)",
+            held.as_millis()
+        )),
     }
     result?;
     out.step(&format!(

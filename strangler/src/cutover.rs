@@ -65,7 +65,7 @@ struct Out(String);
 impl Out {
     fn step(&mut self, text: &str) {
         let line = format!("{text}\n");
-        eprint!("{line}");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         self.0.push_str(&line);
     }
 }

@@ -2,6 +2,7 @@
 //! monolith, the catalog service, the proxy with its admin API, and the data sync relays — and a
 //! walk of the catalog through every phase with live traffic.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,7 +76,7 @@ fn serve<F>(
     let task = run(rx);
     tokio::spawn(async move {
         if let Err(err) = task.await {
-            eprintln!("error: {err:#}");
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
         }
     });
 }
@@ -217,7 +218,10 @@ impl Stack {
                     match relay.step().await {
                         Ok(step) if step.applied > 0 => continue,
                         Ok(_) => {}
-                        Err(err) => eprintln!("error: {}: {err:#}", relay.stream()),
+                        Err(err) => {
+                            let _ =
+                                writeln!(std::io::stderr(), "error: {}: {err:#}", relay.stream());
+                        }
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -268,7 +272,8 @@ impl Stack {
 /// `strangler stack`: serves until Ctrl-C.
 pub async fn stack(args: StackArgs) -> anyhow::Result<String> {
     let stack = Stack::start(&args).await?;
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "the stack is up (databases in {}):\n  proxy          {}   <- send traffic here\n  admin API      {}   (strangler --admin-url {} ...)\n  monolith       {}\n  catalog        {}\n  sync relays    forward and reverse, running\nCtrl-C stops it.",
         args.dir.display(),
         stack.proxy,

@@ -1100,15 +1100,29 @@ async fn the_stack_starts_with_one_command() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let proxy = tokio::task::spawn_blocking(move || {
+    // Read stderr to the end on a thread of its own: a closed pipe would fail the stack's
+    // later writes.
+    let (found, address) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines() {
-            let line = line.unwrap();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(rest) = line.trim().strip_prefix("proxy") {
-                return rest.split_whitespace().next().unwrap().to_owned();
+                let _ = found.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
             }
         }
-        panic!("the stack never said where its proxy listens");
+    });
+    let proxy = tokio::task::spawn_blocking(move || {
+        address
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the stack never said where its proxy listens")
     })
     .await
     .unwrap();

@@ -4,7 +4,8 @@
 //! Cut-over (canary → extracted): pre-checks (the service is healthy, sync lag is under its
 //! bound, a fresh verify finds no drift, the latest contract verification is green), each
 //! failing one named and nothing changed; then a short write fence on the carve-out (new writes
-//! wait, none fail), the forward relay drained to zero lag, a re-verify, reverse capture on the
+//! wait, none fail), the forward relay drained to zero lag, a re-verify of the keys changed
+//! since the pre-check's verify, reverse capture on the
 //! service, write ownership flipped in the proxy, and the fence released. Any failing step
 //! aborts and leaves everything as it was. Roll-back (extracted → canary) is the mirror image.
 
@@ -155,6 +156,7 @@ pub async fn run(
         Some(&stream),
     )
     .await?;
+    let covered_to = report.covered_to;
     if !report.clean() {
         failures.push(format!(
             "verify: {}",
@@ -210,6 +212,7 @@ pub async fn run(
         fenced_at + Duration::from_millis(args.fence_ms).saturating_sub(Duration::from_millis(100));
     let result = fenced_steps(
         deadline, admin, name, &args, &draining, &following, before, after, &mut out, to_service,
+        covered_to,
     )
     .await;
     let lifted = admin
@@ -252,6 +255,7 @@ async fn fenced_steps(
     after: Direction,
     out: &mut Out,
     to_service: bool,
+    covered_to: Option<i64>,
 ) -> anyhow::Result<()> {
     // Drain: step ourselves when no relay runs; otherwise wait for the running one.
     let mut relay = Relay::new(
@@ -284,14 +288,26 @@ async fn fenced_steps(
         "drain: the {} relay is at zero lag",
         before.name()
     ));
-    let report = verify::verify(&draining.source, &draining.target, &draining.mapping).await?;
+    // The pre-check compared every row up to `covered_to` in the change log: what can have
+    // moved since is the keys logged after it, re-checked strictly now nothing moves.
+    let (report, scope) = match covered_to {
+        Some(since) => (
+            verify::verify_changed(&draining.source, &draining.target, &draining.mapping, since)
+                .await?,
+            "key(s) changed since the pre-check",
+        ),
+        None => (
+            verify::verify(&draining.source, &draining.target, &draining.mapping).await?,
+            "rows",
+        ),
+    };
     anyhow::ensure!(
-        report.clean(),
+        report.drift.is_empty() && (covered_to.is_some() || report.clean()),
         "re-verify under the fence: {}",
         report.summary().trim()
     );
     out.step(&format!(
-        "re-verify: {} rows, no drift",
+        "re-verify: {} {scope}, no drift",
         report.rows_compared
     ));
 

@@ -9,7 +9,7 @@ use strangler_sync::backfill::Backfill;
 use strangler_sync::capture;
 use strangler_sync::mapping::Mapping;
 use strangler_sync::relay::Relay;
-use strangler_sync::verify::{repair, verify, DriftKind};
+use strangler_sync::verify::{repair, verify, verify_changed, DriftKind};
 
 const MAPPING: &str = r#"
 carveout = "items"
@@ -68,6 +68,7 @@ db_test!(
     a_restarted_relay_resumes_without_applying_twice,
     forward_and_reverse_at_once_do_not_echo,
     drift_is_detected_and_repaired,
+    verify_reads_only_the_chunks_that_differ,
     a_mapping_naming_a_missing_column_is_refused,
 );
 
@@ -326,6 +327,113 @@ async fn drift_is_detected_and_repaired(db: TestDb) {
     assert_eq!(repair(&target, &mapping, &report).await.unwrap(), 3);
     let after = verify(&source, &target, &mapping).await.unwrap();
     assert!(after.clean(), "{}", after.summary());
+}
+
+async fn verify_reads_only_the_chunks_that_differ(db: TestDb) {
+    let (source, target, mapping, _dbs) = setup(db).await;
+    capture::install(&source, &mapping).await.unwrap();
+    exec(
+        &source,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) \
+         INSERT INTO src_items SELECT i, 'Item ' || i, i * 3, \
+         CASE WHEN i % 7 = 0 THEN NULL ELSE '2026-11-26' END FROM n",
+    )
+    .await;
+    Backfill::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap()
+        .with_chunk(5000)
+        .run(|_| {})
+        .await
+        .unwrap();
+    let clean = verify(&source, &target, &mapping).await.unwrap();
+    assert!(clean.clean(), "{}", clean.summary());
+    assert_eq!(clean.rows_compared, 20_000);
+    let table = &clean.tables[0];
+    assert!(table.chunks >= 4, "{}", clean.summary());
+    assert_eq!(table.chunks_differing, 0, "{}", clean.summary());
+
+    // Behind the relay's back, in chunks far apart: a changed title, a lost row, NULL turned
+    // into an empty string, a price one mill off, a stray row past the source's keys.
+    exec(
+        &target,
+        "UPDATE items SET title = 'Item 5 (edited)' WHERE item_id = 5",
+    )
+    .await;
+    exec(&target, "DELETE FROM items WHERE item_id = 10000").await;
+    exec(
+        &target,
+        "UPDATE items SET updated_at = '' WHERE item_id = 14000",
+    )
+    .await;
+    exec(
+        &target,
+        "UPDATE items SET price_mills = price_mills + 1 WHERE item_id = 17000",
+    )
+    .await;
+    exec(
+        &target,
+        "INSERT INTO items VALUES (30000, 'Stray', 10, NULL)",
+    )
+    .await;
+    let report = verify(&source, &target, &mapping).await.unwrap();
+    let mut kinds: Vec<(i64, DriftKind)> = report
+        .drift
+        .iter()
+        .map(|d| (d.key["item_id"].as_i64().unwrap(), d.kind))
+        .collect();
+    kinds.sort_by_key(|(k, _)| *k);
+    assert_eq!(
+        kinds,
+        vec![
+            (5, DriftKind::Different),
+            (10000, DriftKind::Missing),
+            (14000, DriftKind::Different),
+            (17000, DriftKind::Different),
+            (30000, DriftKind::Extra),
+        ],
+        "{}",
+        report.summary()
+    );
+    let table = &report.tables[0];
+    assert_eq!(table.chunks_differing, 5, "{}", report.summary());
+    assert!(table.chunks > 5, "{}", report.summary());
+    assert_eq!(repair(&target, &mapping, &report).await.unwrap(), 5);
+    let repaired = verify(&source, &target, &mapping).await.unwrap();
+    assert!(repaired.clean(), "{}", repaired.summary());
+
+    // The keys changed since a clean verification: a captured change not relayed yet is drift
+    // to a strict check of the changed keys, and none once the relay applied it.
+    let since = repaired.covered_to.expect("the source has a change log");
+    exec(
+        &source,
+        "UPDATE src_items SET name = 'Renamed' WHERE id = 42",
+    )
+    .await;
+    exec(&source, "DELETE FROM src_items WHERE id = 43").await;
+    let stale = verify_changed(&source, &target, &mapping, since)
+        .await
+        .unwrap();
+    let mut kinds: Vec<(i64, DriftKind)> = stale
+        .drift
+        .iter()
+        .map(|d| (d.key["item_id"].as_i64().unwrap(), d.kind))
+        .collect();
+    kinds.sort_by_key(|(k, _)| *k);
+    assert_eq!(
+        kinds,
+        vec![(42, DriftKind::Different), (43, DriftKind::Extra)]
+    );
+    assert_eq!(stale.rows_compared, 2);
+    let mut relay = Relay::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap();
+    relay.drain().await.unwrap();
+    let settled = verify_changed(&source, &target, &mapping, since)
+        .await
+        .unwrap();
+    assert!(settled.drift.is_empty(), "{}", settled.summary());
+    assert_eq!(settled.rows_compared, 2);
 }
 
 async fn a_mapping_naming_a_missing_column_is_refused(db: TestDb) {

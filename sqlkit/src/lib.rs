@@ -42,6 +42,8 @@ pub struct Db {
     pool: AnyPool,
     relaxed: Option<AnyPool>,
     backend: Backend,
+    /// The normalized URL (PostgreSQL only: for native connections).
+    pg_url: Option<String>,
 }
 
 /// Options for [`Db::connect`].
@@ -101,6 +103,7 @@ impl Db {
             pool,
             relaxed,
             backend,
+            pg_url: (backend == Backend::Postgres).then_some(url),
         })
     }
 
@@ -118,6 +121,21 @@ impl Db {
     /// told about (after the durable step) is never lost.
     pub fn relaxed_pool(&self) -> &AnyPool {
         self.relaxed.as_ref().unwrap_or(&self.pool)
+    }
+
+    /// A native PostgreSQL connection to the same database, outside the pool, for what `Any`
+    /// cannot do (`COPY`); `None` on SQLite.
+    pub async fn pg_connection(&self) -> anyhow::Result<Option<sqlx::PgConnection>> {
+        use sqlx::Connection as _;
+        let Some(url) = &self.pg_url else {
+            return Ok(None);
+        };
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)
+            .with_context(|| format!("invalid database URL {}", redact(url)))?;
+        let conn = sqlx::PgConnection::connect_with(&options)
+            .await
+            .with_context(|| format!("cannot connect to {}", redact(url)))?;
+        Ok(Some(conn))
     }
 
     /// Which database this is.

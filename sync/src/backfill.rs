@@ -11,14 +11,23 @@
 
 use std::collections::HashSet;
 
+use futures::TryStreamExt as _;
 use serde_json::Value;
-use sqlkit::{Backend, Db};
+use sqlkit::{is_unique_violation, Backend, Db};
 use sqlx::Row;
 
 use crate::capture::{ensure_target_tables, installed};
-use crate::mapping::{Mapping, TableMap};
-use crate::relay::{lock_checkpoint, upsert_rows};
+use crate::mapping::{Mapping, TableMap, Transform};
+use crate::relay::{lock_checkpoint, on_conflict, upsert_rows};
+use crate::schema::Kind;
 use crate::verify::read_value;
+
+/// Saves a table's progress over a native PostgreSQL connection.
+const SAVE_PROGRESS: &str =
+    "INSERT INTO sync_backfill (stream, tbl, last_key, read_rows, skipped, done) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream, tbl) DO UPDATE SET \
+     last_key = excluded.last_key, read_rows = excluded.read_rows, skipped = excluded.skipped, \
+     done = excluded.done";
 
 /// How far a table's backfill got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +113,11 @@ impl Backfill {
             .await?;
             let mut state = self.state(table, u64::try_from(total).unwrap_or(0)).await?;
             progress(&state.0);
+            if self.by_copy(table) && !state.0.done && budget > 0 {
+                state = self
+                    .copy_table(table, state, &mut budget, &mut progress)
+                    .await?;
+            }
             while !state.0.done && budget > 0 {
                 state = self.chunk(table, state).await?;
                 budget -= 1;
@@ -268,4 +282,296 @@ impl Backfill {
         tx.commit().await?;
         Ok((progress, new_last))
     }
+}
+
+/// A chunk read from the source by `COPY ... TO STDOUT`: text-format rows, mapped already.
+struct Copied {
+    data: Vec<u8>,
+    rows: u64,
+    /// First and last mapped (target) key of the chunk.
+    keys: Option<(i64, i64)>,
+    watermark: i64,
+}
+
+/// The first field of a `COPY` text row: the mapped key.
+fn copy_key(line: &[u8]) -> anyhow::Result<i64> {
+    let field = line
+        .split(|b| *b == b'\t' || *b == b'\n')
+        .next()
+        .unwrap_or(line);
+    std::str::from_utf8(field)
+        .ok()
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "a copied row has no integer key: {:?}",
+                String::from_utf8_lossy(field)
+            )
+        })
+}
+
+impl Backfill {
+    /// Whether `table` goes by `COPY`: both sides PostgreSQL, an integer key, the same kind of
+    /// value on both sides of every column, and no division (whose precision check runs in the
+    /// row-by-row path).
+    fn by_copy(&self, table: &TableMap) -> bool {
+        self.source.backend() == Backend::Postgres
+            && self.target.backend() == Backend::Postgres
+            && table.key.len() == 1
+            && table.key[0].source_kind == Kind::Integer
+            && table.all().all(|c| {
+                c.source_kind == c.target_kind && !matches!(c.transform, Transform::Divide(_))
+            })
+    }
+
+    /// Copies `table` with `COPY` out of the source and into the target, reading the next
+    /// chunk while the last one is written.
+    async fn copy_table(
+        &self,
+        table: &TableMap,
+        (mut progress, last): (Progress, Option<Value>),
+        budget: &mut usize,
+        report: &mut impl FnMut(&Progress),
+    ) -> anyhow::Result<(Progress, Option<Value>)> {
+        let (Some(mut src), Some(mut dst)) = (
+            self.source.pg_connection().await?,
+            self.target.pg_connection().await?,
+        ) else {
+            anyhow::bail!("COPY needs PostgreSQL on both sides");
+        };
+        let key = &table.key[0];
+        let factor = match key.transform {
+            Transform::Multiply(n) => n,
+            _ => 1,
+        };
+        let mut after = match &last {
+            Some(v) => Some(v.as_i64().ok_or_else(|| {
+                anyhow::anyhow!("{}: saved key {v} is not an integer", table.source)
+            })?),
+            None => None,
+        };
+        let mut chunk = self.copy_read(&mut src, table, after).await?;
+        loop {
+            let done = chunk.rows < u64::try_from(self.chunk).unwrap_or(u64::MAX);
+            *budget = budget.saturating_sub(1);
+            // The saved position is a source key: the mapped one divided back.
+            after = chunk.keys.map(|(_, last)| last / factor).or(after);
+            let write = self.copy_write(&mut dst, table, &chunk, &mut progress, done, after);
+            if done || *budget == 0 {
+                write.await?;
+                report(&progress);
+                break;
+            }
+            let (written, next) = tokio::join!(write, self.copy_read(&mut src, table, after));
+            written?;
+            report(&progress);
+            chunk = next?;
+        }
+        Ok((progress, after.map(Value::from)))
+    }
+
+    async fn copy_read(
+        &self,
+        src: &mut sqlx::PgConnection,
+        table: &TableMap,
+        after: Option<i64>,
+    ) -> anyhow::Result<Copied> {
+        sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *src)
+            .await?;
+        let watermark: i64 =
+            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM sync_changes")
+                .fetch_one(&mut *src)
+                .await?;
+        let values: Vec<String> = table
+            .all()
+            .map(|c| match (c.transform, c.source_kind) {
+                (Transform::Multiply(n), Kind::Integer) => {
+                    format!("CAST({} AS BIGINT) * {n}", c.source)
+                }
+                (Transform::Multiply(n), _) => format!("{} * {n}", c.source),
+                _ => c.source.clone(),
+            })
+            .collect();
+        let key = &table.key[0].source;
+        let filter = after.map_or(String::new(), |k| format!(" WHERE {key} > {k}"));
+        let sql = format!(
+            "COPY (SELECT {} FROM {}{filter} ORDER BY {key} LIMIT {}) TO STDOUT",
+            values.join(", "),
+            table.source,
+            self.chunk
+        );
+        let mut data = Vec::new();
+        {
+            let mut out = src.copy_out_raw(&sql).await?;
+            while let Some(bytes) = out.try_next().await? {
+                data.extend_from_slice(&bytes);
+            }
+        }
+        sqlx::raw_sql("COMMIT").execute(&mut *src).await?;
+        let mut lines = data.split_inclusive(|b| *b == b'\n');
+        let rows = lines.clone().count() as u64;
+        let keys = match (
+            lines.next(),
+            data.split_inclusive(|b| *b == b'\n').next_back(),
+        ) {
+            (Some(first), Some(last)) => Some((copy_key(first)?, copy_key(last)?)),
+            _ => None,
+        };
+        Ok(Copied {
+            data,
+            rows,
+            keys,
+            watermark,
+        })
+    }
+
+    async fn copy_write(
+        &self,
+        dst: &mut sqlx::PgConnection,
+        table: &TableMap,
+        chunk: &Copied,
+        progress: &mut Progress,
+        done: bool,
+        last: Option<i64>,
+    ) -> anyhow::Result<()> {
+        let key = &table.key[0];
+        // Keys changed after the chunk was read (mapped): the relay owns them.
+        let mut changed = self
+            .source
+            .statement("SELECT pk FROM sync_changes WHERE seq > ");
+        changed
+            .bind(chunk.watermark)
+            .push(" AND tbl = ")
+            .bind(table.source.clone());
+        let changed: HashSet<i64> = changed
+            .query()?
+            .fetch_all(self.source.pool())
+            .await?
+            .iter()
+            .filter_map(|row| row.try_get::<String, _>("pk").ok())
+            .filter_map(|pk| serde_json::from_str::<Value>(&pk).ok())
+            .filter_map(|pk| {
+                pk.get(&key.source)
+                    .and_then(|v| key.transform.apply(v).ok())
+            })
+            .filter_map(|v| v.as_i64())
+            .collect();
+        let mut body = Vec::with_capacity(chunk.data.len());
+        let mut skipped = 0;
+        for line in chunk.data.split_inclusive(|b| *b == b'\n') {
+            if !changed.is_empty() && changed.contains(&copy_key(line)?) {
+                skipped += 1;
+            } else {
+                body.extend_from_slice(line);
+            }
+        }
+
+        sqlx::raw_sql("BEGIN").execute(&mut *dst).await?;
+        // The lock a relay batch takes, and the mark that keeps these writes from being
+        // captured again.
+        sqlx::query("INSERT INTO sync_applying (origin) VALUES ('sync')")
+            .execute(&mut *dst)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sync_checkpoints (stream, seq, at) VALUES ($1, 0, $2) \
+             ON CONFLICT (stream) DO NOTHING",
+        )
+        .bind(&self.stream)
+        .bind(sqlkit::now())
+        .execute(&mut *dst)
+        .await?;
+        sqlx::query("SELECT seq FROM sync_checkpoints WHERE stream = $1 FOR UPDATE")
+            .bind(&self.stream)
+            .execute(&mut *dst)
+            .await?;
+        if let (Some((first, last_key)), false) = (chunk.keys, body.is_empty()) {
+            let columns: Vec<&str> = table.all().map(|c| c.target.as_str()).collect();
+            let columns = columns.join(", ");
+            // A key range the target has no row in takes the rows straight; otherwise (or when
+            // a row appeared meanwhile) they go through a staging table and an upsert.
+            let occupied: bool = sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE {} BETWEEN $1 AND $2)",
+                table.target, key.target
+            ))
+            .bind(first)
+            .bind(last_key)
+            .fetch_one(&mut *dst)
+            .await?;
+            let mut staged = occupied;
+            if !occupied {
+                sqlx::raw_sql("SAVEPOINT sync_copy")
+                    .execute(&mut *dst)
+                    .await?;
+                let copied = copy_in(
+                    dst,
+                    &format!("COPY {} ({columns}) FROM STDIN", table.target),
+                    &body,
+                )
+                .await;
+                match copied {
+                    Ok(()) => {
+                        sqlx::raw_sql("RELEASE SAVEPOINT sync_copy")
+                            .execute(&mut *dst)
+                            .await?;
+                    }
+                    Err(e) if is_unique_violation(&e) => {
+                        sqlx::raw_sql("ROLLBACK TO SAVEPOINT sync_copy")
+                            .execute(&mut *dst)
+                            .await?;
+                        staged = true;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if staged {
+                let stage = format!("sync_stage_{}", table.target);
+                sqlx::raw_sql(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT {columns} FROM {} WITH NO DATA; \
+                     TRUNCATE {stage}",
+                    table.target
+                ))
+                .execute(&mut *dst)
+                .await?;
+                copy_in(dst, &format!("COPY {stage} ({columns}) FROM STDIN"), &body).await?;
+                sqlx::raw_sql(&format!(
+                    "INSERT INTO {} ({columns}) SELECT {columns} FROM {stage}{}",
+                    table.target,
+                    on_conflict(table)
+                ))
+                .execute(&mut *dst)
+                .await?;
+            }
+        }
+        sqlx::query("DELETE FROM sync_applying")
+            .execute(&mut *dst)
+            .await?;
+        progress.read += chunk.rows;
+        progress.skipped += skipped;
+        progress.done = done;
+        sqlx::query(SAVE_PROGRESS)
+            .bind(&self.stream)
+            .bind(&table.source)
+            .bind(last.map(|k| k.to_string()))
+            .bind(i64::try_from(progress.read).unwrap_or(i64::MAX))
+            .bind(i64::try_from(progress.skipped).unwrap_or(i64::MAX))
+            .bind(i64::from(done))
+            .execute(&mut *dst)
+            .await?;
+        sqlx::raw_sql("COMMIT").execute(&mut *dst).await?;
+        Ok(())
+    }
+}
+
+async fn copy_in(
+    dst: &mut sqlx::PgConnection,
+    statement: &str,
+    body: &[u8],
+) -> Result<(), sqlx::Error> {
+    let mut copy = dst.copy_in_raw(statement).await?;
+    if let Err(e) = copy.send(body).await {
+        let _ = copy.abort(e.to_string()).await;
+        return Err(e);
+    }
+    copy.finish().await.map(|_| ())
 }

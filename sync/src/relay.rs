@@ -534,19 +534,26 @@ pub(crate) fn upsert_rows(
         }
         statement.push(")");
     }
-    let keys: Vec<&str> = table.key.iter().map(|c| c.target.as_str()).collect();
-    statement.push(&format!(" ON CONFLICT ({}) ", keys.join(", ")));
-    if table.columns.is_empty() {
-        statement.push("DO NOTHING");
-    } else {
-        let sets: Vec<String> = table
-            .columns
-            .iter()
-            .map(|c| format!("{0} = excluded.{0}", c.target))
-            .collect();
-        statement.push(&format!("DO UPDATE SET {}", sets.join(", ")));
-    }
+    statement.push(&on_conflict(table));
     Ok(statement)
+}
+
+/// The ` ON CONFLICT (key) DO UPDATE SET ...` that makes an insert of target rows an upsert.
+pub(crate) fn on_conflict(table: &TableMap) -> String {
+    let keys: Vec<&str> = table.key.iter().map(|c| c.target.as_str()).collect();
+    if table.columns.is_empty() {
+        return format!(" ON CONFLICT ({}) DO NOTHING", keys.join(", "));
+    }
+    let sets: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| format!("{0} = excluded.{0}", c.target))
+        .collect();
+    format!(
+        " ON CONFLICT ({}) DO UPDATE SET {}",
+        keys.join(", "),
+        sets.join(", ")
+    )
 }
 
 /// `DELETE` of the target row with a source key.

@@ -230,9 +230,21 @@ impl Side {
 enum Plan {
     /// Whole: every row of both sides.
     Whole,
-    /// In chunks of `width` target keys, hashed in the database (both sides PostgreSQL) or
-    /// here.
-    Chunked { width: i64, in_database: bool },
+    /// In chunks of `width` target keys.
+    Chunked { width: i64, hash: Hashing },
+}
+
+/// Where chunk hashes are computed: in the database when both sides are the same kind of
+/// database and every column has the same kind of value on both sides, here otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hashing {
+    /// PostgreSQL: per column `hash*extended` (seeded with its position), combined by XOR,
+    /// summed per chunk.
+    Postgres,
+    /// SQLite: each chunk's rows as `quote()` text in key order, hashed here.
+    Sqlite,
+    /// Every row streamed and hashed here.
+    Streamed,
 }
 
 /// What one side's snapshot gave for a table.
@@ -273,27 +285,91 @@ async fn plan(source: &Db, target: &Db, table: &TableMap) -> anyhow::Result<Plan
         Transform::Multiply(n) => width * i128::from(n),
         Transform::Divide(n) => (width / i128::from(n)).max(1),
     };
+    let same_kinds = table.all().all(|c| c.source_kind == c.target_kind);
+    let hash = match (source.backend(), target.backend()) {
+        (Backend::Postgres, Backend::Postgres) if same_kinds => Hashing::Postgres,
+        (Backend::Sqlite, Backend::Sqlite) if same_kinds => Hashing::Sqlite,
+        _ => Hashing::Streamed,
+    };
     Ok(Plan::Chunked {
         width: i64::try_from(width).unwrap_or(i64::MAX),
-        in_database: source.backend() == Backend::Postgres && target.backend() == Backend::Postgres,
+        hash,
     })
 }
 
-/// The SQL for a column's mapped value on PostgreSQL, for the in-database hash.
-fn pg_value(side: Side, c: &ColumnMap) -> String {
+/// The SQL for a column's mapped value (`CAST` spelt for `backend`); an integer that does not
+/// divide maps to NULL (the callers tell it apart).
+fn mapped_sql(side: Side, c: &ColumnMap, backend: Backend) -> String {
     let (name, kind) = side.column(c);
+    let int = match backend {
+        Backend::Postgres => "BIGINT",
+        Backend::Sqlite => "INTEGER",
+    };
+    let real = match backend {
+        Backend::Postgres => "DOUBLE PRECISION",
+        Backend::Sqlite => "REAL",
+    };
     match (side, c.transform, kind) {
         (Side::Target, ..) | (_, Transform::Identity, _) => name.to_owned(),
-        (_, Transform::Multiply(n), Kind::Integer) => format!("(CAST({name} AS BIGINT) * {n})"),
-        (_, Transform::Multiply(n), _) => format!("(CAST({name} AS DOUBLE PRECISION) * {n})"),
-        // An integer that does not divide is not a value the target can hold: it hashes as
-        // such and is reported by the row comparison.
+        (_, Transform::Multiply(n), Kind::Integer) => format!("(CAST({name} AS {int}) * {n})"),
+        (_, Transform::Multiply(n), _) => format!("(CAST({name} AS {real}) * {n})"),
         (_, Transform::Divide(n), Kind::Integer) => format!(
-            "(CASE WHEN MOD(CAST({name} AS BIGINT), {n}) = 0 \
-             THEN CAST(CAST({name} AS BIGINT) / {n} AS TEXT) \
-             ELSE 'indivisible ' || CAST({name} AS TEXT) END)"
+            "(CASE WHEN CAST({name} AS {int}) % {n} = 0 THEN CAST({name} AS {int}) / {n} END)"
         ),
-        (_, Transform::Divide(n), _) => format!("(CAST({name} AS DOUBLE PRECISION) / {n})"),
+        (_, Transform::Divide(n), _) => format!("(CAST({name} AS {real}) / {n})"),
+    }
+}
+
+/// The SQL of a column's hash on PostgreSQL, seeded with its position; NULL hashes as the
+/// position itself.
+fn pg_hash(side: Side, c: &ColumnMap, position: usize) -> String {
+    let value = mapped_sql(side, c, Backend::Postgres);
+    let hash = match side.column(c).1 {
+        Kind::Integer => format!("hashint8extended(CAST({value} AS BIGINT), {position})"),
+        Kind::Real => format!("hashfloat8extended(CAST({value} AS DOUBLE PRECISION), {position})"),
+        Kind::Bool => format!(
+            "hashint8extended(CASE WHEN {value} THEN 1 WHEN NOT {value} THEN 0 END, {position})"
+        ),
+        Kind::Text => format!("hashtextextended(CAST({value} AS TEXT), {position})"),
+    };
+    let (name, _) = side.column(c);
+    match (side, c.transform, side.column(c).1) {
+        // An integer that does not divide is not a value the target can hold: it hashes as
+        // something no value hashes to, and the row comparison reports it.
+        (Side::Source, Transform::Divide(_), Kind::Integer) => format!(
+            "COALESCE({hash}, CASE WHEN {name} IS NULL THEN {position} \
+             ELSE hashtextextended('indivisible ' || CAST({name} AS TEXT), {position}) END)"
+        ),
+        _ => format!("COALESCE({hash}, {position})"),
+    }
+}
+
+/// The SQL of a column's canonical text on SQLite (`quote()`: NULL, numbers and strings
+/// spelt apart).
+fn sqlite_text(side: Side, c: &ColumnMap) -> String {
+    let value = mapped_sql(side, c, Backend::Sqlite);
+    let (name, _) = side.column(c);
+    match (side, c.transform, side.column(c).1) {
+        (Side::Source, Transform::Divide(_), Kind::Integer) => format!(
+            "CASE WHEN {name} IS NOT NULL AND {value} IS NULL \
+             THEN 'indivisible ' || quote({name}) ELSE quote({value}) END"
+        ),
+        _ => format!("quote({value})"),
+    }
+}
+
+/// The chunk of a row, as SQL.
+fn chunk_sql(side: Side, table: &TableMap, width: i64, backend: Backend) -> String {
+    let key = &table.key[0];
+    let (name, _) = side.column(key);
+    let int = match backend {
+        Backend::Postgres => "BIGINT",
+        Backend::Sqlite => "INTEGER",
+    };
+    match (side, key.transform) {
+        (Side::Target, _) | (_, Transform::Identity) => format!("CAST({name} AS {int}) / {width}"),
+        (_, Transform::Multiply(n)) => format!("CAST({name} AS {int}) * {n} / {width}"),
+        (_, Transform::Divide(n)) => format!("CAST({name} AS {int}) / {n} / {width}"),
     }
 }
 
@@ -393,40 +469,51 @@ async fn scan_side(
             }
             Plan::Chunked {
                 width,
-                in_database: true,
+                hash: hash @ (Hashing::Postgres | Hashing::Sqlite),
             } => {
-                let key = pg_value(side, &table.key[0]);
-                let key = match (side, table.key[0].transform) {
-                    (Side::Source, Transform::Divide(n)) => {
-                        format!("(CAST({} AS BIGINT) / {n})", table.key[0].source)
-                    }
-                    _ => format!("CAST({key} AS BIGINT)"),
+                let backend = db.backend();
+                let chunk = chunk_sql(side, table, width, backend);
+                let sql = if hash == Hashing::Postgres {
+                    let hashes: Vec<String> = table
+                        .all()
+                        .enumerate()
+                        .map(|(i, c)| pg_hash(side, c, i + 1))
+                        .collect();
+                    format!(
+                        "SELECT {chunk} AS chunk, CAST(COUNT(*) AS BIGINT) AS n, \
+                         CAST(SUM({}) AS TEXT) AS h FROM {} GROUP BY 1",
+                        hashes.join(" # "),
+                        side.table(table)
+                    )
+                } else {
+                    let texts: Vec<String> = table.all().map(|c| sqlite_text(side, c)).collect();
+                    format!(
+                        "SELECT {chunk} AS chunk, COUNT(*) AS n, \
+                         group_concat({}, char(10) ORDER BY {}) AS h FROM {} GROUP BY 1",
+                        texts.join(" || ',' || "),
+                        side.column(&table.key[0]).0,
+                        side.table(table)
+                    )
                 };
-                let values: Vec<String> = table.all().map(|c| pg_value(side, c)).collect();
-                let sql = format!(
-                    "SELECT {key} / {width} AS chunk, CAST(COUNT(*) AS BIGINT) AS n, \
-                     CAST(SUM(hashtextextended(CAST(ROW({}) AS TEXT), 0)) AS TEXT) AS h \
-                     FROM {} GROUP BY 1",
-                    values.join(", "),
-                    side.table(table)
-                );
                 let rows = sqlx::query(&sql).fetch_all(&mut *tx).await?;
                 let mut chunks = BTreeMap::new();
                 for row in rows {
                     let n: i64 = row.try_get("n")?;
+                    let h: String = row.try_get("h")?;
+                    let h = match hash {
+                        Hashing::Sqlite => xxhash_rust::xxh3::xxh3_64(h.as_bytes()).to_string(),
+                        _ => h,
+                    };
                     chunks.insert(
                         row.try_get::<i64, _>("chunk")?,
-                        (
-                            u64::try_from(n).unwrap_or(0),
-                            row.try_get::<String, _>("h")?,
-                        ),
+                        (u64::try_from(n).unwrap_or(0), h),
                     );
                 }
                 Scan::Chunks(chunks)
             }
             Plan::Chunked {
                 width,
-                in_database: false,
+                hash: Hashing::Streamed,
             } => {
                 let mut sums: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
                 let mut rows = sqlx::query(&select).fetch(&mut *tx);

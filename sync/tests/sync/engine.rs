@@ -69,6 +69,8 @@ db_test!(
     forward_and_reverse_at_once_do_not_echo,
     drift_is_detected_and_repaired,
     verify_reads_only_the_chunks_that_differ,
+    backfill_copies_into_empty_ranges_and_upserts_into_occupied_ones,
+    reverse_verify_maps_back_and_refuses_an_indivisible_value,
     a_mapping_naming_a_missing_column_is_refused,
 );
 
@@ -434,6 +436,150 @@ async fn verify_reads_only_the_chunks_that_differ(db: TestDb) {
         .unwrap();
     assert!(settled.drift.is_empty(), "{}", settled.summary());
     assert_eq!(settled.rows_compared, 2);
+}
+
+async fn backfill_copies_into_empty_ranges_and_upserts_into_occupied_ones(db: TestDb) {
+    let (source, target, mapping, _dbs) = setup(db).await;
+    exec(
+        &source,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
+         INSERT INTO src_items SELECT i, 'Item ' || i, i, NULL FROM n",
+    )
+    .await;
+    capture::install(&source, &mapping).await.unwrap();
+    // The relay got to one row of the first chunk before the backfill started.
+    exec(
+        &source,
+        "UPDATE src_items SET name = 'changed early' WHERE id = 10",
+    )
+    .await;
+    let mut relay = Relay::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap();
+    assert_eq!(relay.drain().await.unwrap(), 1);
+    let backfill = Backfill::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap()
+        .with_chunk(100);
+    let partial = backfill.run_chunks(3, |_| {}).await.unwrap();
+    assert_eq!(partial[0].read, 300);
+    // A row appears in a later chunk's range behind the backfill's back, stale.
+    exec(&target, "INSERT INTO items VALUES (550, 'stale', 1, NULL)").await;
+    let done = backfill.run(|_| {}).await.unwrap();
+    assert!(done[0].done);
+    assert_eq!(done[0].read, 1000);
+    assert_eq!(done[0].skipped, 0);
+    let report = verify(&source, &target, &mapping).await.unwrap();
+    assert!(report.clean(), "{}", report.summary());
+    assert_eq!(report.rows_compared, 1000);
+    let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT item_id, title, price_mills FROM items WHERE item_id IN (10, 550, 1000) ORDER BY item_id",
+    )
+    .fetch_all(target.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (10, "changed early".to_owned(), 100),
+            (550, "Item 550".to_owned(), 5500),
+            (1000, "Item 1000".to_owned(), 10000),
+        ]
+    );
+    // Nothing the backfill wrote was captured again on the target side.
+    assert_eq!(
+        relay.drain().await.unwrap(),
+        0,
+        "the backfill's writes are not changes of the source"
+    );
+}
+
+async fn reverse_verify_maps_back_and_refuses_an_indivisible_value(db: TestDb) {
+    let (source, target, mapping, _dbs) = setup(db).await;
+    exec(
+        &target,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9000) \
+         INSERT INTO items SELECT i, 'Item ' || i, i * 10, NULL FROM n",
+    )
+    .await;
+    exec(
+        &source,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9000) \
+         INSERT INTO src_items SELECT i, 'Item ' || i, i, NULL FROM n",
+    )
+    .await;
+    // Service → monolith: mills divided back into cents.
+    let reverse = mapping.reversed();
+    let report = verify(&target, &source, &reverse).await.unwrap();
+    assert!(report.clean(), "{}", report.summary());
+    assert_eq!(report.rows_compared, 9000);
+    assert!(report.tables[0].chunks >= 2, "{}", report.summary());
+    exec(
+        &source,
+        "UPDATE src_items SET price_cents = 1 WHERE id = 7000",
+    )
+    .await;
+    let drifted = verify(&target, &source, &reverse).await.unwrap();
+    let keys: Vec<(i64, DriftKind)> = drifted
+        .drift
+        .iter()
+        .map(|d| (d.key["id"].as_i64().unwrap(), d.kind))
+        .collect();
+    assert_eq!(keys, vec![(7000, DriftKind::Different)]);
+    // A price in mills the monolith cannot hold in cents is refused, not compared truncated.
+    exec(
+        &target,
+        "UPDATE items SET price_mills = 40005 WHERE item_id = 4000",
+    )
+    .await;
+    exec(
+        &source,
+        "UPDATE src_items SET price_cents = 4000 WHERE id = 4000",
+    )
+    .await;
+    let err = verify(&target, &source, &reverse).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("would lose precision"),
+        "{err:#}"
+    );
+}
+
+/// SQLite on one side, PostgreSQL on the other: chunks are hashed here, from streamed rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn verify_streams_and_hashes_between_sqlite_and_postgres() {
+    let pg = TestDb::postgres().await;
+    let lite = TestDb::sqlite().await;
+    let (source, target) = (connect(&lite).await, connect(&pg).await);
+    exec(&source, "CREATE TABLE src_items (id BIGINT PRIMARY KEY, name TEXT NOT NULL, price_cents BIGINT NOT NULL, updated_at TEXT)").await;
+    exec(&target, "CREATE TABLE items (item_id BIGINT PRIMARY KEY, title TEXT NOT NULL, price_mills BIGINT NOT NULL, updated_at TEXT)").await;
+    let mut mapping = Mapping::parse(MAPPING).unwrap();
+    mapping.check(&source, &target).await.unwrap();
+    let fill = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 12000) ";
+    exec(&source, &format!("{fill} INSERT INTO src_items SELECT i, 'Item ' || i, i, CASE WHEN i % 3 = 0 THEN NULL ELSE '2026' END FROM n")).await;
+    exec(&target, &format!("{fill} INSERT INTO items SELECT i, 'Item ' || i, i * 10, CASE WHEN i % 3 = 0 THEN NULL ELSE '2026' END FROM n")).await;
+    let report = verify(&source, &target, &mapping).await.unwrap();
+    assert!(report.clean(), "{}", report.summary());
+    assert_eq!(report.rows_compared, 12_000);
+    assert!(report.tables[0].chunks >= 2, "{}", report.summary());
+    exec(
+        &target,
+        "UPDATE items SET updated_at = '2026' WHERE item_id = 9",
+    )
+    .await;
+    exec(&target, "DELETE FROM items WHERE item_id = 11000").await;
+    let report = verify(&source, &target, &mapping).await.unwrap();
+    let mut keys: Vec<(i64, DriftKind)> = report
+        .drift
+        .iter()
+        .map(|d| (d.key["item_id"].as_i64().unwrap(), d.kind))
+        .collect();
+    keys.sort_by_key(|(k, _)| *k);
+    assert_eq!(
+        keys,
+        vec![(9, DriftKind::Different), (11000, DriftKind::Missing)]
+    );
+    assert_eq!(report.tables[0].chunks_differing, 2, "{}", report.summary());
 }
 
 async fn a_mapping_naming_a_missing_column_is_refused(db: TestDb) {

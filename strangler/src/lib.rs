@@ -258,7 +258,8 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    /// A request to `path` of the admin API, with the token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let url = format!("{}{path}", self.args.admin_url.trim_end_matches('/'));
         let request = self.http.request(method, url);
         match &self.args.admin_token {
@@ -267,7 +268,9 @@ impl Admin {
         }
     }
 
-    pub(crate) async fn call<T: DeserializeOwned>(
+    /// Sends a request and reads its JSON answer; an error answer becomes an error with the
+    /// problem's detail.
+    pub async fn call<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {

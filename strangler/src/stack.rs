@@ -42,6 +42,15 @@ pub struct StackArgs {
     /// Products to seed the monolith with, when its catalog is empty.
     #[arg(long, default_value_t = 200)]
     pub seed_products: u64,
+    /// The monolith's database instead of `shop.db` in `--dir` (a postgres:// URL, say).
+    #[arg(long, env = "STRANGLER_STACK_MONOLITH_DB")]
+    pub monolith_db: Option<String>,
+    /// The catalog service's database instead of `catalog.db` in `--dir`.
+    #[arg(long, env = "STRANGLER_STACK_SERVICE_DB")]
+    pub service_db: Option<String>,
+    /// The proxy's control database instead of `control.db` in `--dir`.
+    #[arg(long, env = "STRANGLER_STACK_CONTROL_DB")]
+    pub control_db: Option<String>,
 }
 
 /// The running stack.
@@ -100,8 +109,12 @@ impl Stack {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("cannot create {}", args.dir.display()))?;
         let path = |name: &str| args.dir.join(name).display().to_string();
-        let (monolith_db, service_db, control_db) =
-            (path("shop.db"), path("catalog.db"), path("control.db"));
+        let pick = |url: &Option<String>, file: &str| url.clone().unwrap_or_else(|| path(file));
+        let (monolith_db, service_db, control_db) = (
+            pick(&args.monolith_db, "shop.db"),
+            pick(&args.service_db, "catalog.db"),
+            pick(&args.control_db, "control.db"),
+        );
         let mut stop = Vec::new();
 
         let shop = monolith::app::Application::build(&monolith::config::ServeConfig {
@@ -239,7 +252,8 @@ impl Stack {
         }
     }
 
-    fn admin_client(&self) -> anyhow::Result<Admin> {
+    /// A client of the stack's admin API.
+    pub fn admin_client(&self) -> anyhow::Result<Admin> {
         Ok(Admin {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -252,7 +266,9 @@ impl Stack {
         })
     }
 
-    fn cutover_args(&self, reason: &str, owner: &str) -> CutoverArgs {
+    /// What a cut-over (`owner` = the service) or roll-back (the monolith) of the stack's
+    /// catalog needs.
+    pub fn cutover_args(&self, reason: &str, owner: &str) -> CutoverArgs {
         CutoverArgs {
             mapping: Some(self.mapping.clone()),
             monolith_db: self.monolith_db.clone(),
@@ -310,6 +326,9 @@ pub async fn demo(seed_products: u64) -> anyhow::Result<String> {
         monolith_listen: any,
         service_listen: any,
         seed_products,
+        monolith_db: None,
+        service_db: None,
+        control_db: None,
     };
     let stack = Stack::start(&args).await?;
     say(&format!(

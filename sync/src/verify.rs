@@ -825,6 +825,11 @@ pub async fn verify_live(
                         rows_in_range(source, table, Side::Source, span),
                         rows_in_range(target, table, Side::Target, span),
                     )?;
+                    // Read after the snapshots: the keys changed meanwhile are in flight too.
+                    let in_flight = match (stream, covered_to) {
+                        (Some(_), Some(since)) => in_flight_since(source, mapping, since).await?,
+                        _ => HashSet::new(),
+                    };
                     let (d, f) = compare_rows(table, source_rows, target_rows, &in_flight)?;
                     drift.extend(d);
                     in_flight_count += f;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlkit::{Db, DbOptions};
-use strangler::stack::{Stack, StackArgs};
+use strangler::stack::{Stack, StackArgs, StackDbs};
 
 const WRITERS: usize = 4;
 const READERS: usize = 2;
@@ -186,9 +186,7 @@ async fn main() {
         monolith_listen: any,
         service_listen: any,
         seed_products: 1000,
-        monolith_db: None,
-        service_db: None,
-        control_db: None,
+        dbs: StackDbs::default(),
     };
     run("SQLite", args.clone(), cycles).await;
 
@@ -196,9 +194,11 @@ async fn main() {
         Ok(base) => {
             let prefix = format!("bench_fence_{}", std::process::id());
             let pg = StackArgs {
-                monolith_db: Some(pg_schema(&base, &format!("{prefix}_shop")).await),
-                service_db: Some(pg_schema(&base, &format!("{prefix}_catalog")).await),
-                control_db: Some(pg_schema(&base, &format!("{prefix}_control")).await),
+                dbs: StackDbs {
+                    monolith: Some(pg_schema(&base, &format!("{prefix}_shop")).await),
+                    service: Some(pg_schema(&base, &format!("{prefix}_catalog")).await),
+                    control: Some(pg_schema(&base, &format!("{prefix}_control")).await),
+                },
                 ..args
             };
             run("PostgreSQL", pg, cycles).await;

@@ -112,6 +112,9 @@ pub enum Command {
         /// Products to seed the monolith with.
         #[arg(long, default_value_t = 200)]
         seed_products: u64,
+        /// The databases, when not SQLite files in a temporary folder.
+        #[command(flatten)]
+        dbs: stack::StackDbs,
     },
     /// The data sync of a carve-out: install, backfill, run, status, verify, repair.
     Sync {
@@ -376,7 +379,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Contract { command } => contract(command, &admin, json).await,
         Command::Sync { command } => sync::run(command, json).await,
         Command::Stack(args) => stack::stack(args).await,
-        Command::Demo { seed_products } => stack::demo(seed_products).await,
+        Command::Demo { seed_products, dbs } => stack::demo(seed_products, dbs).await,
         Command::Cutover { name, args } => cutover::run(&admin, &name, args, true).await,
         Command::Rollback { name, args } => cutover::run(&admin, &name, args, false).await,
         Command::Mismatches { name } => {

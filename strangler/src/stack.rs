@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::{json, Value};
 use sqlkit::{Db, DbOptions};
+use sqlx::Row as _;
 use strangler_sync::backfill::Backfill;
 use strangler_sync::mapping::Mapping;
 use strangler_sync::relay::Relay;
@@ -42,15 +43,24 @@ pub struct StackArgs {
     /// Products to seed the monolith with, when its catalog is empty.
     #[arg(long, default_value_t = 200)]
     pub seed_products: u64,
-    /// The monolith's database instead of `shop.db` in `--dir` (a postgres:// URL, say).
-    #[arg(long, env = "STRANGLER_STACK_MONOLITH_DB")]
-    pub monolith_db: Option<String>,
-    /// The catalog service's database instead of `catalog.db` in `--dir`.
-    #[arg(long, env = "STRANGLER_STACK_SERVICE_DB")]
-    pub service_db: Option<String>,
-    /// The proxy's control database instead of `control.db` in `--dir`.
-    #[arg(long, env = "STRANGLER_STACK_CONTROL_DB")]
-    pub control_db: Option<String>,
+    /// The databases, when not SQLite files in `--dir`.
+    #[command(flatten)]
+    pub dbs: StackDbs,
+}
+
+/// The stack's databases, each a SQLite file in the stack's folder unless named (a
+/// postgres:// URL, say).
+#[derive(Debug, Clone, Default, Args)]
+pub struct StackDbs {
+    /// The monolith's database (default: `shop.db` in the stack's folder).
+    #[arg(long = "monolith-db", env = "STRANGLER_STACK_MONOLITH_DB")]
+    pub monolith: Option<String>,
+    /// The catalog service's database (default: `catalog.db`).
+    #[arg(long = "service-db", env = "STRANGLER_STACK_SERVICE_DB")]
+    pub service: Option<String>,
+    /// The proxy's control database (default: `control.db`).
+    #[arg(long = "control-db", env = "STRANGLER_STACK_CONTROL_DB")]
+    pub control: Option<String>,
 }
 
 /// The running stack.
@@ -111,9 +121,9 @@ impl Stack {
         let path = |name: &str| args.dir.join(name).display().to_string();
         let pick = |url: &Option<String>, file: &str| url.clone().unwrap_or_else(|| path(file));
         let (monolith_db, service_db, control_db) = (
-            pick(&args.monolith_db, "shop.db"),
-            pick(&args.service_db, "catalog.db"),
-            pick(&args.control_db, "control.db"),
+            pick(&args.dbs.monolith, "shop.db"),
+            pick(&args.dbs.service, "catalog.db"),
+            pick(&args.dbs.control, "control.db"),
         );
         let mut stop = Vec::new();
 
@@ -316,7 +326,7 @@ fn say(text: &str) {
 
 /// `strangler demo`: the stack in a temporary folder, and the catalog walked through every phase
 /// with live traffic.
-pub async fn demo(seed_products: u64) -> anyhow::Result<String> {
+pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
     let dir = std::env::temp_dir().join(format!("strangler-demo-{}", std::process::id()));
     let any = "127.0.0.1:0".parse()?;
     let args = StackArgs {
@@ -326,9 +336,7 @@ pub async fn demo(seed_products: u64) -> anyhow::Result<String> {
         monolith_listen: any,
         service_listen: any,
         seed_products,
-        monolith_db: None,
-        service_db: None,
-        control_db: None,
+        dbs,
     };
     let stack = Stack::start(&args).await?;
     say(&format!(
@@ -503,13 +511,25 @@ pub async fn demo(seed_products: u64) -> anyhow::Result<String> {
         traffic.failed.load(Ordering::Relaxed),
         traffic.writes.load(Ordering::Relaxed),
     );
+    // Every acknowledged write is a row of the monolith (the system of record again), once.
+    let mut count = m.statement(
+        "SELECT CAST(COUNT(*) AS BIGINT), CAST(COUNT(DISTINCT sku) AS BIGINT) \
+         FROM catalog_products WHERE sku LIKE ",
+    );
+    count.bind(format!("DEMO-{}-%", std::process::id()));
+    let row = count.query()?.fetch_one(m.pool()).await?;
+    let (rows, distinct): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
     say(&format!(
-        "9. done: {sent} requests ({writes} writes), {failed} failed; monolith and service: {}",
+        "9. done: {sent} requests ({writes} writes), {failed} failed; {rows} written row(s) in the monolith, {distinct} distinct; monolith and service: {}",
         check.summary().trim().replace('\n', "; ")
     ));
     stack.stop();
     let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(failed == 0, "{failed} request(s) failed during the demo");
     anyhow::ensure!(check.clean(), "the two sides do not agree after the demo");
+    anyhow::ensure!(
+        u64::try_from(rows).ok() == Some(writes) && rows == distinct,
+        "{writes} write(s) were acknowledged, the monolith holds {rows} ({distinct} distinct)"
+    );
     Ok(String::new())
 }

@@ -644,9 +644,9 @@ async fn sync_cli(
     cli("http://127.0.0.1:9", "x", &args).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing() {
-    let shop_db = e2e::TestDb::sqlite().await;
+e2e::db_test!(a_relay_killed_at_random_points_loses_and_duplicates_nothing);
+
+async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing(shop_db: e2e::TestDb) {
     let config = monolith::config::ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: shop_db.url.clone(),
@@ -655,7 +655,7 @@ async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing() {
     let shop = monolith::app::Application::build(&config).await.unwrap();
     let shop_pool = shop.db().pool().clone();
     drop(shop);
-    let service_db = e2e::TestDb::sqlite().await;
+    let service_db = twin(&shop_db).await;
     let service = catalog_service::Service::build(&catalog_service::config::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: service_db.url.clone(),
@@ -1043,11 +1043,38 @@ async fn cutover_and_rollback_under_load_lose_no_write(shop_db: e2e::TestDb) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_walks_every_phase_under_traffic_without_a_failed_request() {
-    let output = tokio::task::spawn_blocking(|| {
+/// A second database of the same backend as `db`.
+async fn twin(db: &e2e::TestDb) -> e2e::TestDb {
+    if db.url.starts_with("postgres") {
+        e2e::TestDb::postgres().await
+    } else {
+        e2e::TestDb::sqlite().await
+    }
+}
+
+e2e::db_test!(the_demo_walks_every_phase_under_traffic_without_a_failed_request);
+
+async fn the_demo_walks_every_phase_under_traffic_without_a_failed_request(shop_db: e2e::TestDb) {
+    let mut args: Vec<String> = ["demo", "--seed-products", "30"].map(String::from).to_vec();
+    // On SQLite the demo's own temporary files; on PostgreSQL three schemas.
+    let mut dbs = Vec::new();
+    if shop_db.url.starts_with("postgres") {
+        let (service_db, control_db) = (twin(&shop_db).await, twin(&shop_db).await);
+        for (flag, db) in [
+            ("--monolith-db", &shop_db),
+            ("--service-db", &service_db),
+            ("--control-db", &control_db),
+        ] {
+            args.extend([flag.to_owned(), db.url.clone()]);
+        }
+        dbs.extend([service_db, control_db]);
+    }
+    let output = tokio::task::spawn_blocking(move || {
         Command::new(BIN)
-            .args(["demo", "--seed-products", "30"])
+            .args(&args)
+            .env_remove("STRANGLER_STACK_MONOLITH_DB")
+            .env_remove("STRANGLER_STACK_SERVICE_DB")
+            .env_remove("STRANGLER_STACK_CONTROL_DB")
             .output()
             .unwrap()
     })
@@ -1062,7 +1089,8 @@ async fn the_demo_walks_every_phase_under_traffic_without_a_failed_request() {
         "5. contracts: 12 interaction(s)",
         "7. phase extracted",
         "8. roll-back",
-        ", 0 failed; monolith and service:",
+        ", 0 failed; ",
+        "distinct; monolith and service:",
         "no drift",
     ] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");

@@ -251,6 +251,13 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
 }
 
+/// The current time in milliseconds since the Unix epoch (how leases and fences are stored).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The current time as RFC 3339 UTC text with millisecond precision, so that text order is
 /// time order on both backends.
 pub fn now() -> String {

@@ -259,7 +259,7 @@ impl Proxy {
     pub fn set_fence(&self, carveout: &str, until_ms: i64) {
         self.fences.send_modify(|fences| {
             let mut next = (**fences).clone();
-            if until_ms > now_ms() {
+            if until_ms > sqlkit::now_ms() {
                 next.insert(carveout.to_owned(), until_ms);
             } else {
                 next.remove(carveout);
@@ -274,7 +274,7 @@ impl Proxy {
         self.fences
             .borrow()
             .get(carveout)
-            .is_some_and(|until| *until > now_ms())
+            .is_some_and(|until| *until > sqlkit::now_ms())
     }
 
     /// How many writes a fence holds right now.
@@ -296,7 +296,7 @@ impl Proxy {
         let mut waited = false;
         loop {
             let until = fences.borrow_and_update().get(carveout).copied();
-            let now = now_ms();
+            let now = sqlkit::now_ms();
             match until {
                 Some(until) if until > now => {
                     waited = true;
@@ -578,12 +578,6 @@ fn upstream_problem(err: &UpstreamError) -> Response<ProxyBody> {
         }
     };
     problem(status, slug, &err.to_string())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ impl Relay {
     /// Takes or renews the stream's lease: only one relay per stream applies changes. Returns
     /// whether this relay holds it.
     pub async fn hold_lease(&self) -> anyhow::Result<bool> {
-        let now = now_ms();
+        let now = sqlkit::now_ms();
         let expires = now + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
         let mut claim = self
             .target
@@ -429,12 +429,6 @@ pub(crate) async fn lock_checkpoint(
     }
     let row = select.query()?.fetch_one(&mut **tx).await?;
     Ok(row.try_get("seq")?)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn rand_id() -> u64 {

@@ -217,7 +217,7 @@ impl ControlPlane {
                 changed += 1;
             }
             // After the phase: writes a lifted fence lets go must see the new owner.
-            if self.proxy.fenced(&state.name) != (state.fenced_until_ms > now_ms()) {
+            if self.proxy.fenced(&state.name) != (state.fenced_until_ms > sqlkit::now_ms()) {
                 self.proxy.set_fence(&state.name, state.fenced_until_ms);
             }
         }
@@ -228,7 +228,7 @@ impl ControlPlane {
     /// it at its next poll; this one at once). Returns when the fence lapses (Unix ms), or
     /// `None` for an unknown carve-out.
     pub async fn fence(&self, carveout: &str, hold: Duration) -> Result<Option<i64>, sqlx::Error> {
-        let until = now_ms() + i64::try_from(hold.as_millis()).unwrap_or(i64::MAX / 2);
+        let until = sqlkit::now_ms() + i64::try_from(hold.as_millis()).unwrap_or(i64::MAX / 2);
         if !self.store.fence(carveout, until).await? {
             return Ok(None);
         }
@@ -329,10 +329,4 @@ impl ControlPlane {
         tracing::info!(carveout, from = %from, to = %to, actor = %change.actor, forced, "phase changed");
         Ok(state)
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

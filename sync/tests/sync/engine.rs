@@ -9,7 +9,7 @@ use strangler_sync::backfill::Backfill;
 use strangler_sync::capture;
 use strangler_sync::mapping::Mapping;
 use strangler_sync::relay::Relay;
-use strangler_sync::verify::{repair, verify, verify_changed, DriftKind};
+use strangler_sync::verify::{repair, verify, verify_changed, verify_live, DriftKind};
 
 const MAPPING: &str = r#"
 carveout = "items"
@@ -69,6 +69,7 @@ db_test!(
     forward_and_reverse_at_once_do_not_echo,
     drift_is_detected_and_repaired,
     verify_reads_only_the_chunks_that_differ,
+    a_live_verify_counts_changes_in_flight_not_as_drift,
     backfill_copies_into_empty_ranges_and_upserts_into_occupied_ones,
     reverse_verify_maps_back_and_refuses_an_indivisible_value,
     a_mapping_naming_a_missing_column_is_refused,
@@ -436,6 +437,90 @@ async fn verify_reads_only_the_chunks_that_differ(db: TestDb) {
         .unwrap();
     assert!(settled.drift.is_empty(), "{}", settled.summary());
     assert_eq!(settled.rows_compared, 2);
+}
+
+async fn a_live_verify_counts_changes_in_flight_not_as_drift(db: TestDb) {
+    let (source, target, mapping, _dbs) = setup(db).await;
+    capture::install(&source, &mapping).await.unwrap();
+    exec(
+        &source,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000) \
+         INSERT INTO src_items SELECT i, 'Item ' || i, i, NULL FROM n",
+    )
+    .await;
+    let mut relay = Relay::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap()
+        .with_batch(1000);
+    relay.drain().await.unwrap();
+
+    // Writes all over the key range, and a relay a little behind them, during every verify.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (source, stop) = (source.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i: i64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let id = (i * 797) % 6000 + 1;
+                exec(
+                    &source,
+                    &format!(
+                        "UPDATE src_items SET name = 'w{i}', price_cents = {i} WHERE id = {id}"
+                    ),
+                )
+                .await;
+                if i % 7 == 0 {
+                    exec(
+                        &source,
+                        &format!(
+                            "INSERT INTO src_items VALUES ({}, 'new', 1, NULL)",
+                            100_000 + i
+                        ),
+                    )
+                    .await;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let follower = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut relay = relay.with_batch(10);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                relay.step().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            relay.release_lease().await.unwrap();
+        })
+    };
+    let mut in_flight = 0;
+    for _ in 0..6 {
+        let report = verify_live(&source, &target, &mapping, Some("items:forward"))
+            .await
+            .unwrap();
+        assert!(
+            report.drift.is_empty(),
+            "{}\n{:#?}",
+            report.summary(),
+            report.drift.iter().take(3).collect::<Vec<_>>()
+        );
+        in_flight += report.in_flight;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    follower.await.unwrap();
+    assert!(
+        in_flight > 0,
+        "the relay never lagged: nothing was in flight"
+    );
+    let mut relay = Relay::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap();
+    relay.drain().await.unwrap();
+    let settled = verify(&source, &target, &mapping).await.unwrap();
+    assert!(settled.clean(), "{}", settled.summary());
 }
 
 async fn backfill_copies_into_empty_ranges_and_upserts_into_occupied_ones(db: TestDb) {

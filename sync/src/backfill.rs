@@ -7,7 +7,12 @@
 //! log after W: those rows changed after the chunk was read, and the relay applies (or has
 //! applied) their newer image. So a stale copy never overwrites a newer change (the watermark
 //! rule of DBLog). Progress is saved with every chunk in the target: a backfill that stops
-//! resumes after its last chunk.
+//! resumes after its last chunk. A composite key is walked as a row value, `(a, b) > (?, ?)`.
+//!
+//! Between two PostgreSQL databases, a table with an integer key goes by `COPY`: each chunk is
+//! copied out of the source already mapped (`COPY (SELECT ...) TO STDOUT`), the changed keys
+//! dropped, and copied into the target, straight when its key range there is empty, through a
+//! staging table and an upsert when not. The next chunk is read while the last one is written.
 
 use std::collections::HashSet;
 
@@ -67,13 +72,6 @@ impl Backfill {
             "capture is not installed for {}: install it first, or changes made during the copy are lost",
             mapping.carveout
         );
-        for table in &mapping.tables {
-            anyhow::ensure!(
-                table.key.len() == 1,
-                "{}: the backfill copies in key order and needs a single-column key",
-                table.source
-            );
-        }
         ensure_target_tables(&target).await?;
         Ok(Backfill {
             stream: format!("{}:{direction}", mapping.carveout),
@@ -174,7 +172,8 @@ impl Backfill {
         (mut progress, last): (Progress, Option<Value>),
     ) -> anyhow::Result<(Progress, Option<Value>)> {
         let columns: Vec<_> = table.all().collect();
-        let key = &table.key[0];
+        let keys = table.key.len();
+        let key_names: Vec<&str> = table.key.iter().map(|c| c.source.as_str()).collect();
         // One source snapshot for the high-water mark and the chunk.
         let mut tx = self.source.pool().begin().await?;
         if self.source.backend() == Backend::Postgres {
@@ -190,13 +189,29 @@ impl Backfill {
         let mut select =
             self.source
                 .statement(format!("SELECT {} FROM {}", names.join(", "), table.source));
+        // After the last key read: a single value, or (for a composite key) a row value
+        // compared column by column, as both databases order them.
         if let Some(last) = &last {
-            select.push(&format!(" WHERE {} > ", key.source));
-            crate::relay::bind(&mut select, key.source_kind, last)
-                .map_err(|e| anyhow::anyhow!(e))?;
+            let values = match (keys, last) {
+                (1, value) => vec![value.clone()],
+                (_, Value::Array(values)) if values.len() == keys => values.clone(),
+                _ => anyhow::bail!(
+                    "{}: the saved position {last} does not fit the key",
+                    table.source
+                ),
+            };
+            select.push(&format!(" WHERE ({}) > (", key_names.join(", ")));
+            for (i, (c, v)) in table.key.iter().zip(&values).enumerate() {
+                if i > 0 {
+                    select.push(", ");
+                }
+                crate::relay::bind(&mut select, c.source_kind, v)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            }
+            select.push(")");
         }
         select
-            .push(&format!(" ORDER BY {} LIMIT ", key.source))
+            .push(&format!(" ORDER BY {} LIMIT ", key_names.join(", ")))
             .bind(self.chunk);
         let rows = select.query()?.fetch_all(&mut *tx).await?;
         tx.commit().await?;
@@ -211,7 +226,13 @@ impl Backfill {
             })
             .collect::<Result<_, _>>()?;
         let done = rows.len() < usize::try_from(self.chunk).unwrap_or(usize::MAX);
-        let new_last = rows.last().map(|r| r[0].clone()).or(last);
+        let new_last = rows
+            .last()
+            .map(|r| match keys {
+                1 => r[0].clone(),
+                _ => Value::from(r[..keys].to_vec()),
+            })
+            .or(last);
 
         let mut tx = self.target.pool().begin().await?;
         lock_checkpoint(&self.target, &mut tx, &self.stream).await?;
@@ -230,11 +251,17 @@ impl Backfill {
             .iter()
             .filter_map(|row| row.try_get::<String, _>("pk").ok())
             .filter_map(|pk| serde_json::from_str::<Value>(&pk).ok())
-            .filter_map(|pk| pk.get(&key.source).map(Value::to_string))
+            .map(|pk| {
+                let key: Vec<Value> = key_names
+                    .iter()
+                    .map(|k| pk.get(*k).cloned().unwrap_or(Value::Null))
+                    .collect();
+                Value::from(key).to_string()
+            })
             .collect();
         let mut copy = Vec::with_capacity(rows.len());
         for row in &rows {
-            if changed.contains(&row[0].to_string()) {
+            if changed.contains(&Value::from(row[..keys].to_vec()).to_string()) {
                 progress.skipped += 1;
                 continue;
             }

@@ -463,7 +463,27 @@ impl Backfill {
         last: Option<i64>,
     ) -> anyhow::Result<()> {
         let key = &table.key[0];
-        // Keys changed after the chunk was read (mapped): the relay owns them.
+
+        sqlx::raw_sql("BEGIN").execute(&mut *dst).await?;
+        // The lock a relay batch takes, and the mark that keeps these writes from being
+        // captured again.
+        sqlx::query("INSERT INTO sync_applying (origin) VALUES ('sync')")
+            .execute(&mut *dst)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sync_checkpoints (stream, seq, at) VALUES ($1, 0, $2) \
+             ON CONFLICT (stream) DO NOTHING",
+        )
+        .bind(&self.stream)
+        .bind(sqlkit::now())
+        .execute(&mut *dst)
+        .await?;
+        sqlx::query("SELECT seq FROM sync_checkpoints WHERE stream = $1 FOR UPDATE")
+            .bind(&self.stream)
+            .execute(&mut *dst)
+            .await?;
+        // Keys changed after the chunk was read (mapped): the relay owns them. Read under the
+        // lock, so every change the relay has applied is among them.
         let mut changed = self
             .source
             .statement("SELECT pk FROM sync_changes WHERE seq > ");
@@ -493,25 +513,6 @@ impl Backfill {
                 body.extend_from_slice(line);
             }
         }
-
-        sqlx::raw_sql("BEGIN").execute(&mut *dst).await?;
-        // The lock a relay batch takes, and the mark that keeps these writes from being
-        // captured again.
-        sqlx::query("INSERT INTO sync_applying (origin) VALUES ('sync')")
-            .execute(&mut *dst)
-            .await?;
-        sqlx::query(
-            "INSERT INTO sync_checkpoints (stream, seq, at) VALUES ($1, 0, $2) \
-             ON CONFLICT (stream) DO NOTHING",
-        )
-        .bind(&self.stream)
-        .bind(sqlkit::now())
-        .execute(&mut *dst)
-        .await?;
-        sqlx::query("SELECT seq FROM sync_checkpoints WHERE stream = $1 FOR UPDATE")
-            .bind(&self.stream)
-            .execute(&mut *dst)
-            .await?;
         if let (Some((first, last_key)), false) = (chunk.keys, body.is_empty()) {
             let columns: Vec<&str> = table.all().map(|c| c.target.as_str()).collect();
             let columns = columns.join(", ");

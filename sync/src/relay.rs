@@ -205,12 +205,15 @@ impl Relay {
             });
         }
         let cursor = self.cursor().await?;
+        // Whether a gap seen earlier can be skipped is decided before the read: a transaction
+        // that committed the missing change before this check is visible to the read.
+        let cleared = self.gap_cleared().await?;
         let changes = self.read(cursor).await?;
         let mut expected = cursor + 1;
         let mut take = Vec::new();
         for change in changes {
             if change.seq != expected {
-                if !self.gap_resolved(expected).await? {
+                if !self.gap_resolved(expected, cleared).await? {
                     break;
                 }
                 tracing::info!(stream = %self.stream, from = expected, to = change.seq - 1, "skipping sequence numbers no transaction will commit");
@@ -283,22 +286,37 @@ impl Relay {
             .collect()
     }
 
-    /// Whether the missing sequence number `seq` can no longer appear.
-    async fn gap_resolved(&mut self, seq: i64) -> anyhow::Result<bool> {
-        if self.source.backend() == Backend::Sqlite {
-            // One writer at a time: a number below a visible one is never still in flight.
-            return Ok(true);
-        }
+    /// The source's oldest running and next transaction ids (PostgreSQL).
+    async fn snapshot(&self) -> anyhow::Result<(i64, i64)> {
         let row = sqlx::query(
             "SELECT CAST(txid_snapshot_xmin(txid_current_snapshot()) AS BIGINT) AS xmin, \
                     CAST(txid_snapshot_xmax(txid_current_snapshot()) AS BIGINT) AS xmax",
         )
         .fetch_one(self.source.pool())
         .await?;
-        let (xmin, xmax): (i64, i64) = (row.try_get("xmin")?, row.try_get("xmax")?);
+        Ok((row.try_get("xmin")?, row.try_get("xmax")?))
+    }
+
+    /// Whether every transaction that was running when the pending gap was first seen has
+    /// ended (so its number can no longer appear in a read made after this call).
+    async fn gap_cleared(&self) -> anyhow::Result<bool> {
+        match &self.gap {
+            Some(_) if self.source.backend() == Backend::Sqlite => Ok(true),
+            Some(gap) => Ok(self.snapshot().await?.0 >= gap.horizon),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether the missing sequence number `seq` can be skipped: `cleared` is
+    /// [`Relay::gap_cleared`] from before the read that found it missing.
+    async fn gap_resolved(&mut self, seq: i64, cleared: bool) -> anyhow::Result<bool> {
+        if self.source.backend() == Backend::Sqlite {
+            // One writer at a time: a number below a visible one is never still in flight.
+            return Ok(true);
+        }
         match &mut self.gap {
             Some(gap) if gap.seq == seq => {
-                if xmin >= gap.horizon {
+                if cleared {
                     return Ok(true);
                 }
                 if !gap.reported && gap.since.elapsed() >= self.gap_report_after {
@@ -308,6 +326,7 @@ impl Relay {
                 Ok(false)
             }
             _ => {
+                let (_, xmax) = self.snapshot().await?;
                 self.gap = Some(Gap {
                     seq,
                     horizon: xmax,

@@ -52,6 +52,8 @@ pub struct Relay {
     gap_report_after: Duration,
     holder: String,
     lease: Duration,
+    /// The next batch, read while the last one was applied: (the cursor it follows, changes).
+    ahead: Option<(i64, Vec<Change>)>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -92,6 +94,7 @@ impl Relay {
             gap_report_after: Duration::from_secs(10),
             holder: format!("{}-{:x}", std::process::id(), rand_id()),
             lease: Duration::from_secs(5),
+            ahead: None,
         })
     }
 
@@ -208,7 +211,12 @@ impl Relay {
         // Whether a gap seen earlier can be skipped is decided before the read: a transaction
         // that committed the missing change before this check is visible to the read.
         let cleared = self.gap_cleared().await?;
-        let changes = self.read(cursor).await?;
+        // A batch read ahead is used only while no gap is pending; a gap inside it is noted
+        // with a horizon taken now (later than the read: a longer, safe wait).
+        let changes = match self.ahead.take() {
+            Some((after, changes)) if after == cursor && self.gap.is_none() => changes,
+            _ => self.read(cursor).await?,
+        };
         let mut expected = cursor + 1;
         let mut take = Vec::new();
         for change in changes {
@@ -231,7 +239,16 @@ impl Relay {
             });
         }
         let new_cursor = take.last().map_or(cursor, |c| c.seq);
-        self.apply(&take, new_cursor).await?;
+        if i64::try_from(take.len()).is_ok_and(|n| n >= self.batch) && self.gap.is_none() {
+            // A full batch: there is a backlog, so read the next batch while this one is
+            // applied (the source and the target are different databases).
+            let (applied, next) =
+                tokio::join!(self.apply(&take, new_cursor), self.read(new_cursor));
+            applied?;
+            self.ahead = next.ok().map(|changes| (new_cursor, changes));
+        } else {
+            self.apply(&take, new_cursor).await?;
+        }
         if self.gap.as_ref().is_some_and(|g| g.seq < new_cursor) {
             self.gap = None;
         }

@@ -126,6 +126,25 @@ impl Backfill {
         Ok(out)
     }
 
+    /// The keys (as logged) of `table`'s changes after `watermark`.
+    async fn changed_since(&self, table: &TableMap, watermark: i64) -> anyhow::Result<Vec<Value>> {
+        let mut changed = self
+            .source
+            .statement("SELECT pk FROM sync_changes WHERE seq > ");
+        changed
+            .bind(watermark)
+            .push(" AND tbl = ")
+            .bind(table.source.clone());
+        Ok(changed
+            .query()?
+            .fetch_all(self.source.pool())
+            .await?
+            .iter()
+            .filter_map(|row| row.try_get::<String, _>("pk").ok())
+            .filter_map(|pk| serde_json::from_str::<Value>(&pk).ok())
+            .collect())
+    }
+
     async fn state(
         &self,
         table: &TableMap,
@@ -237,20 +256,10 @@ impl Backfill {
         let mut tx = self.target.pool().begin().await?;
         lock_checkpoint(&self.target, &mut tx, &self.stream).await?;
         // Keys changed after the chunk was read: the relay owns them.
-        let mut changed = self
-            .source
-            .statement("SELECT pk FROM sync_changes WHERE seq > ");
-        changed
-            .bind(watermark)
-            .push(" AND tbl = ")
-            .bind(table.source.clone());
-        let changed: HashSet<String> = changed
-            .query()?
-            .fetch_all(self.source.pool())
+        let changed: HashSet<String> = self
+            .changed_since(table, watermark)
             .await?
-            .iter()
-            .filter_map(|row| row.try_get::<String, _>("pk").ok())
-            .filter_map(|pk| serde_json::from_str::<Value>(&pk).ok())
+            .into_iter()
             .map(|pk| {
                 let key: Vec<Value> = key_names
                     .iter()
@@ -484,20 +493,10 @@ impl Backfill {
             .await?;
         // Keys changed after the chunk was read (mapped): the relay owns them. Read under the
         // lock, so every change the relay has applied is among them.
-        let mut changed = self
-            .source
-            .statement("SELECT pk FROM sync_changes WHERE seq > ");
-        changed
-            .bind(chunk.watermark)
-            .push(" AND tbl = ")
-            .bind(table.source.clone());
-        let changed: HashSet<i64> = changed
-            .query()?
-            .fetch_all(self.source.pool())
+        let changed: HashSet<i64> = self
+            .changed_since(table, chunk.watermark)
             .await?
-            .iter()
-            .filter_map(|row| row.try_get::<String, _>("pk").ok())
-            .filter_map(|pk| serde_json::from_str::<Value>(&pk).ok())
+            .into_iter()
             .filter_map(|pk| {
                 pk.get(&key.source)
                     .and_then(|v| key.transform.apply(v).ok())

@@ -84,6 +84,20 @@ pub struct TableReport {
     pub drifted: u64,
 }
 
+impl TableReport {
+    fn of(table: &TableMap) -> TableReport {
+        TableReport {
+            source: table.source.clone(),
+            target: table.target.clone(),
+            source_rows: 0,
+            target_rows: 0,
+            chunks: 0,
+            chunks_differing: 0,
+            drifted: 0,
+        }
+    }
+}
+
 /// A verification's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -782,15 +796,7 @@ pub async fn verify_live(
         .zip(source_scans)
         .zip(target_scans)
     {
-        let mut counts = TableReport {
-            source: table.source.clone(),
-            target: table.target.clone(),
-            source_rows: 0,
-            target_rows: 0,
-            chunks: 0,
-            chunks_differing: 0,
-            drifted: 0,
-        };
+        let mut counts = TableReport::of(table);
         let (drift, in_flight_count) = match (source_scan, target_scan, *plan) {
             (Scan::Rows(source_rows), Scan::Rows(target_rows), _) => {
                 counts.source_rows = source_rows.len() as u64;
@@ -868,15 +874,7 @@ pub async fn verify_changed(
     };
     let none = HashSet::new();
     for (table, keys) in mapping.tables.iter().zip(changed) {
-        let mut counts = TableReport {
-            source: table.source.clone(),
-            target: table.target.clone(),
-            source_rows: 0,
-            target_rows: 0,
-            chunks: 0,
-            chunks_differing: 0,
-            drifted: 0,
-        };
+        let mut counts = TableReport::of(table);
         for keys in keys.chunks(KEYS_PER_STATEMENT) {
             let mapped: Vec<Vec<Value>> = keys
                 .iter()

@@ -608,6 +608,13 @@ async fn backfill_copies_into_empty_ranges_and_upserts_into_occupied_ones(db: Te
          INSERT INTO src_items SELECT i, 'Item ' || i, i, NULL FROM n",
     )
     .await;
+    // Text that COPY's format escapes: a tab, a newline, a backslash, a quote, non-ASCII.
+    let awkward = "tab\there\nnew line \\N back\\slash 'quoted' ünïcode";
+    sqlx::query("UPDATE src_items SET name = $1 WHERE id = 999")
+        .bind(awkward)
+        .execute(source.pool())
+        .await
+        .unwrap();
     capture::install(&source, &mapping).await.unwrap();
     // The relay got to one row of the first chunk before the backfill started.
     exec(
@@ -648,6 +655,11 @@ async fn backfill_copies_into_empty_ranges_and_upserts_into_occupied_ones(db: Te
             (1000, "Item 1000".to_owned(), 10000),
         ]
     );
+    let title: String = sqlx::query_scalar("SELECT title FROM items WHERE item_id = 999")
+        .fetch_one(target.pool())
+        .await
+        .unwrap();
+    assert_eq!(title, awkward);
     // Nothing the backfill wrote was captured again on the target side.
     assert_eq!(
         relay.drain().await.unwrap(),

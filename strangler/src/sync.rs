@@ -98,6 +98,11 @@ pub enum SyncCommand {
         /// Write the JSON drift report here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// How long to wait for the relay to apply the changes in flight during the comparison
+        /// before their keys are compared again (ms); what is still in flight then is
+        /// reported as such.
+        #[arg(long, default_value_t = 3000)]
+        settle_ms: u64,
     },
     /// Re-copy every drifted key from the source, then verify again.
     Repair(SyncArgs),
@@ -365,12 +370,25 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                 )
             })
         }
-        SyncCommand::Verify { args, report } => {
+        SyncCommand::Verify {
+            args,
+            report,
+            settle_ms,
+        } => {
             let sides = open(&args).await?;
             let stream = format!("{}:{}", sides.mapping.carveout, sides.direction.name());
-            let result =
+            let mut result =
                 verify::verify_live(&sides.source, &sides.target, &sides.mapping, Some(&stream))
                     .await?;
+            verify::settle(
+                &sides.source,
+                &sides.target,
+                &sides.mapping,
+                &stream,
+                &mut result,
+                std::time::Duration::from_millis(settle_ms),
+            )
+            .await?;
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_string_pretty(&result)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;

@@ -8,7 +8,8 @@
 //! form; elsewhere the rows are streamed and hashed here, never held). Only the chunks whose
 //! count or hash differ are read row by row and compared value by value, so memory stays
 //! bounded and a clean table costs one scan per side. A table with another key is compared
-//! whole. [`verify_changed`] compares only the keys changed since a log position: the
+//! whole. A live comparison counts the keys whose change is in flight apart from drift;
+//! [`settle`] compares those keys again once the relay has applied their changes. [`verify_changed`] compares only the keys changed since a log position: the
 //! cut-over's re-verify under its write fence.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -115,6 +116,9 @@ pub struct Report {
     pub tables: Vec<TableReport>,
     /// Every drifted key.
     pub drift: Vec<Drift>,
+    /// The differences of keys in flight, for [`settle`].
+    #[serde(skip)]
+    pending: Vec<Drift>,
 }
 
 impl Report {
@@ -157,7 +161,7 @@ impl Report {
         if self.in_flight > 0 {
             let _ = writeln!(
                 out,
-                "{} row(s) differ only by changes in flight (the relay settles them)",
+                "{} row(s) differ only by changes the relay has not applied yet (in flight, not drift)",
                 self.in_flight
             );
         }
@@ -605,14 +609,14 @@ async fn rows_in_range(
     Ok(out)
 }
 
-/// Compares source rows (as read) with target rows; returns the drift and how many
-/// differences were changes in flight.
+/// Compares source rows (as read) with target rows; returns the drift and, apart, the
+/// differences of keys with a change in flight.
 fn compare_rows(
     table: &TableMap,
     source_rows: Vec<Vec<Value>>,
     target_rows: Vec<Vec<Value>>,
     in_flight: &HashSet<String>,
-) -> anyhow::Result<(Vec<Drift>, u64)> {
+) -> anyhow::Result<(Vec<Drift>, Vec<Drift>)> {
     let all: Vec<&ColumnMap> = table.all().collect();
     let keys = table.key.len();
     let mut by_key: HashMap<String, Vec<Value>> = HashMap::with_capacity(target_rows.len());
@@ -669,10 +673,10 @@ fn compare_rows(
     }
     // Keys with a change in flight (logged, and applied on one side of the two snapshots but
     // not the other) are not drift: the relay settles them.
-    let before = drift.len();
-    drift.retain(|d| !in_flight.contains(&flight_key(table, &d.key)));
-    let in_flight_count = (before - drift.len()) as u64;
-    Ok((drift, in_flight_count))
+    let (flying, drift): (Vec<Drift>, Vec<Drift>) = drift
+        .into_iter()
+        .partition(|d| in_flight.contains(&flight_key(table, &d.key)));
+    Ok((drift, flying))
 }
 
 /// How a key in flight is named: the source table and the target key values.
@@ -788,6 +792,7 @@ pub async fn verify_live(
         covered_to,
         tables: Vec::new(),
         drift: Vec::new(),
+        pending: Vec::new(),
     };
     for (((table, plan), source_scan), target_scan) in mapping
         .tables
@@ -797,7 +802,7 @@ pub async fn verify_live(
         .zip(target_scans)
     {
         let mut counts = TableReport::of(table);
-        let (drift, in_flight_count) = match (source_scan, target_scan, *plan) {
+        let (drift, flying) = match (source_scan, target_scan, *plan) {
             (Scan::Rows(source_rows), Scan::Rows(target_rows), _) => {
                 counts.source_rows = source_rows.len() as u64;
                 counts.target_rows = target_rows.len() as u64;
@@ -813,7 +818,7 @@ pub async fn verify_live(
                     ids.into_iter().filter(|c| s.get(c) != t.get(c)).collect();
                 counts.chunks_differing = differing.len() as u64;
                 let mut drift = Vec::new();
-                let mut in_flight_count = 0;
+                let mut flying = Vec::new();
                 // Runs of adjacent differing chunks are read together, a few at a time.
                 let mut runs: Vec<(i64, i64)> = Vec::new();
                 for c in differing {
@@ -838,17 +843,18 @@ pub async fn verify_live(
                     };
                     let (d, f) = compare_rows(table, source_rows, target_rows, &in_flight)?;
                     drift.extend(d);
-                    in_flight_count += f;
+                    flying.extend(f);
                 }
-                (drift, in_flight_count)
+                (drift, flying)
             }
             _ => anyhow::bail!("{}: the two sides were read differently", table.source),
         };
         counts.drifted = drift.len() as u64;
         report.rows_compared += counts.source_rows;
-        report.in_flight += in_flight_count;
+        report.in_flight += flying.len() as u64;
         report.tables.push(counts);
         report.drift.extend(drift);
+        report.pending.extend(flying);
     }
     Ok(report)
 }
@@ -871,27 +877,13 @@ pub async fn verify_changed(
         covered_to: None,
         tables: Vec::new(),
         drift: Vec::new(),
+        pending: Vec::new(),
     };
     let none = HashSet::new();
     for (table, keys) in mapping.tables.iter().zip(changed) {
         let mut counts = TableReport::of(table);
         for keys in keys.chunks(KEYS_PER_STATEMENT) {
-            let mapped: Vec<Vec<Value>> = keys
-                .iter()
-                .map(|key| {
-                    table
-                        .key
-                        .iter()
-                        .zip(key)
-                        .map(|(c, v)| c.transform.apply(v))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", table.source))?;
-            let (source_rows, target_rows) = tokio::try_join!(
-                rows_with_keys(source, table, Side::Source, keys),
-                rows_with_keys(target, table, Side::Target, &mapped),
-            )?;
+            let (source_rows, target_rows) = read_keys(source, target, table, keys).await?;
             counts.source_rows += source_rows.len() as u64;
             counts.target_rows += target_rows.len() as u64;
             let (drift, _) = compare_rows(table, source_rows, target_rows, &none)?;
@@ -902,6 +894,88 @@ pub async fn verify_changed(
         report.tables.push(counts);
     }
     Ok(report)
+}
+
+/// The rows of both sides with one of `keys` (source key values).
+async fn read_keys(
+    source: &Db,
+    target: &Db,
+    table: &TableMap,
+    keys: &[Vec<Value>],
+) -> anyhow::Result<(Vec<Vec<Value>>, Vec<Vec<Value>>)> {
+    let mapped: Vec<Vec<Value>> = keys
+        .iter()
+        .map(|key| {
+            table
+                .key
+                .iter()
+                .zip(key)
+                .map(|(c, v)| c.transform.apply(v))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", table.source))?;
+    tokio::try_join!(
+        rows_with_keys(source, table, Side::Source, keys),
+        rows_with_keys(target, table, Side::Target, &mapped),
+    )
+}
+
+/// The last stage of a live verification: the keys that were in flight during the comparison
+/// (`report.pending`), compared again once the relay of `stream` has applied their changes.
+/// Each round reads the relay's checkpoint, then both sides' rows of those keys, then the
+/// changes logged after the checkpoint: a key with none of those differs for no reason in
+/// flight, and is drift; the others are still in flight. Rounds repeat until no key is in
+/// flight or `within` has passed (what is left is reported as in flight).
+pub async fn settle(
+    source: &Db,
+    target: &Db,
+    mapping: &Mapping,
+    stream: &str,
+    report: &mut Report,
+    within: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    while !report.pending.is_empty() {
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        let pending = std::mem::take(&mut report.pending);
+        let mut checkpoint = target.statement("SELECT seq FROM sync_checkpoints WHERE stream = ");
+        checkpoint.bind(stream.to_owned());
+        let applied: i64 = match checkpoint.query()?.fetch_optional(target.pool()).await? {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        for table in &mapping.tables {
+            let keys: Vec<Vec<Value>> = pending
+                .iter()
+                .filter(|d| d.table == table.target)
+                .map(|d| {
+                    table
+                        .key
+                        .iter()
+                        .map(|c| d.source_key.get(&c.source).cloned().unwrap_or(Value::Null))
+                        .collect()
+                })
+                .collect();
+            for keys in keys.chunks(KEYS_PER_STATEMENT) {
+                let (source_rows, target_rows) = read_keys(source, target, table, keys).await?;
+                let in_flight = in_flight_since(source, mapping, applied).await?;
+                let (drift, flying) = compare_rows(table, source_rows, target_rows, &in_flight)?;
+                report.drift.extend(drift);
+                report.pending.extend(flying);
+            }
+        }
+        report.in_flight = report.pending.len() as u64;
+        for t in &mut report.tables {
+            t.drifted = report.drift.iter().filter(|d| d.table == t.target).count() as u64;
+        }
+        if !report.pending.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 /// The rows of one side with one of `keys` (this side's key values).

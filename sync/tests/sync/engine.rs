@@ -9,7 +9,7 @@ use strangler_sync::backfill::Backfill;
 use strangler_sync::capture;
 use strangler_sync::mapping::Mapping;
 use strangler_sync::relay::Relay;
-use strangler_sync::verify::{repair, verify, verify_changed, verify_live, DriftKind};
+use strangler_sync::verify::{repair, settle, verify, verify_changed, verify_live, DriftKind};
 
 const MAPPING: &str = r#"
 carveout = "items"
@@ -70,6 +70,7 @@ db_test!(
     drift_is_detected_and_repaired,
     verify_reads_only_the_chunks_that_differ,
     a_live_verify_counts_changes_in_flight_not_as_drift,
+    settling_rechecks_the_keys_that_were_in_flight,
     a_composite_key_is_backfilled_in_key_order_and_resumed,
     backfill_copies_into_empty_ranges_and_upserts_into_occupied_ones,
     reverse_verify_maps_back_and_refuses_an_indivisible_value,
@@ -522,6 +523,69 @@ async fn a_live_verify_counts_changes_in_flight_not_as_drift(db: TestDb) {
     relay.drain().await.unwrap();
     let settled = verify(&source, &target, &mapping).await.unwrap();
     assert!(settled.clean(), "{}", settled.summary());
+}
+
+async fn settling_rechecks_the_keys_that_were_in_flight(db: TestDb) {
+    let (source, target, mapping, _dbs) = setup(db).await;
+    capture::install(&source, &mapping).await.unwrap();
+    exec(
+        &source,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200) \
+         INSERT INTO src_items SELECT i, 'Item ' || i, i, NULL FROM n",
+    )
+    .await;
+    let mut relay = Relay::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap();
+    relay.drain().await.unwrap();
+    // Five changes the relay has not applied yet: in flight, not drift.
+    exec(&source, "UPDATE src_items SET name = 'moved' WHERE id <= 5").await;
+    let mut report = verify_live(&source, &target, &mapping, Some("items:forward"))
+        .await
+        .unwrap();
+    assert!(report.drift.is_empty(), "{}", report.summary());
+    assert_eq!(report.in_flight, 5, "{}", report.summary());
+    // No time to settle: they stay in flight.
+    settle(
+        &source,
+        &target,
+        &mapping,
+        "items:forward",
+        &mut report,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.in_flight, 5);
+    // The relay applies them; then one of them is changed behind its back.
+    relay.drain().await.unwrap();
+    exec(
+        &target,
+        "UPDATE items SET title = 'tampered' WHERE item_id = 3",
+    )
+    .await;
+    settle(
+        &source,
+        &target,
+        &mapping,
+        "items:forward",
+        &mut report,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.in_flight, 0, "{}", report.summary());
+    let drift: Vec<(i64, DriftKind)> = report
+        .drift
+        .iter()
+        .map(|d| (d.key["item_id"].as_i64().unwrap(), d.kind))
+        .collect();
+    assert_eq!(drift, vec![(3, DriftKind::Different)]);
+    assert!(!report.clean());
+    assert_eq!(report.tables[0].drifted, 1);
+    // Repair works from a settled report too.
+    assert_eq!(repair(&target, &mapping, &report).await.unwrap(), 1);
+    assert!(verify(&source, &target, &mapping).await.unwrap().clean());
 }
 
 async fn a_composite_key_is_backfilled_in_key_order_and_resumed(db: TestDb) {

@@ -9,7 +9,9 @@ use strangler_sync::backfill::Backfill;
 use strangler_sync::capture;
 use strangler_sync::mapping::Mapping;
 use strangler_sync::relay::Relay;
-use strangler_sync::verify::{repair, settle, verify, verify_changed, verify_live, DriftKind};
+use strangler_sync::verify::{
+    repair, settle, verify, verify_changed, verify_live, DriftKind, Report,
+};
 
 const MAPPING: &str = r#"
 carveout = "items"
@@ -53,6 +55,17 @@ async fn setup(db: TestDb) -> (Db, Db, Mapping, [TestDb; 2]) {
     let mut mapping = Mapping::parse(MAPPING).unwrap();
     mapping.check(&source, &target).await.unwrap();
     (source, target, mapping, [db, other])
+}
+
+/// The drifted keys of a report (an integer key column) and how they drift, in key order.
+fn drifted(report: &Report, column: &str) -> Vec<(i64, DriftKind)> {
+    let mut keys: Vec<(i64, DriftKind)> = report
+        .drift
+        .iter()
+        .map(|d| (d.key[column].as_i64().unwrap(), d.kind))
+        .collect();
+    keys.sort_by_key(|(k, _)| *k);
+    keys
 }
 
 async fn count(db: &Db, sql: &str) -> i64 {
@@ -312,12 +325,7 @@ async fn drift_is_detected_and_repaired(db: TestDb) {
 
     let report = verify(&source, &target, &mapping).await.unwrap();
     assert!(!report.clean());
-    let mut kinds: Vec<(i64, DriftKind)> = report
-        .drift
-        .iter()
-        .map(|d| (d.key["item_id"].as_i64().unwrap(), d.kind))
-        .collect();
-    kinds.sort_by_key(|(k, _)| *k);
+    let kinds = drifted(&report, "item_id");
     assert_eq!(
         kinds,
         vec![
@@ -382,12 +390,7 @@ async fn verify_reads_only_the_chunks_that_differ(db: TestDb) {
     )
     .await;
     let report = verify(&source, &target, &mapping).await.unwrap();
-    let mut kinds: Vec<(i64, DriftKind)> = report
-        .drift
-        .iter()
-        .map(|d| (d.key["item_id"].as_i64().unwrap(), d.kind))
-        .collect();
-    kinds.sort_by_key(|(k, _)| *k);
+    let kinds = drifted(&report, "item_id");
     assert_eq!(
         kinds,
         vec![
@@ -419,12 +422,7 @@ async fn verify_reads_only_the_chunks_that_differ(db: TestDb) {
     let stale = verify_changed(&source, &target, &mapping, since)
         .await
         .unwrap();
-    let mut kinds: Vec<(i64, DriftKind)> = stale
-        .drift
-        .iter()
-        .map(|d| (d.key["item_id"].as_i64().unwrap(), d.kind))
-        .collect();
-    kinds.sort_by_key(|(k, _)| *k);
+    let kinds = drifted(&stale, "item_id");
     assert_eq!(
         kinds,
         vec![(42, DriftKind::Different), (43, DriftKind::Extra)]
@@ -575,11 +573,7 @@ async fn settling_rechecks_the_keys_that_were_in_flight(db: TestDb) {
     .await
     .unwrap();
     assert_eq!(report.in_flight, 0, "{}", report.summary());
-    let drift: Vec<(i64, DriftKind)> = report
-        .drift
-        .iter()
-        .map(|d| (d.key["item_id"].as_i64().unwrap(), d.kind))
-        .collect();
+    let drift = drifted(&report, "item_id");
     assert_eq!(drift, vec![(3, DriftKind::Different)]);
     assert!(!report.clean());
     assert_eq!(report.tables[0].drifted, 1);
@@ -757,12 +751,8 @@ async fn reverse_verify_maps_back_and_refuses_an_indivisible_value(db: TestDb) {
         "UPDATE src_items SET price_cents = 1 WHERE id = 7000",
     )
     .await;
-    let drifted = verify(&target, &source, &reverse).await.unwrap();
-    let keys: Vec<(i64, DriftKind)> = drifted
-        .drift
-        .iter()
-        .map(|d| (d.key["id"].as_i64().unwrap(), d.kind))
-        .collect();
+    let changed = verify(&target, &source, &reverse).await.unwrap();
+    let keys = drifted(&changed, "id");
     assert_eq!(keys, vec![(7000, DriftKind::Different)]);
     // A price in mills the monolith cannot hold in cents is refused, not compared truncated.
     exec(
@@ -807,12 +797,7 @@ async fn verify_streams_and_hashes_between_sqlite_and_postgres() {
     .await;
     exec(&target, "DELETE FROM items WHERE item_id = 11000").await;
     let report = verify(&source, &target, &mapping).await.unwrap();
-    let mut keys: Vec<(i64, DriftKind)> = report
-        .drift
-        .iter()
-        .map(|d| (d.key["item_id"].as_i64().unwrap(), d.kind))
-        .collect();
-    keys.sort_by_key(|(k, _)| *k);
+    let keys = drifted(&report, "item_id");
     assert_eq!(
         keys,
         vec![(9, DriftKind::Different), (11000, DriftKind::Missing)]

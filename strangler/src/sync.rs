@@ -65,8 +65,8 @@ pub enum SyncCommand {
         /// The carve-out and its databases.
         #[command(flatten)]
         args: SyncArgs,
-        /// Rows per chunk.
-        #[arg(long, default_value_t = 2000)]
+        /// Rows per chunk (each chunk is one transaction on the target).
+        #[arg(long, default_value_t = 5000)]
         chunk: i64,
     },
     /// Relay changes to the target: until stopped, or until caught up with --once.

@@ -78,11 +78,11 @@ impl Backfill {
             source,
             target,
             mapping,
-            chunk: 1000,
+            chunk: 5000,
         })
     }
 
-    /// Rows per chunk.
+    /// Rows per chunk (default 5,000; each chunk is one target transaction).
     pub fn with_chunk(mut self, rows: i64) -> Self {
         self.chunk = rows.max(1);
         self

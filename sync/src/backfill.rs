@@ -23,7 +23,7 @@ use sqlx::Row;
 
 use crate::capture::{ensure_target_tables, installed};
 use crate::mapping::{Mapping, TableMap, Transform};
-use crate::relay::{lock_checkpoint, on_conflict, upsert_rows};
+use crate::relay::{lock_checkpoint, on_conflict, upsert_all};
 use crate::schema::Kind;
 use crate::verify::read_value;
 
@@ -282,15 +282,7 @@ impl Backfill {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", table.source))?;
             copy.push(mapped);
         }
-        // SQLite takes at most 32,766 bound values a statement.
-        let per_statement = (30_000 / columns.len().max(1)).max(1);
-        for rows in copy.chunks(per_statement) {
-            upsert_rows(&self.target, table, rows)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", table.source))?
-                .query()?
-                .execute(&mut *tx)
-                .await?;
-        }
+        upsert_all(&self.target, &mut tx, table, &copy).await?;
         sqlx::query("DELETE FROM sync_applying")
             .execute(&mut *tx)
             .await?;

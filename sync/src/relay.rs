@@ -412,15 +412,7 @@ impl Relay {
                     (op, None) => anyhow::bail!("change {} ({op}) has no row image", change.seq),
                 }
             }
-            // SQLite takes at most 32,766 bound values a statement.
-            let per_statement = (30_000 / table.all().count().max(1)).max(1);
-            for chunk in rows.chunks(per_statement) {
-                upsert_rows(&self.target, table, chunk)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", table.source))?
-                    .query()?
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            upsert_all(&self.target, &mut tx, table, &rows).await?;
         }
         sqlx::query("DELETE FROM sync_applying")
             .execute(&mut *tx)
@@ -528,6 +520,26 @@ pub(crate) fn bind(statement: &mut Statement, kind: Kind, value: &Value) -> Resu
             };
             statement.bind(v);
         }
+    }
+    Ok(())
+}
+
+/// Upserts target rows (values in [`TableMap::all`] order) in as few statements as the
+/// database's limit on bound values allows.
+pub(crate) async fn upsert_all(
+    db: &Db,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    table: &TableMap,
+    rows: &[Vec<Value>],
+) -> anyhow::Result<()> {
+    // SQLite takes at most 32,766 bound values a statement.
+    let per_statement = (30_000 / table.all().count().max(1)).max(1);
+    for chunk in rows.chunks(per_statement) {
+        upsert_rows(db, table, chunk)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", table.source))?
+            .query()?
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

@@ -690,21 +690,28 @@ fn flight_key(table: &TableMap, target_key: &Map<String, Value>) -> String {
 }
 
 /// The keys logged in the source's change log after `since`, per mapped table (source key
-/// values, in source key column order).
+/// values, in source key column order), and the position up to which the log was read
+/// without a hole (a number missing below a visible one may still commit on PostgreSQL, so a
+/// later read starts below it).
 async fn changed_keys(
     source: &Db,
     mapping: &Mapping,
     since: i64,
-) -> anyhow::Result<Vec<Vec<Vec<Value>>>> {
+) -> anyhow::Result<(Vec<Vec<Vec<Value>>>, i64)> {
     let mut keys: Vec<Vec<Vec<Value>>> = vec![Vec::new(); mapping.tables.len()];
     let mut seen = HashSet::new();
-    let mut select = source.statement("SELECT tbl, pk FROM sync_changes WHERE seq > ");
+    let mut last = since;
+    let mut select = source.statement("SELECT seq, tbl, pk FROM sync_changes WHERE seq > ");
     select.bind(since).push(" ORDER BY seq");
     let Ok(rows) = select.query()?.fetch_all(source.pool()).await else {
         // No change log: nothing was logged.
-        return Ok(keys);
+        return Ok((keys, last));
     };
     for row in rows {
+        let seq: i64 = row.try_get("seq")?;
+        if seq == last + 1 {
+            last = seq;
+        }
         let tbl: String = row.try_get("tbl")?;
         let pk: String = row.try_get("pk")?;
         let Some(index) = mapping.tables.iter().position(|t| t.source == tbl) else {
@@ -722,34 +729,51 @@ async fn changed_keys(
             keys[index].push(key);
         }
     }
-    Ok(keys)
+    Ok((keys, last))
 }
 
-/// Keys in flight: logged after `since`, named as [`flight_key`] does.
-async fn in_flight_since(
-    source: &Db,
-    mapping: &Mapping,
-    since: i64,
-) -> anyhow::Result<HashSet<String>> {
-    let mut out = HashSet::new();
-    for (table, keys) in mapping
-        .tables
-        .iter()
-        .zip(changed_keys(source, mapping, since).await?)
-    {
-        for key in keys {
-            let mapped: Option<Vec<Value>> = table
-                .key
-                .iter()
-                .zip(&key)
-                .map(|(c, v)| c.transform.apply(v).ok())
-                .collect();
-            if let Some(mapped) = mapped {
-                out.insert(format!("{}|{}", table.source, Value::from(mapped)));
-            }
+/// Keys in flight: logged after a position, named as [`flight_key`] does. Topped up with
+/// [`InFlight::refresh`], which reads only the part of the log it has not read whole yet.
+struct InFlight {
+    keys: HashSet<String>,
+    read_to: i64,
+}
+
+impl InFlight {
+    /// None yet; [`InFlight::refresh`] reads the changes after `since`.
+    fn after(since: i64) -> InFlight {
+        InFlight {
+            keys: HashSet::new(),
+            read_to: since,
         }
     }
-    Ok(out)
+
+    async fn since(source: &Db, mapping: &Mapping, since: i64) -> anyhow::Result<InFlight> {
+        let mut in_flight = InFlight::after(since);
+        in_flight.refresh(source, mapping).await?;
+        Ok(in_flight)
+    }
+
+    /// Adds the keys logged since the last read.
+    async fn refresh(&mut self, source: &Db, mapping: &Mapping) -> anyhow::Result<()> {
+        let (changed, last) = changed_keys(source, mapping, self.read_to).await?;
+        for (table, keys) in mapping.tables.iter().zip(changed) {
+            for key in keys {
+                let mapped: Option<Vec<Value>> = table
+                    .key
+                    .iter()
+                    .zip(&key)
+                    .map(|(c, v)| c.transform.apply(v).ok())
+                    .collect();
+                if let Some(mapped) = mapped {
+                    self.keys
+                        .insert(format!("{}|{}", table.source, Value::from(mapped)));
+                }
+            }
+        }
+        self.read_to = last;
+        Ok(())
+    }
 }
 
 /// Compares every mapped table, strictly: every difference is drift (use it when no change is
@@ -781,10 +805,11 @@ pub async fn verify_live(
         Some(_) => watermark.map(|w| w.min(cursor.unwrap_or(0))),
         None => watermark,
     };
-    let in_flight = match (stream, covered_to) {
-        (Some(_), Some(since)) => in_flight_since(source, mapping, since).await?,
-        _ => HashSet::new(),
+    let mut in_flight = match (stream, covered_to) {
+        (Some(_), Some(since)) => Some(InFlight::since(source, mapping, since).await?),
+        _ => None,
     };
+    let none = HashSet::new();
     let mut report = Report {
         carveout: mapping.carveout.clone(),
         rows_compared: 0,
@@ -806,7 +831,8 @@ pub async fn verify_live(
             (Scan::Rows(source_rows), Scan::Rows(target_rows), _) => {
                 counts.source_rows = source_rows.len() as u64;
                 counts.target_rows = target_rows.len() as u64;
-                compare_rows(table, source_rows, target_rows, &in_flight)?
+                let keys = in_flight.as_ref().map_or(&none, |f| &f.keys);
+                compare_rows(table, source_rows, target_rows, keys)?
             }
             (Scan::Chunks(s), Scan::Chunks(t), Plan::Chunked { width, .. }) => {
                 counts.source_rows = s.values().map(|(n, _)| n).sum();
@@ -837,11 +863,11 @@ pub async fn verify_live(
                         rows_in_range(target, table, Side::Target, span),
                     )?;
                     // Read after the snapshots: the keys changed meanwhile are in flight too.
-                    let in_flight = match (stream, covered_to) {
-                        (Some(_), Some(since)) => in_flight_since(source, mapping, since).await?,
-                        _ => HashSet::new(),
-                    };
-                    let (d, f) = compare_rows(table, source_rows, target_rows, &in_flight)?;
+                    if let Some(in_flight) = &mut in_flight {
+                        in_flight.refresh(source, mapping).await?;
+                    }
+                    let keys = in_flight.as_ref().map_or(&none, |f| &f.keys);
+                    let (d, f) = compare_rows(table, source_rows, target_rows, keys)?;
                     drift.extend(d);
                     flying.extend(f);
                 }
@@ -869,7 +895,7 @@ pub async fn verify_changed(
     mapping: &Mapping,
     since: i64,
 ) -> anyhow::Result<Report> {
-    let changed = changed_keys(source, mapping, since).await?;
+    let (changed, _) = changed_keys(source, mapping, since).await?;
     let mut report = Report {
         carveout: mapping.carveout.clone(),
         rows_compared: 0,
@@ -947,6 +973,7 @@ pub async fn settle(
             Some(row) => row.try_get(0)?,
             None => 0,
         };
+        let mut in_flight = InFlight::after(applied);
         for table in &mapping.tables {
             let keys: Vec<Vec<Value>> = pending
                 .iter()
@@ -961,8 +988,9 @@ pub async fn settle(
                 .collect();
             for keys in keys.chunks(KEYS_PER_STATEMENT) {
                 let (source_rows, target_rows) = read_keys(source, target, table, keys).await?;
-                let in_flight = in_flight_since(source, mapping, applied).await?;
-                let (drift, flying) = compare_rows(table, source_rows, target_rows, &in_flight)?;
+                in_flight.refresh(source, mapping).await?;
+                let (drift, flying) =
+                    compare_rows(table, source_rows, target_rows, &in_flight.keys)?;
                 report.drift.extend(drift);
                 report.pending.extend(flying);
             }

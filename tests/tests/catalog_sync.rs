@@ -15,7 +15,16 @@ use strangler_sync::{capture, verify};
 struct Running {
     url: String,
     db: Db,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    /// Stops the server and waits until it has closed its listener and connections.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+    }
 }
 
 async fn monolith(db: &TestDb) -> Running {
@@ -32,16 +41,21 @@ async fn monolith_with(db: &TestDb, catalog_url: Option<String>) -> Running {
     let app = Application::build(&config).await.unwrap();
     let url = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(|e| format!("{e:#}"))
+    });
     let db = Db::connect_unmigrated(&db.url, &DbOptions::default())
         .await
         .unwrap();
     Running {
         url,
         db,
-        _stop: stop,
+        stop,
+        server,
     }
 }
 
@@ -55,13 +69,19 @@ async fn service(db: &TestDb) -> Running {
     let url = format!("http://{}", service.local_addr());
     let db = service.db().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(service.run_until(async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(async move {
+        service
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|e| format!("{e:#}"))
+    });
     Running {
         url,
         db,
-        _stop: stop,
+        stop,
+        server,
     }
 }
 
@@ -160,7 +180,7 @@ async fn orders_keep_working_with_the_catalog_outside(db: TestDb) {
     assert_eq!((status, read["price_cents"].as_i64()), (200, Some(2000)));
 
     // The catalog down: a clear error, not a hang.
-    drop(s);
+    s.stop().await;
     let (status, down) = post(
         format!("{}/orders", outside.url),
         json!({"customer_id": customer["id"], "items": [{"product_id": product, "quantity": 1}], "card_token": "tok_ok"}),

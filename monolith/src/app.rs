@@ -138,6 +138,8 @@ pub struct Application {
     db: Db,
     services: Services,
     shutdown_timeout: Duration,
+    recover_after: Duration,
+    recover_interval: Duration,
 }
 
 impl Application {
@@ -172,13 +174,14 @@ impl Application {
         if config.seed_products > 0 || config.seed_customers > 0 {
             seed_if_empty(&db, &services, config).await?;
         }
-        let settled = services
+        let recover_after = Duration::from_secs(config.recover_after);
+        let recovered = services
             .orders
-            .recover_pending(Duration::from_secs(config.recover_after))
+            .recover(recover_after)
             .await
             .context("cannot settle pending orders")?;
-        if settled > 0 {
-            tracing::warn!(settled, "settled orders left pending by an earlier run");
+        if recovered != orders::RecoveryReport::default() {
+            tracing::warn!(?recovered, "settled orders left pending by an earlier run");
         }
         let listener = TcpListener::bind(config.listen)
             .await
@@ -197,6 +200,8 @@ impl Application {
             db,
             services,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+            recover_after,
+            recover_interval: Duration::from_millis(config.recover_interval_ms.max(10)),
         })
     }
 
@@ -218,7 +223,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
-    /// finish, waiting at most the configured shutdown timeout.
+    /// finish, waiting at most the configured shutdown timeout. Recovery of orders a crash
+    /// left pending runs meanwhile.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -229,6 +235,12 @@ impl Application {
             tracing::info!("shutting down: draining in-flight requests");
             let _ = stopping_tx.send(true);
         };
+        let recovery = tokio::spawn(
+            self.services
+                .orders
+                .clone()
+                .recover_forever(self.recover_after, self.recover_interval),
+        );
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
         let drain_limit = async move {
             let _ = stopping_rx.wait_for(|stopping| *stopping).await;
@@ -238,6 +250,7 @@ impl Application {
             served = server => served.context("the server failed")?,
             () = drain_limit => tracing::warn!("in-flight requests did not finish in time; stopping anyway"),
         }
+        recovery.abort();
         self.db.close().await;
         Ok(())
     }

@@ -52,9 +52,14 @@ pub struct ServeConfig {
     /// How long shutdown waits for in-flight requests (seconds).
     #[arg(long, env = "SHOP_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
-    /// At start, settle orders a crash left pending for longer than this (seconds).
+    /// Settle orders a crash left pending for longer than this (seconds): at start, then every
+    /// `--recover-interval-ms`. Orders whose saga runs in this process are never touched; the
+    /// age protects the sagas of other processes sharing the database.
     #[arg(long, env = "SHOP_RECOVER_AFTER", default_value_t = 60)]
     pub recover_after: u64,
+    /// How often recovery looks for orders a crash left pending (ms).
+    #[arg(long, env = "SHOP_RECOVER_INTERVAL_MS", default_value_t = 5000)]
+    pub recover_interval_ms: u64,
     /// Seed this many products (with stock) before serving, if the catalog is empty.
     #[arg(long, env = "SHOP_SEED_PRODUCTS", default_value_t = 0)]
     pub seed_products: u64,

@@ -6,6 +6,10 @@
 //! ```toml
 //! [proxy]
 //! override_header = true          # accept X-Strangler-Target: monolith|service on reads
+//! header_timeout_ms = 10000       # a request head must arrive within this (idle keep-alive too)
+//! body_idle_timeout_ms = 30000    # a body (either way) may pause this long between bytes
+//! max_connections = 10000         # client connections at once; past it, accepting waits
+//! trusted_proxies = ["10.0.0.0/8"] # whose X-Forwarded-*/Forwarded headers are kept
 //!
 //! [upstreams.monolith]
 //! instances = ["http://127.0.0.1:8080"]
@@ -106,6 +110,10 @@ struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 struct ProxySection {
     override_header: bool,
+    header_timeout_ms: u64,
+    body_idle_timeout_ms: u64,
+    max_connections: usize,
+    trusted_proxies: Vec<String>,
     max_body_bytes: u64,
     max_header_bytes: usize,
     shadow_concurrency: usize,
@@ -117,6 +125,10 @@ impl Default for ProxySection {
     fn default() -> Self {
         ProxySection {
             override_header: false,
+            header_timeout_ms: 10_000,
+            body_idle_timeout_ms: 30_000,
+            max_connections: 10_000,
+            trusted_proxies: Vec::new(),
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
             shadow_concurrency: 64,
@@ -327,6 +339,14 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// Largest request head.
     pub max_header_bytes: usize,
+    /// Time for a request head to arrive, from the connection's start or the previous response.
+    pub header_timeout: Duration,
+    /// Longest pause between two parts of a body, in either direction.
+    pub body_idle_timeout: Duration,
+    /// Most client connections served at once.
+    pub max_connections: usize,
+    /// Peers whose forwarding headers are kept (a client's own are replaced).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Most shadow comparisons in flight; more are dropped (and counted).
     pub shadow_concurrency: usize,
     /// Largest response body a shadow comparison buffers.
@@ -495,6 +515,25 @@ impl Config {
         if proxy.max_header_bytes < 8192 {
             bail!("max_header_bytes must be at least 8192");
         }
+        if proxy.header_timeout_ms == 0 || proxy.body_idle_timeout_ms == 0 {
+            bail!("header_timeout_ms and body_idle_timeout_ms must be at least 1");
+        }
+        if proxy.max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        let trusted_proxies = proxy
+            .trusted_proxies
+            .iter()
+            .map(|net| {
+                net.parse::<ipnet::IpNet>()
+                    .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "trusted_proxies: {net:?} is not an address or a CIDR block (10.0.0.0/8)"
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Config {
             listen: args.listen,
             upstreams,
@@ -503,6 +542,10 @@ impl Config {
             override_header: proxy.override_header,
             max_body_bytes: proxy.max_body_bytes,
             max_header_bytes: proxy.max_header_bytes,
+            header_timeout: Duration::from_millis(proxy.header_timeout_ms),
+            body_idle_timeout: Duration::from_millis(proxy.body_idle_timeout_ms),
+            max_connections: proxy.max_connections,
+            trusted_proxies,
             shadow_concurrency: proxy.shadow_concurrency,
             shadow_max_body_bytes: proxy.shadow_max_body_bytes,
             mismatch_samples: proxy.mismatch_samples.max(1),
@@ -559,6 +602,13 @@ fn upstream(name: &str, section: &UpstreamSection) -> anyhow::Result<UpstreamSpe
         breaker: crate::resilience::BreakerSettings {
             failures: section.breaker_failures,
             open_for: Duration::from_millis(section.breaker_open_ms),
+            // A probe settles within its call's own bounds; past them, something is wrong.
+            probe_timeout: Duration::from_millis(
+                section
+                    .connect_timeout_ms
+                    .saturating_add(section.request_timeout_ms)
+                    .saturating_add(1_000),
+            ),
         },
     })
 }

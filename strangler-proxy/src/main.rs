@@ -47,6 +47,7 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
+    strangler_proxy::server::raise_fd_limit(config.max_connections);
     runtime.block_on(async {
         let replica = Replica::build(&config).await?;
         // Printed on stdout so scripts and tests can find the ports when listening on port 0.

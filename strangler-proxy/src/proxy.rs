@@ -15,13 +15,16 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
+use crate::body::ClientFault;
 use crate::body::ProxyBody;
 use crate::capture::{CaptureJob, CaptureStore, Capturer};
 use crate::compare::{Comparator, Observed};
 use crate::config::{CarveOutSpec, Config, Sticky};
-use crate::hygiene::{add_forwarding, check_framing, strip_hop_by_hop};
+use crate::hygiene::{
+    add_forwarding, check_framing, check_host, has_dot_segment, normalize_path, strip_hop_by_hop,
+};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::phase::{self, Decision, Phase, Target};
 use crate::problem::problem;
@@ -52,6 +55,8 @@ pub struct Routing {
     unrouted: RouteMetrics,
     override_header: bool,
     max_body_bytes: u64,
+    body_idle_timeout: std::time::Duration,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl Routing {
@@ -83,7 +88,14 @@ impl Routing {
             unrouted: metrics.route("-"),
             override_header: config.override_header,
             max_body_bytes: config.max_body_bytes,
+            body_idle_timeout: config.body_idle_timeout,
+            trusted_proxies: config.trusted_proxies.clone().into(),
         }
+    }
+
+    /// Whether `peer` is a trusted proxy, whose forwarding headers are kept.
+    fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
     }
 
     /// The carve-outs and their phases.
@@ -160,6 +172,8 @@ impl Routing {
             unrouted: self.unrouted.clone(),
             override_header: self.override_header,
             max_body_bytes: self.max_body_bytes,
+            body_idle_timeout: self.body_idle_timeout,
+            trusted_proxies: Arc::clone(&self.trusted_proxies),
         })
     }
 }
@@ -328,7 +342,12 @@ impl Proxy {
         client: SocketAddr,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
+        let mut request = request;
         let mut routing = self.routing.load_full();
+        let declared = match screen(&mut request, routing.max_body_bytes) {
+            Ok(declared) => declared,
+            Err(refusal) => return refusal,
+        };
         // A cut-over's write fence: the carve-out's writes wait (none fail) until it lifts or
         // lapses, then go wherever the routing sends them by then.
         if self.any_fence.load(Ordering::Relaxed)
@@ -340,26 +359,9 @@ impl Proxy {
                 }
             }
         }
-        let declared = match check_framing(request.headers()) {
-            Ok(length) => length,
-            Err(err) => return problem(StatusCode::BAD_REQUEST, "bad-framing", &err.to_string()),
-        };
-        if declared.is_some_and(|l| l > routing.max_body_bytes) {
-            return problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                &format!("the request body exceeds {} bytes", routing.max_body_bytes),
-            );
-        }
-        if has_dot_segment(request.uri().path()) {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "bad-path",
-                "paths with . or .. segments are refused",
-            );
-        }
-        let has_body = declared.is_some_and(|l| l > 0)
-            || request.headers().contains_key(header::TRANSFER_ENCODING);
+        // Whatever the framing (a length, chunks, or HTTP/2 frames with neither), a body that
+        // has not ended yet is one: it is streamed once, bounded, and never replayed.
+        let has_body = !request.body().is_end_stream();
         let (carveout, decision) = routing.decide(&request, client);
         let metrics = carveout.map_or(&routing.unrouted, |c| &c.metrics);
         let span = tracing::Span::current();
@@ -379,22 +381,21 @@ impl Proxy {
                     && c.sample()
             })
             .map(|c| (Arc::clone(c), c.headers(&parts.headers, true)));
-        add_forwarding(&mut parts.headers, client.ip());
+        add_forwarding(&mut parts.headers, client.ip(), routing.trusts(client.ip()));
         let mut request_copy = None;
-        let body = if has_body && capture.is_some() {
-            // The declared length (checked against the limit above) bounds the body.
-            let limit = capture.as_ref().map_or(0, |(c, _)| c.max_body_bytes());
-            let (body, copy) = ProxyBody::tee(body, limit);
-            request_copy = Some(copy);
-            body
-        } else if has_body {
-            ProxyBody::Limited {
-                inner: body,
-                seen: 0,
-                limit: routing.max_body_bytes,
+        let idle = routing.body_idle_timeout;
+        let body = if has_body {
+            let body = ProxyBody::client(body, routing.max_body_bytes, idle);
+            match &capture {
+                Some((capturer, _)) => {
+                    let (body, copy) = ProxyBody::tee(body, capturer.max_body_bytes());
+                    request_copy = Some(copy);
+                    body
+                }
+                None => body,
             }
         } else {
-            ProxyBody::Streamed(body)
+            ProxyBody::empty()
         };
         let service = carveout.map(|c| Arc::clone(&routing.upstreams[c.spec.upstream]));
         let monolith = &routing.upstreams[0];
@@ -446,8 +447,10 @@ impl Proxy {
                 } else {
                     upstream
                 };
-                self.metrics
-                    .upstream_error(target_upstream.name(), err.kind());
+                if !matches!(err, UpstreamError::Client(_)) {
+                    self.metrics
+                        .upstream_error(target_upstream.name(), err.kind());
+                }
                 let response = upstream_problem(&err);
                 metrics.record(
                     target,
@@ -475,7 +478,8 @@ impl Proxy {
                         body: None,
                     };
                     let (parts, body) = response.into_parts();
-                    let (body, primary_body) = ProxyBody::tee(body, self.shadower.max_body());
+                    let (body, primary_body) =
+                        ProxyBody::tee(ProxyBody::upstream(body, idle), self.shadower.max_body());
                     self.shadower.spawn(
                         ShadowJob {
                             carveout: carveout.spec.name.clone(),
@@ -499,7 +503,8 @@ impl Proxy {
                 let response_headers = capturer.headers(response.headers(), false);
                 let status = response.status().as_u16();
                 let (parts, body) = response.into_parts();
-                let (body, response_body) = ProxyBody::tee(body, capturer.max_body_bytes());
+                let (body, response_body) =
+                    ProxyBody::tee(ProxyBody::upstream(body, idle), capturer.max_body_bytes());
                 self.captures.spawn(CaptureJob {
                     carveout: carveout.spec.name.clone(),
                     capturer,
@@ -515,34 +520,69 @@ impl Proxy {
                 return Response::from_parts(parts, body);
             }
         }
-        response.map(ProxyBody::Streamed)
+        response.map(|body| ProxyBody::upstream(body, idle))
     }
 }
 
-/// Whether a path has a `.` or `..` segment (raw or percent-encoded), which upstreams might
-/// resolve to a route the proxy did not choose.
-fn has_dot_segment(path: &str) -> bool {
-    // Runs on every request: compare in place, no lower-cased copies.
-    let is_dot = |s: &str| s == "." || s.eq_ignore_ascii_case("%2e");
-    let dot_segment = path.split('/').any(|segment| {
-        is_dot(segment)
-            || (segment.len() >= 2 && {
-                // ".." in any mix of raw and percent-encoded dots.
-                let (first, second) = match segment.as_bytes()[0] {
-                    b'.' => (&segment[..1], &segment[1..]),
-                    b'%' if segment.len() >= 3 && segment.is_char_boundary(3) => {
-                        (&segment[..3], &segment[3..])
-                    }
-                    _ => return false,
-                };
-                is_dot(first) && is_dot(second)
-            })
-    });
-    dot_segment
-        || path
-            .as_bytes()
-            .windows(3)
-            .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+/// Refuses what no upstream should see, before anything else happens to a request, and puts
+/// its path in normal form. Returns the declared body length, if any.
+#[allow(clippy::result_large_err)]
+fn screen(
+    request: &mut Request<Incoming>,
+    max_body_bytes: u64,
+) -> Result<Option<u64>, Response<ProxyBody>> {
+    if request.method() == Method::CONNECT {
+        let mut refusal = problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "CONNECT is not proxied",
+        );
+        refusal.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return Err(refusal);
+    }
+    if let Err(err) = check_host(request.version(), request.headers()) {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad-host",
+            &err.to_string(),
+        ));
+    }
+    let declared = check_framing(request.headers())
+        .map_err(|err| problem(StatusCode::BAD_REQUEST, "bad-framing", &err.to_string()))?;
+    if declared.is_some_and(|l| l > max_body_bytes) {
+        return Err(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            &format!("the request body exceeds {max_body_bytes} bytes"),
+        ));
+    }
+    let bad_path = |detail: &str| problem(StatusCode::BAD_REQUEST, "bad-path", detail);
+    match normalize_path(request.uri().path()) {
+        Ok(None) => {}
+        Ok(Some(path)) => {
+            let path_and_query = match request.uri().query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            let mut parts = request.uri().clone().into_parts();
+            parts.path_and_query = Some(
+                http::uri::PathAndQuery::try_from(path_and_query)
+                    .map_err(|_| bad_path("the path cannot be normalised"))?,
+            );
+            *request.uri_mut() = http::Uri::from_parts(parts)
+                .map_err(|_| bad_path("the path cannot be normalised"))?;
+        }
+        Err(err) => return Err(bad_path(&err.to_string())),
+    }
+    if has_dot_segment(request.uri().path()) {
+        return Err(bad_path(
+            "paths with . or .. segments or encoded slashes are refused",
+        ));
+    }
+    Ok(declared)
 }
 
 /// The caller's canary bucket: its sticky key hashed with the carve-out's name.
@@ -571,46 +611,20 @@ fn caller_bucket(carveout: &CarveOut, headers: &HeaderMap, client: SocketAddr) -
 fn upstream_problem(err: &UpstreamError) -> Response<ProxyBody> {
     let (status, slug) = match err {
         UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"),
-        UpstreamError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+        UpstreamError::Client(ClientFault::TooLarge { .. }) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large")
+        }
+        UpstreamError::Client(ClientFault::Stalled(_)) => {
+            (StatusCode::REQUEST_TIMEOUT, "request-body-timeout")
+        }
+        UpstreamError::Client(ClientFault::Aborted | ClientFault::Malformed(_)) => {
+            (StatusCode::BAD_REQUEST, "bad-request-body")
+        }
+        UpstreamError::BadResponse { .. } => (StatusCode::BAD_GATEWAY, "bad-upstream-response"),
         UpstreamError::Open { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit-open"),
         UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
             (StatusCode::BAD_GATEWAY, "upstream-unavailable")
         }
     };
     problem(status, slug, &err.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::has_dot_segment;
-
-    #[test]
-    fn dot_segments_are_found_raw_and_encoded() {
-        for bad in [
-            "/a/../b",
-            "/a/./b",
-            "/a/..",
-            "/a/%2e%2E/b",
-            "/a/.%2e/b",
-            "/a/%2E./b",
-            "/a/%2e",
-            "/a%2fb",
-            "/a%2Fb",
-        ] {
-            assert!(has_dot_segment(bad), "{bad}");
-        }
-        for good in [
-            "/",
-            "/a/b",
-            "/a/...",
-            "/a/.b",
-            "/a/b.",
-            "/a/%2e%2e%2e",
-            "/a/%20",
-            "/%",
-            "/a/%2",
-        ] {
-            assert!(!has_dot_segment(good), "{good}");
-        }
-    }
 }

@@ -1,15 +1,27 @@
 //! Serving: the accept loop (HTTP/1.1 with keep-alive, and HTTP/2 from clients that speak it),
-//! header size limits, and graceful shutdown (stop accepting, let in-flight requests finish,
-//! bounded by a timeout).
+//! its limits, and graceful shutdown (stop accepting, let in-flight requests finish, bounded by
+//! a timeout).
+//!
+//! Limits that keep slow or hostile clients from exhausting the process:
+//! - **Header timeout**: a connection must deliver a complete request head within
+//!   `header_timeout` of opening (whatever protocol it turns out to speak), and an HTTP/1
+//!   connection the same time after each response: that is also how long an idle keep-alive
+//!   connection is kept (as HAProxy does when `timeout http-keep-alive` is unset).
+//! - **Connection bound**: at most `max_connections` client connections at once. When all are
+//!   taken the loop stops accepting (the kernel's backlog holds newcomers) until one closes, so
+//!   the process never runs out of file descriptors and its admin API, on its own listener,
+//!   stays reachable. [`raise_fd_limit`] lifts the soft descriptor limit at start.
+//! - Body idle timeouts and the body size limit are the request path's ([`crate::body`]).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -23,7 +35,27 @@ pub struct Server {
     listener: TcpListener,
     proxy: Arc<Proxy>,
     max_header_bytes: usize,
+    header_timeout: Duration,
+    max_connections: usize,
     shutdown_timeout: Duration,
+}
+
+/// Raises this process's soft limit on open files as far as its hard limit allows, and warns
+/// when `max_connections` client connections (each with an upstream connection) may not fit.
+pub fn raise_fd_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let needed = 2 * max_connections as u64 + 256;
+            if limit < needed {
+                tracing::warn!(
+                    open_files = limit,
+                    max_connections,
+                    "the open-file limit is below what max_connections needs (2 per connection + 256); lower max_connections or raise the limit"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the open-file limit"),
+    }
 }
 
 impl Server {
@@ -36,6 +68,8 @@ impl Server {
             listener,
             proxy: Arc::new(Proxy::new(config)),
             max_header_bytes: config.max_header_bytes,
+            header_timeout: config.header_timeout,
+            max_connections: config.max_connections,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -58,48 +92,83 @@ impl Server {
         builder
             .http1()
             .keep_alive(true)
-            .max_buf_size(self.max_header_bytes);
+            .max_buf_size(self.max_header_bytes)
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         let graceful = GracefulShutdown::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                accepted = self.listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(accepted) => accepted,
-                        Err(err) => {
-                            // Out of file descriptors and the like: back off instead of spinning.
-                            tracing::warn!(error = %err, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let proxy = Arc::clone(&self.proxy);
-                    let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-                        let proxy = Arc::clone(&proxy);
-                        // A span per request; debug level, so it costs nothing unless enabled
-                        // (RUST_LOG=strangler_proxy=debug).
-                        let span = tracing::debug_span!(
-                            "request",
-                            method = %request.method(),
-                            path = %request.uri().path(),
-                            client = %peer,
-                            carveout = tracing::field::Empty,
-                            target = tracing::field::Empty,
-                            status = tracing::field::Empty,
-                        );
-                        async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }.instrument(span)
-                    });
-                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        if let Err(err) = connection.await {
-                            tracing::debug!(error = %err, "connection ended with an error");
-                        }
-                    });
-                }
+            // Back-pressure: no accept until a connection slot is free.
+            let slot = tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => slot?,
                 () = &mut shutdown => break,
-            }
+            };
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = Arc::clone(&self.proxy);
+            let asked = Arc::new(AtomicBool::new(false));
+            let first = Arc::clone(&asked);
+            let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                first.store(true, Ordering::Relaxed);
+                let proxy = Arc::clone(&proxy);
+                // A span per request; debug level, so it costs nothing unless enabled
+                // (RUST_LOG=strangler_proxy=debug).
+                let span = tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    client = %peer,
+                    carveout = tracing::field::Empty,
+                    target = tracing::field::Empty,
+                    status = tracing::field::Empty,
+                );
+                async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+                    .instrument(span)
+            });
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            let header_timeout = self.header_timeout;
+            tokio::spawn(async move {
+                let _slot = slot;
+                tokio::pin!(connection);
+                // Until its first request a connection is bounded here: hyper's own header
+                // timer starts only once the protocol is known, after the first bytes.
+                let ended = tokio::select! {
+                    ended = &mut connection => Some(ended),
+                    () = tokio::time::sleep(header_timeout) => None,
+                };
+                let ended = match ended {
+                    Some(ended) => ended,
+                    None if !asked.load(Ordering::Relaxed) => {
+                        tracing::debug!(client = %peer, "no request head within the header timeout; closing");
+                        return;
+                    }
+                    None => connection.await,
+                };
+                if let Err(err) = ended {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+            });
         }
         drop(self.listener);
         tracing::info!("shutting down: draining in-flight requests");

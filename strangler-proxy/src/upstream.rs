@@ -1,8 +1,15 @@
 //! Upstreams: a pooled HTTP/1.1 keep-alive client per upstream, instances chosen round robin
 //! past open circuit breakers (outlier ejection), retries of replayable requests within the
 //! retry budget, and timeouts that turn into 502/504 instead of hangs.
+//!
+//! Only the upstream's own failures count against its breakers: refused, reset, timed out, a
+//! malformed response or a 5xx. A request whose client body failed (malformed, abandoned, too
+//! large, stalled) ends in [`UpstreamError::Client`] and counts for nothing. A breaker's probe
+//! runs in a task of its own, so it settles on the upstream's answer (or its timeout) even when
+//! the client that carried it hangs up.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{PathAndQuery, Scheme};
@@ -13,10 +20,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::body::{is_body_too_large, ProxyBody};
+use crate::body::{client_fault, ClientFault, ProxyBody};
 use crate::config::UpstreamSpec;
 use crate::metrics::Metrics;
-use crate::resilience::{Admission, Breaker, RetryBudget};
+use crate::resilience::{Admission, Breaker, Permit, RetryBudget};
 
 /// Why an upstream call failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +42,17 @@ pub enum UpstreamError {
         /// The timeout.
         timeout: Duration,
     },
-    /// The request body passed the size limit while streaming.
-    #[error("the request body is too large")]
-    BodyTooLarge,
+    /// The client's request body failed: the client's fault, not the upstream's.
+    #[error(transparent)]
+    Client(ClientFault),
+    /// The upstream's response is malformed.
+    #[error("{upstream} sent a malformed response: {reason}")]
+    BadResponse {
+        /// The upstream's name.
+        upstream: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Every instance's circuit breaker is open.
     #[error("every instance of {upstream} is failing (circuit open)")]
     Open {
@@ -60,7 +75,8 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
-            UpstreamError::BodyTooLarge => "body_too_large",
+            UpstreamError::Client(_) => "client",
+            UpstreamError::BadResponse { .. } => "bad_response",
             UpstreamError::Open { .. } => "circuit_open",
             UpstreamError::Protocol { .. } => "protocol",
         }
@@ -91,7 +107,7 @@ impl Replay {
 
 struct Instance {
     uri: Uri,
-    breaker: Breaker,
+    breaker: Arc<Breaker>,
 }
 
 /// One upstream with its connection pool.
@@ -127,10 +143,10 @@ impl Upstream {
             .iter()
             .map(|uri| Instance {
                 uri: uri.clone(),
-                breaker: Breaker::new(
+                breaker: Arc::new(Breaker::new(
                     spec.breaker,
                     metrics.breaker_gauge(&spec.name, &uri.to_string()),
-                ),
+                )),
             })
             .collect();
         Upstream {
@@ -154,7 +170,7 @@ impl Upstream {
     }
 
     /// The next instance in round-robin order whose breaker admits a call.
-    fn pick(&self) -> Option<(&Instance, Admission)> {
+    fn pick(&self) -> Option<(&Instance, Permit)> {
         let n = self.instances.len();
         let start = if n == 1 {
             0
@@ -163,10 +179,7 @@ impl Upstream {
         };
         (0..n).find_map(|k| {
             let instance = &self.instances[(start + k) % n];
-            instance
-                .breaker
-                .admit()
-                .map(|admission| (instance, admission))
+            instance.breaker.admit().map(|permit| (instance, permit))
         })
     }
 
@@ -184,22 +197,21 @@ impl Upstream {
             let open = || UpstreamError::Open {
                 upstream: self.spec.name.clone(),
             };
-            let (instance, admission) = self.pick().ok_or_else(open)?;
+            let (instance, permit) = self.pick().ok_or_else(open)?;
             let next = request
                 .take()
                 .or_else(|| replay.map(Replay::request))
                 .ok_or_else(open)?;
-            let result = self.attempt(&instance.uri, next).await;
-            let failed = match &result {
-                Ok(response) => response.status().is_server_error(),
-                Err(UpstreamError::BodyTooLarge) => false,
-                Err(_) => true,
-            };
-            if failed {
-                instance.breaker.failure(admission);
+            let call = self.attempt(&instance.uri, next);
+            let result = if permit.admission() == Admission::Probe {
+                // Detached: the probe settles whatever the client does meanwhile.
+                match tokio::spawn(settled(call, permit)).await {
+                    Ok(result) => result,
+                    Err(_) => return Err(open()),
+                }
             } else {
-                instance.breaker.success(admission);
-            }
+                settled(call, permit).await
+            };
             let retry = replay.is_some()
                 && attempt < self.budget.attempts()
                 && retryable(&result)
@@ -212,11 +224,12 @@ impl Upstream {
         }
     }
 
-    async fn attempt(
+    fn attempt(
         &self,
         instance: &Uri,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> impl std::future::Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'static
+    {
         let path_and_query = request
             .uri()
             .path_and_query()
@@ -232,22 +245,53 @@ impl Upstream {
         // Upstream connections are HTTP/1.1 whatever the client spoke.
         *request.version_mut() = http::Version::HTTP_11;
         let timeout = self.spec.request_timeout;
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) if err.is_connect() => Err(UpstreamError::Connect {
-                upstream: self.spec.name.clone(),
-            }),
-            Ok(Err(err)) if is_body_too_large(&err) => Err(UpstreamError::BodyTooLarge),
-            Ok(Err(source)) => Err(UpstreamError::Protocol {
-                upstream: self.spec.name.clone(),
-                source,
-            }),
-            Err(_) => Err(UpstreamError::Timeout {
-                upstream: self.spec.name.clone(),
-                timeout,
-            }),
+        let upstream = self.spec.name.clone();
+        let call = self.client.request(request);
+        async move {
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(response)) => {
+                    let headers = response.headers();
+                    if headers.contains_key(http::header::TRANSFER_ENCODING)
+                        && headers.contains_key(http::header::CONTENT_LENGTH)
+                    {
+                        return Err(UpstreamError::BadResponse {
+                            upstream,
+                            reason: "both Content-Length and Transfer-Encoding",
+                        });
+                    }
+                    Ok(response)
+                }
+                Ok(Err(err)) => {
+                    if let Some(fault) = client_fault(&err) {
+                        return Err(UpstreamError::Client(fault.clone()));
+                    }
+                    if err.is_connect() {
+                        return Err(UpstreamError::Connect { upstream });
+                    }
+                    Err(UpstreamError::Protocol {
+                        upstream,
+                        source: err,
+                    })
+                }
+                Err(_) => Err(UpstreamError::Timeout { upstream, timeout }),
+            }
         }
     }
+}
+
+/// Runs one call and settles its breaker permit with what the upstream did.
+async fn settled(
+    call: impl std::future::Future<Output = Result<Response<Incoming>, UpstreamError>>,
+    permit: Permit,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let result = call.await;
+    match &result {
+        Ok(response) if response.status().is_server_error() => permit.failure(),
+        Ok(_) => permit.success(),
+        Err(UpstreamError::Client(_)) => permit.release(),
+        Err(_) => permit.failure(),
+    }
+    result
 }
 
 /// Methods a retry cannot turn into a second, different effect (RFC 9110 §9.2.2).
@@ -264,8 +308,9 @@ fn retryable(result: &Result<Response<Incoming>, UpstreamError>) -> bool {
         Err(
             UpstreamError::Connect { .. }
             | UpstreamError::Timeout { .. }
-            | UpstreamError::Protocol { .. },
+            | UpstreamError::Protocol { .. }
+            | UpstreamError::BadResponse { .. },
         ) => true,
-        Err(UpstreamError::BodyTooLarge | UpstreamError::Open { .. }) => false,
+        Err(UpstreamError::Client(_) | UpstreamError::Open { .. }) => false,
     }
 }

@@ -5,6 +5,11 @@
 //! key and body gets that stored response (marked `Idempotent-Replayed: true`) and charges
 //! nothing; the same key with a different body is a 422; a retry while the first is still running
 //! is a 409, so two concurrent retries never place two orders.
+//!
+//! The placement runs in a task of its own, so a client that hangs up cancels neither the saga
+//! nor the storing of its outcome. A request refused before it recorded an order (validation,
+//! an unknown customer or product) frees its key instead of using it up: nothing happened. If
+//! the process dies mid-saga, recovery settles the order and stores the outcome under its key.
 
 use std::sync::Arc;
 
@@ -105,6 +110,17 @@ async fn place_order(
     Json(request): Json<PlaceOrder>,
 ) -> Result<Response> {
     let key = idempotency_key(&headers)?;
+    // Detached from this request's future: a client that hangs up cancels nothing.
+    tokio::spawn(place_and_record(state, key, request))
+        .await
+        .map_err(|err| Error::Internal(anyhow::anyhow!("the order placement task failed: {err}")))?
+}
+
+async fn place_and_record(
+    state: OrdersHttp,
+    key: Option<String>,
+    request: PlaceOrder,
+) -> Result<Response> {
     if let Some(key) = &key {
         match store::claim(&state.db, key, &request_hash(&request)).await? {
             Claim::New => {}
@@ -121,21 +137,15 @@ async fn place_order(
             }
         }
     }
-    let (status, body, location) = match state.api.place_order(request).await {
-        Ok(order) => (
-            201,
-            serde_json::to_string(&order).unwrap_or_default(),
-            Some(format!("/orders/{}", order.id)),
-        ),
-        Err(err) => {
-            if let Error::Internal(cause) = &err {
-                tracing::error!(error = ?cause, "placing an order failed");
-            }
-            let problem = err.to_problem();
-            let body = serde_json::to_string(&problem).unwrap_or_default();
-            (problem.status, body, None)
-        }
-    };
+    let result = state.api.place_order(request, key.clone()).await;
+    if let Err(Error::Internal(cause)) = &result {
+        tracing::error!(error = ?cause, "placing an order failed");
+    }
+    let location = result
+        .as_ref()
+        .ok()
+        .map(|order| format!("/orders/{}", order.id));
+    let (status, body) = outcome(&result);
     if let Some(key) = &key {
         // Failures are stored too: a retry must not charge again after an ambiguous failure.
         store::complete(&state.db, key, status, &body).await?;
@@ -145,6 +155,18 @@ async fn place_order(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// The status and body `POST /orders` answers for a placement's result (and replays for its key).
+pub(super) fn outcome(result: &Result<Order>) -> (u16, String) {
+    match result {
+        Ok(order) => (201, serde_json::to_string(order).unwrap_or_default()),
+        Err(err) => {
+            let problem = err.to_problem();
+            let body = serde_json::to_string(&problem).unwrap_or_default();
+            (problem.status, body)
+        }
+    }
 }
 
 /// Reads an order.

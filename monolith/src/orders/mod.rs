@@ -10,10 +10,14 @@
 //! 4. approved: commit the reservation, `confirmed` (201); declined or timed out: release the
 //!    reservation (compensation), `payment_failed` (402).
 //!
-//! A crash between steps leaves the order `pending` with its reservation held;
-//! [`Orders::recover_pending`] (run at start-up) settles such orders from the payment record,
-//! so stock is never lost and a paid order is never failed. `POST /orders` also honours an
-//! `Idempotency-Key` (see `http`).
+//! The saga runs to its end whatever the client does: `POST /orders` runs it in a task of its
+//! own, so a client that hangs up half-way cancels nothing. Only a crash can stop it between
+//! steps, leaving the order `pending` with its reservation held; [`Orders::recover_pending`]
+//! settles such orders from the payment record (a paid order is confirmed, any other released),
+//! so stock is never lost and a paid order is never failed. It runs at start-up and then
+//! continuously ([`Orders::recover_forever`]), and skips the orders whose saga is still running
+//! in this process. `POST /orders` also honours an `Idempotency-Key` (see `http`): recovery
+//! stores the settled outcome under the key of a request the crash cut short.
 
 mod http;
 mod saga;
@@ -33,6 +37,7 @@ use crate::inventory::InventoryApi;
 use crate::payments::PaymentsApi;
 
 pub use http::{router, OrderList};
+pub use saga::RecoveryReport;
 
 /// One line of an order request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -94,7 +99,13 @@ pub struct Order {
 #[async_trait]
 pub trait OrdersApi: Send + Sync {
     /// Places an order (the saga). A failed order is still recorded; the error carries its id.
-    async fn place_order(&self, request: PlaceOrder) -> Result<Order>;
+    /// `idempotency_key`: a key already claimed for this request, linked to the order in the
+    /// transaction that records it.
+    async fn place_order(
+        &self,
+        request: PlaceOrder,
+        idempotency_key: Option<String>,
+    ) -> Result<Order>;
     /// The order with this id, if any.
     async fn order(&self, id: i64) -> Result<Option<Order>>;
     /// A customer's orders, newest first (at most 100).
@@ -109,6 +120,8 @@ pub struct Orders {
     catalog: Arc<dyn CatalogApi>,
     inventory: Arc<dyn InventoryApi>,
     payments: Arc<dyn PaymentsApi>,
+    /// Orders whose saga is running in this process: recovery leaves them alone.
+    running: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
 
 impl Orders {
@@ -126,14 +139,19 @@ impl Orders {
             catalog,
             inventory,
             payments,
+            running: Arc::default(),
         }
     }
 }
 
 #[async_trait]
 impl OrdersApi for Orders {
-    async fn place_order(&self, request: PlaceOrder) -> Result<Order> {
-        saga::place(self, request).await
+    async fn place_order(
+        &self,
+        request: PlaceOrder,
+        idempotency_key: Option<String>,
+    ) -> Result<Order> {
+        saga::place(self, request, idempotency_key.as_deref()).await
     }
 
     async fn order(&self, id: i64) -> Result<Option<Order>> {

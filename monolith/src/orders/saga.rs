@@ -60,7 +60,39 @@ fn order_failed(status: StatusCode, slug: &str, order: &Order, detail: String) -
     ))
 }
 
-pub(super) async fn place(orders: &Orders, request: PlaceOrder) -> Result<Order> {
+/// Marks an order's saga as running in this process until dropped (at its end, or when the
+/// saga's future is dropped).
+struct Running<'a> {
+    orders: &'a Orders,
+    id: i64,
+}
+
+impl<'a> Running<'a> {
+    fn start(orders: &'a Orders, id: i64) -> Self {
+        orders
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id);
+        Running { orders, id }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.orders
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+pub(super) async fn place(
+    orders: &Orders,
+    request: PlaceOrder,
+    idempotency_key: Option<&str>,
+) -> Result<Order> {
     let lines = normalize(&request)?;
     if orders
         .accounts
@@ -102,8 +134,16 @@ pub(super) async fn place(orders: &Orders, request: PlaceOrder) -> Result<Order>
         })
         .ok_or_else(|| Error::Unprocessable("the order total is too large".to_owned()))?;
 
-    let order =
-        store::insert_pending(&orders.db, request.customer_id, currency, total, &items).await?;
+    let order = store::insert_pending(
+        &orders.db,
+        request.customer_id,
+        currency,
+        total,
+        &items,
+        idempotency_key,
+    )
+    .await?;
+    let _running = Running::start(orders, order.id);
 
     match orders.inventory.reserve(order.id, &lines).await {
         Ok(Reservation::Reserved) => {}
@@ -173,16 +213,43 @@ async fn settle(
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("order {id} vanished while being placed")))
 }
 
+/// What one pass of recovery did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Orders settled.
+    pub settled: usize,
+    /// Idempotency keys given the outcome of the order they recorded.
+    pub keys_completed: u64,
+    /// Idempotency keys freed: claimed by a request that recorded nothing and never ended.
+    pub keys_released: u64,
+}
+
 impl Orders {
-    /// Settles orders left `pending` for longer than `older_than` (by a crash mid-saga): an
-    /// order with an approved payment is confirmed, any other has its stock released and is
-    /// marked `payment_failed`. Returns how many orders it settled.
+    /// Settles orders left `pending` for longer than `older_than` whose saga is not running in
+    /// this process (a crash stopped it): an order with an approved payment is confirmed, any
+    /// other has its stock released and is marked `payment_failed`. The idempotency keys of the
+    /// requests a crash cut short get the settled outcome; keys whose request recorded nothing
+    /// are freed. Returns how many orders it settled.
     pub async fn recover_pending(&self, older_than: Duration) -> Result<usize> {
+        Ok(self.recover(older_than).await?.settled)
+    }
+
+    /// [`Orders::recover_pending`], with what it did to idempotency keys.
+    pub async fn recover(&self, older_than: Duration) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
         let stale = store::pending_before(&self.db, older_than).await?;
-        for &id in &stale {
-            if self.payments.approved_payment(id).await?.is_some() {
+        for id in stale {
+            let running = self
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&id);
+            if running {
+                continue;
+            }
+            let outcome = if self.payments.approved_payment(id).await?.is_some() {
                 self.inventory.commit(id).await?;
-                store::finish(&self.db, id, "confirmed", None).await?;
+                store::finish(&self.db, id, "confirmed", None).await?
             } else {
                 self.inventory.release(id).await?;
                 store::finish(
@@ -191,11 +258,58 @@ impl Orders {
                     "payment_failed",
                     Some("abandoned while being placed; settled by recovery"),
                 )
-                .await?;
-            }
+                .await?
+            };
+            // Settled by a saga meanwhile (another process, or this one): its own response is
+            // stored by its request.
+            let Some(order) = outcome else { continue };
+            let (status, body) = super::http::outcome(&settled_result(order));
+            report.keys_completed += store::complete_for_order(&self.db, id, status, &body).await?;
+            report.settled += 1;
             tracing::warn!(order_id = id, "settled an order left pending");
         }
-        Ok(stale.len())
+        report.keys_released = store::release_abandoned_keys(&self.db, older_than).await?;
+        Ok(report)
+    }
+
+    /// Runs [`Orders::recover`] every `every` for orders older than `older_than`, until the
+    /// task is dropped; a failed pass is logged and tried again at the next.
+    pub async fn recover_forever(
+        self: std::sync::Arc<Self>,
+        older_than: Duration,
+        every: Duration,
+    ) {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.recover(older_than).await {
+                Ok(report) if report != RecoveryReport::default() => {
+                    tracing::warn!(?report, "recovery settled what a crash left behind");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::error!(error = %err, "recovery failed; trying again"),
+            }
+        }
+    }
+}
+
+/// The result the saga's request would have answered for an order settled by recovery.
+fn settled_result(order: Order) -> Result<Order> {
+    match order.status.as_str() {
+        "confirmed" => Ok(order),
+        _ => {
+            let reason = order
+                .failure_reason
+                .clone()
+                .unwrap_or_else(|| "the order failed".to_owned());
+            Err(order_failed(
+                StatusCode::PAYMENT_REQUIRED,
+                "payment-failed",
+                &order,
+                reason,
+            ))
+        }
     }
 }
 

@@ -28,29 +28,42 @@ fn order(row: &AnyRow) -> Result<Order, sqlx::Error> {
     })
 }
 
-/// Records a pending order with its lines (one statement). The commit is relaxed: the saga's
-/// last step (settling the order) commits durably, which flushes this one too.
+/// Records a pending order with its lines, and links the request's idempotency key (if any) to
+/// it in the same transaction: a key is linked to an order exactly when the order exists. The
+/// commit is relaxed: the saga's last step (settling the order) commits durably, which flushes
+/// this one too.
 pub(super) async fn insert_pending(
     db: &Db,
     customer_id: i64,
     currency: &str,
     total_cents: i64,
     items: &[OrderItem],
+    idempotency_key: Option<&str>,
 ) -> Result<Order> {
     let items = serde_json::to_string(items).map_err(anyhow::Error::from)?;
     let sql = format!(
         "INSERT INTO orders_orders (customer_id, status, total_cents, currency, items, created_at, updated_at) \
          VALUES ($1, 'pending', $2, $3, $4, $5, $5) RETURNING {ORDER_COLUMNS}"
     );
+    let mut tx = db.relaxed_pool().begin().await?;
     let row = sqlx::query(&sql)
         .bind(customer_id)
         .bind(total_cents)
         .bind(currency)
         .bind(items)
         .bind(db::now())
-        .fetch_one(db.relaxed_pool())
+        .fetch_one(&mut *tx)
         .await?;
-    Ok(order(&row)?)
+    let order = order(&row)?;
+    if let Some(key) = idempotency_key {
+        sqlx::query("UPDATE orders_idempotency SET order_id = $1 WHERE idempotency_key = $2")
+            .bind(order.id)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(order)
 }
 
 /// Moves a `pending` order to a final status and returns it; `None` when the order was not
@@ -151,14 +164,58 @@ pub(super) async fn claim(db: &Db, key: &str, request_hash: &str) -> Result<Clai
     })
 }
 
+/// Ends a key's request: a request that recorded no order (refused before any side effect)
+/// frees its key for another attempt; one that did stores its response for replays.
 pub(super) async fn complete(db: &Db, key: &str, status: u16, body: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE orders_idempotency SET response_status = $1, response_body = $2 WHERE idempotency_key = $3",
+    let released = sqlx::query(
+        "DELETE FROM orders_idempotency WHERE idempotency_key = $1 AND order_id IS NULL",
     )
-    .bind(i64::from(status))
-    .bind(body)
     .bind(key)
     .execute(db.pool())
     .await?;
+    if released.rows_affected() == 0 {
+        sqlx::query(
+            "UPDATE orders_idempotency SET response_status = $1, response_body = $2 WHERE idempotency_key = $3",
+        )
+        .bind(i64::from(status))
+        .bind(body)
+        .bind(key)
+        .execute(db.pool())
+        .await?;
+    }
     Ok(())
+}
+
+/// Stores the response of the keys linked to `order_id` that have none yet (their request
+/// ended with the process, and recovery settled the order).
+pub(super) async fn complete_for_order(
+    db: &Db,
+    order_id: i64,
+    status: u16,
+    body: &str,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE orders_idempotency SET response_status = $1, response_body = $2 \
+         WHERE order_id = $3 AND response_status IS NULL",
+    )
+    .bind(i64::from(status))
+    .bind(body)
+    .bind(order_id)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Frees keys claimed more than `older_than` ago whose request recorded no order and never
+/// ended (the process died first): nothing happened under them, so they may be used again.
+pub(super) async fn release_abandoned_keys(db: &Db, older_than: Duration) -> Result<u64> {
+    let cutoff = db::timestamp(time::OffsetDateTime::now_utc() - older_than);
+    let released = sqlx::query(
+        "DELETE FROM orders_idempotency \
+         WHERE order_id IS NULL AND response_status IS NULL AND created_at < $1",
+    )
+    .bind(cutoff)
+    .execute(db.pool())
+    .await?;
+    Ok(released.rows_affected())
 }

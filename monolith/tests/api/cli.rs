@@ -9,6 +9,11 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_monolith");
 
+/// GETs `url` and reads its JSON body.
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// A `monolith serve` process, killed if the test ends early.
 struct Served {
     child: Child,
@@ -116,14 +121,7 @@ async fn serves_seeded_shop_and_drains_in_flight_requests_on_sigterm() {
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let stock: Value = http
-            .get(format!("{base}/inventory/2"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stock: Value = get_json(&http, &format!("{base}/inventory/2")).await;
         if stock["reserved"] == 1 {
             break;
         }
@@ -231,5 +229,111 @@ fn bad_configuration_exits_non_zero_with_a_clear_message() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+db_test!(a_monolith_killed_mid_saga_settles_every_order_when_restarted);
+
+/// Five orders are parked at the charge step (the provider never answers `tok_timeout` and the
+/// payment timeout is long) when the process is killed with SIGKILL. Restarted at once, the
+/// monolith settles each order, returns all the stock, and every key replays its outcome.
+async fn a_monolith_killed_mid_saga_settles_every_order_when_restarted(db: e2e::TestDb) {
+    let flags = [
+        "--seed-products",
+        "5",
+        "--seed-customers",
+        "1",
+        "--payment-timeout-ms",
+        "600000",
+        "--recover-after",
+        "1",
+        "--recover-interval-ms",
+        "100",
+    ];
+    let mut served = Served::start(&db.url, &flags);
+    let http = reqwest::Client::new();
+    let base = served.base.clone();
+    let order = |product: i64| json!({"customer_id": 1, "items": [{"product_id": product, "quantity": 2}], "card_token": "tok_timeout"});
+    for product in 1..=5 {
+        let stocked = http
+            .put(format!("{base}/inventory/{product}"))
+            .json(&json!({"quantity": 10}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stocked.status(), 200);
+    }
+    let mut clients = Vec::new();
+    for product in 1..=5_i64 {
+        let request = http
+            .post(format!("{base}/orders"))
+            .header("idempotency-key", format!("crash-{product}"))
+            .json(&order(product));
+        clients.push(tokio::spawn(request.send()));
+    }
+    let reserved = |http: reqwest::Client, base: String| async move {
+        let mut reserved = Vec::new();
+        for product in 1..=5 {
+            let stock: Value = get_json(&http, &format!("{base}/inventory/{product}")).await;
+            reserved.push(stock["reserved"].as_i64().unwrap());
+        }
+        reserved
+    };
+    e2e::eventually(
+        Duration::from_secs(20),
+        "five sagas at the charge step",
+        || {
+            let (http, base) = (http.clone(), base.clone());
+            async move { reserved(http, base).await == [2; 5] }
+        },
+    )
+    .await;
+    // Recovery ran meanwhile (every 100 ms, for orders older than 1 s) and left the running
+    // sagas alone.
+    let listed: Value = get_json(&http, &format!("{base}/orders?customer_id=1")).await;
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5);
+    assert!(items.iter().all(|o| o["status"] == "pending"), "{listed}");
+
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    for client in clients {
+        assert!(
+            client.await.unwrap().is_err(),
+            "the killed process answered"
+        );
+    }
+
+    let served = Served::start(&db.url, &flags);
+    let base = served.base.clone();
+    e2e::eventually(Duration::from_secs(20), "every order to settle", || {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let listed: Value = get_json(&http, &format!("{base}/orders?customer_id=1")).await;
+            listed["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().all(|o| o["status"] == "payment_failed"))
+        }
+    })
+    .await;
+    assert_eq!(
+        reserved(http.clone(), base.clone()).await,
+        [0; 5],
+        "all stock returned"
+    );
+    for product in 1..=5_i64 {
+        let stock: Value = get_json(&http, &format!("{base}/inventory/{product}")).await;
+        assert_eq!(stock["quantity"], 10, "{stock}");
+        let replay = http
+            .post(format!("{base}/orders"))
+            .header("idempotency-key", format!("crash-{product}"))
+            .json(&order(product))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(replay.status(), 402, "crash-{product}");
+        assert_eq!(replay.headers()["idempotent-replayed"], "true");
+        let problem: Value = replay.json().await.unwrap();
+        assert_eq!(problem["order_status"], "payment_failed", "{problem}");
     }
 }

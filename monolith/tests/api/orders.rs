@@ -19,6 +19,8 @@ db_test!(
     concurrent_retries_place_one_order,
     no_oversell_under_concurrency,
     recovery_settles_an_abandoned_order,
+    a_client_that_hangs_up_cannot_stop_the_saga,
+    a_refused_request_does_not_use_up_its_key,
 );
 
 fn order(customer: i64, items: &[(i64, i64)], token: &str) -> Value {
@@ -331,14 +333,17 @@ async fn recovery_settles_an_abandoned_order(db: TestDb) {
     let saga = tokio::spawn(async move {
         use monolith::orders::OrdersApi;
         orders
-            .place_order(PlaceOrder {
-                customer_id: customer,
-                items: vec![OrderLine {
-                    product_id: mug,
-                    quantity: 2,
-                }],
-                card_token: "tok_timeout".to_owned(),
-            })
+            .place_order(
+                PlaceOrder {
+                    customer_id: customer,
+                    items: vec![OrderLine {
+                        product_id: mug,
+                        quantity: 2,
+                    }],
+                    card_token: "tok_timeout".to_owned(),
+                },
+                None,
+            )
             .await
     });
     eventually(
@@ -383,4 +388,59 @@ async fn recovery_settles_an_abandoned_order(db: TestDb) {
         0,
         "settled once"
     );
+}
+
+async fn a_client_that_hangs_up_cannot_stop_the_saga(db: TestDb) {
+    // The charge takes the whole payment timeout (tok_timeout): the client gives up long before.
+    let app = TestApp::with_payment_timeout(db, Duration::from_millis(500)).await;
+    let customer = app.customer("gone@example.com").await;
+    let mug = app.product("MUG", 1250, 5).await;
+    let body = order(customer, &[(mug, 2)], "tok_timeout");
+    let key = [("idempotency-key", "hung-up")];
+    let hung_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        app.request_with(Method::POST, "/orders", Some(body.clone()), &key),
+    )
+    .await;
+    assert!(hung_up.is_err(), "the client was meant to hang up mid-saga");
+    // The saga runs on: the order settles, its stock comes back, and the key replays the end.
+    eventually(Duration::from_secs(10), "the order to settle", || async {
+        let listed = app.get(&format!("/orders?customer_id={customer}")).await;
+        listed.body["items"][0]["status"] == "payment_failed"
+    })
+    .await;
+    assert_eq!(app.stock(mug).await, (5, 0), "the reservation was released");
+    let replay = app
+        .request_with(Method::POST, "/orders", Some(body), &key)
+        .await;
+    replay.assert_problem(StatusCode::PAYMENT_REQUIRED, "payment-failed");
+    assert_eq!(replay.headers.get("idempotent-replayed").unwrap(), "true");
+}
+
+async fn a_refused_request_does_not_use_up_its_key(db: TestDb) {
+    let app = TestApp::new(db).await;
+    let customer = app.customer("typo@example.com").await;
+    let mug = app.product("MUG", 1250, 5).await;
+    let key = [("idempotency-key", "first-try")];
+    // A product that does not exist: refused before anything is recorded.
+    app.request_with(
+        Method::POST,
+        "/orders",
+        Some(order(customer, &[(mug + 1000, 1)], "tok_ok")),
+        &key,
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable");
+    // The corrected request under the same key is placed, not refused as a different request.
+    let placed = app
+        .request_with(
+            Method::POST,
+            "/orders",
+            Some(order(customer, &[(mug, 1)], "tok_ok")),
+            &key,
+        )
+        .await;
+    placed.assert_status(StatusCode::CREATED);
+    assert!(placed.headers.get("idempotent-replayed").is_none());
+    assert_eq!(app.provider.approved_charges(), 1);
 }

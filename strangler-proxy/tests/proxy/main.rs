@@ -12,6 +12,8 @@ extern crate e2e;
 mod canary;
 mod capture;
 mod control;
+mod framing;
+mod hostile;
 mod hygiene;
 mod phases;
 mod process;

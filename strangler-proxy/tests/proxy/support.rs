@@ -250,3 +250,24 @@ pub async fn catalog_proxy(phase: &str) -> (Stub, Stub, TestProxy) {
 }
 
 pub use e2e::eventually;
+
+/// Sends raw bytes and returns everything the proxy answers until it closes the connection
+/// (or 2 s pass, for a connection kept alive).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, bytes).await;
+    let mut answer = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer);
+    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code of the first response in a raw answer (0 when there is none).
+pub fn status_of(answer: &str) -> u16 {
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| answer.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}

@@ -99,6 +99,7 @@ async fn json(http: &reqwest::Client, url: &str) -> (u16, Value) {
 }
 
 db_test!(
+    both_sides_refuse_the_same_bad_input,
     the_service_serves_what_the_monolith_wrote_and_back,
     orders_keep_working_with_the_catalog_outside
 );
@@ -276,4 +277,47 @@ async fn the_service_serves_what_the_monolith_wrote_and_back(db: TestDb) {
         .await
         .unwrap()
         .clean());
+}
+
+/// The monolith and the service accept one domain: what one refuses the other refuses the same
+/// way (so no row the monolith takes can stop the relay), on both backends.
+async fn both_sides_refuse_the_same_bad_input(db: TestDb) {
+    assert_eq!(
+        monolith::catalog::MAX_PRICE_CENTS,
+        catalog_service::store::MAX_PRICE_CENTS,
+        "the two sides must share the price bound"
+    );
+    let other = twin(&db).await;
+    let (m, s) = (monolith(&db).await, service(&other).await);
+    let http = reqwest::Client::new();
+    let product = |sku: &str, name: &str, price: i64| json!({"sku": sku, "name": name, "price_cents": price, "currency": "EUR"});
+    let max = monolith::catalog::MAX_PRICE_CENTS;
+    for (body, status) in [
+        (product("NUL-1", "a\u{0}b", 100), 422),
+        (product("BIG-1", "Big", max + 1), 422),
+        (product("BIG-2", "Bigger", i64::MAX), 422),
+        (product("TOP-1", "Dearest", max), 201),
+    ] {
+        let mut answers = Vec::new();
+        for base in [&m.url, &s.url] {
+            let response = http
+                .post(format!("{base}/catalog/products"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.unwrap();
+            answers.push((status, answer["type"].clone()));
+        }
+        assert_eq!(answers[0].0, status, "{body}: {answers:?}");
+        assert_eq!(answers[0], answers[1], "{body}");
+    }
+    for base in [&m.url, &s.url] {
+        let (status, answer) = json(&http, &format!("{base}/catalog/products?q=a%00b")).await;
+        assert_eq!(
+            (status, answer["type"].as_str()),
+            (400, Some("/problems/invalid-query"))
+        );
+    }
 }

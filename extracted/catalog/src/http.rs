@@ -55,8 +55,19 @@ fn path_id(path: Result<Path<i64>, PathRejection>) -> Result<i64, Problem> {
     })
 }
 
+/// The body, refused as the monolith refuses it: text with a NUL character is a 422
+/// `invalid-body` (SQLite would store it and PostgreSQL refuses it).
 fn body(body: Result<Json<ProductInput>, JsonRejection>) -> Result<ProductInput, Problem> {
-    body.map(|Json(b)| b).map_err(|r| json_problem(&r))
+    let input = body.map(|Json(b)| b).map_err(|r| json_problem(&r))?;
+    let texts = [&input.sku, &input.name, &input.description, &input.currency];
+    if texts.iter().any(|text| text.contains('\0')) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "text must not contain NUL characters (\\u0000)",
+        ));
+    }
+    Ok(input)
 }
 
 fn not_found_product(id: i64) -> Problem {
@@ -95,6 +106,17 @@ async fn list(
 ) -> Result<Json<ProductList>, Problem> {
     let Query(params) = params
         .map_err(|r| Problem::new(StatusCode::BAD_REQUEST, "invalid-query", r.body_text()))?;
+    let texts = [&params.after, &params.q];
+    if texts
+        .iter()
+        .any(|text| text.as_deref().is_some_and(|t| t.contains('\0')))
+    {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "the query must not contain NUL characters (%00)",
+        ));
+    }
     let limit = params.limit.unwrap_or(20);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(Problem::unprocessable(format!(

@@ -47,6 +47,10 @@ pub struct ProductInput {
 /// The most products one page may hold.
 pub const MAX_PAGE: u32 = 100;
 
+/// The highest price a product may have, in cents: the monolith's bound, so the two sides
+/// accept one domain and every row syncs both ways.
+pub const MAX_PRICE_CENTS: i64 = 1_000_000_000_000;
+
 const COLUMNS: &str =
     "product_id, sku, title, summary, price_mills, price_currency, created_at, updated_at";
 
@@ -87,8 +91,11 @@ pub fn validate(input: ProductInput) -> Result<ProductInput, Problem> {
             input.price_cents
         )));
     }
-    if input.price_cents > i64::MAX / 10 {
-        return Err(Problem::unprocessable("price_cents is too large"));
+    if input.price_cents > MAX_PRICE_CENTS {
+        return Err(Problem::unprocessable(format!(
+            "price_cents must be at most {MAX_PRICE_CENTS} (got {})",
+            input.price_cents
+        )));
     }
     if input.currency.len() != 3 || !input.currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(Problem::unprocessable(format!(

@@ -19,6 +19,11 @@ pub use client::HttpCatalog;
 pub use http::{router, ProductList};
 pub use store::seed_products;
 
+/// The highest price a product may have, in cents (ten billion units of its currency). The
+/// extracted catalog service accepts the same domain (it stores mills, ten per cent), so every
+/// price the monolith takes can be synced to it.
+pub const MAX_PRICE_CENTS: i64 = 1_000_000_000_000;
+
 /// A product for sale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Product {
@@ -168,6 +173,12 @@ fn validate(input: ProductInput) -> Result<ProductInput> {
     if input.price_cents < 0 {
         return Err(Error::Unprocessable(format!(
             "price_cents must not be negative (got {})",
+            input.price_cents
+        )));
+    }
+    if input.price_cents > MAX_PRICE_CENTS {
+        return Err(Error::Unprocessable(format!(
+            "price_cents must be at most {MAX_PRICE_CENTS} (got {})",
             input.price_cents
         )));
     }

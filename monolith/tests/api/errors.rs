@@ -70,6 +70,31 @@ async fn malformed_requests_get_problems(db: TestDb) {
             "payload-too-large",
         ),
         (
+            raw(
+                Method::POST,
+                "/accounts",
+                json,
+                r#"{"email":"nul@b.co","name":"a\u0000b"}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+        ),
+        (
+            raw(
+                Method::POST,
+                "/catalog/products",
+                json,
+                r#"{"sku":"NUL-1","name":"n","description":"\u0000","price_cents":1,"currency":"EUR"}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+        ),
+        (
+            raw(Method::GET, "/catalog/products?q=a%00b", None, ""),
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+        ),
+        (
             raw(Method::GET, "/catalog/products/1.5", None, ""),
             StatusCode::BAD_REQUEST,
             "invalid-path-parameter",
@@ -91,7 +116,7 @@ async fn malformed_requests_get_problems(db: TestDb) {
         assert_eq!(response.status, status, "{what}: {}", response.text);
         response.assert_problem(status, slug);
     }
-    // An oversized body is refused before anything is stored.
+    // An oversized body and text with NUL are refused before anything is stored.
     let list = app.get("/catalog/products").await;
     assert_eq!(list.body["items"], serde_json::json!([]));
 }

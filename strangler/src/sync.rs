@@ -11,7 +11,7 @@ use strangler_sync::backfill::Backfill;
 use strangler_sync::mapping::Mapping;
 use strangler_sync::metrics::RelayMetrics;
 use strangler_sync::relay::Relay;
-use strangler_sync::{capture, verify};
+use strangler_sync::{capture, parked, verify};
 
 use crate::Failed;
 
@@ -88,8 +88,33 @@ pub enum SyncCommand {
         #[arg(long)]
         metrics_listen: Option<std::net::SocketAddr>,
     },
-    /// Capture, cursor and lag.
+    /// Capture, cursor, lag, and the changes the target refused (parked by key).
     Status(SyncArgs),
+    /// Try the parked changes again (all, or one key), after fixing their data or the mapping.
+    Retry {
+        /// The carve-out and its databases.
+        #[command(flatten)]
+        args: SyncArgs,
+        /// Only this source table's key ...
+        #[arg(long, requires = "key")]
+        table: Option<String>,
+        /// ... this key (as `strangler sync status` shows it, e.g. `[42]`).
+        #[arg(long, requires = "table")]
+        key: Option<String>,
+    },
+    /// Drop a parked key's changes: the target keeps its row as it is (verify shows the
+    /// difference until a repair or a later change mends it).
+    Skip {
+        /// The carve-out and its databases.
+        #[command(flatten)]
+        args: SyncArgs,
+        /// The source table of the parked key.
+        #[arg(long)]
+        table: String,
+        /// The parked key, as `strangler sync status` shows it (e.g. `[42]`).
+        #[arg(long)]
+        key: String,
+    },
     /// Compare both sides; exits non-zero on drift and when nothing was compared.
     Verify {
         /// The carve-out and its databases.
@@ -297,6 +322,9 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                     if let Ok((events, age)) = relay.lag().await {
                         metrics.lag(events, age);
                     }
+                    if let Ok(parked) = relay.parked().await {
+                        metrics.parked(parked);
+                    }
                 }
                 let step = tokio::select! {
                     step = relay.step() => step,
@@ -336,6 +364,7 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
         SyncCommand::Status(args) => {
             let sides = open(&args).await?;
             let installed = capture::installed(&sides.source, &sides.mapping).await?;
+            let target = sides.target.clone();
             let relay = Relay::new(
                 sides.source,
                 sides.target,
@@ -349,6 +378,7 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
             } else {
                 (0, Duration::ZERO)
             };
+            let parked = parked::list(&target, Some(relay.stream())).await?;
             Ok(if json {
                 serde_json::to_string_pretty(&json!({
                     "stream": relay.stream(),
@@ -356,18 +386,27 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                     "cursor": cursor,
                     "lag_events": events,
                     "lag_seconds": age.as_secs_f64(),
+                    "parked": parked,
                 }))? + "\n"
             } else {
-                format!(
-                    "{}: capture {}, cursor {cursor}, lag {events} change(s) / {:.3} s\n",
+                let mut out = format!(
+                    "{}: capture {}, cursor {cursor}, lag {events} change(s) / {:.3} s, {} parked key(s)\n",
                     relay.stream(),
                     if installed {
                         "installed"
                     } else {
                         "NOT installed"
                     },
-                    age.as_secs_f64()
-                )
+                    age.as_secs_f64(),
+                    parked.len()
+                );
+                for p in &parked {
+                    out.push_str(&format!(
+                        "  parked: --table {} --key '{}' (change {}, latest {}, since {}, {} attempt(s)): {}\n",
+                        p.table, p.key, p.first_seq, p.seq, p.parked_at, p.attempts, p.error
+                    ));
+                }
+                out
             })
         }
         SyncCommand::Verify {
@@ -403,6 +442,52 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
             } else {
                 Err(Failed(output).into())
             }
+        }
+        SyncCommand::Retry { args, table, key } => {
+            let sides = open(&args).await?;
+            let relay = Relay::new(
+                sides.source,
+                sides.target,
+                sides.mapping,
+                sides.direction.name(),
+            )
+            .await?;
+            let only = table.as_deref().zip(key.as_deref());
+            let report = relay.retry_parked(only).await?;
+            let output = if json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                let mut out = format!(
+                    "{}: {} parked key(s) applied, {} still parked\n",
+                    relay.stream(),
+                    report.applied,
+                    report.still_parked.len()
+                );
+                for (table, key, error) in &report.still_parked {
+                    out.push_str(&format!(
+                        "  still parked: --table {table} --key '{key}': {error}\n"
+                    ));
+                }
+                out
+            };
+            if report.still_parked.is_empty() {
+                Ok(output)
+            } else {
+                Err(Failed(output).into())
+            }
+        }
+        SyncCommand::Skip { args, table, key } => {
+            let sides = open(&args).await?;
+            let stream = format!("{}:{}", sides.mapping.carveout, sides.direction.name());
+            if !parked::skip(&sides.target, &stream, &table, &key).await? {
+                anyhow::bail!(
+                    "{stream} has no parked key {key} of {table} (see `strangler sync status {}`)",
+                    args.carveout
+                );
+            }
+            Ok(format!(
+                "{stream}: skipped the parked changes of {table} {key}; the target keeps its row as it was\n"
+            ))
         }
         SyncCommand::Repair(args) => {
             let sides = open(&args).await?;

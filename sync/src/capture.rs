@@ -45,6 +45,10 @@ pub(crate) async fn ensure_target_tables(db: &Db) -> Result<(), sqlx::Error> {
          PRIMARY KEY (stream, tbl))",
         "CREATE TABLE IF NOT EXISTS sync_leases (stream TEXT PRIMARY KEY, holder TEXT NOT NULL, \
          expires_ms BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS sync_parked (stream TEXT NOT NULL, tbl TEXT NOT NULL, \
+         pk_key TEXT NOT NULL, first_seq BIGINT NOT NULL, seq BIGINT NOT NULL, op TEXT NOT NULL, \
+         pk TEXT NOT NULL, image TEXT, error TEXT NOT NULL, parked_at TEXT NOT NULL, \
+         attempts BIGINT NOT NULL, PRIMARY KEY (stream, tbl, pk_key))",
     ] {
         sqlx::query(sql).execute(&mut *tx).await?;
     }

@@ -5,6 +5,7 @@
 //!   writer's own transaction (SQLite and PostgreSQL), skipping the writes sync itself makes;
 //! - [`relay`]: applies the log to the target in order, each batch with its checkpoint in one
 //!   transaction, never past a change that may still commit;
+//! - [`parked`]: the changes the target refused, parked by key while the rest flows on;
 //! - [`verify`]: compares both sides on the mapped form of every row.
 //!
 //! The same mapping runs forward (monolith → service) and, reversed, backward.
@@ -13,6 +14,7 @@ pub mod backfill;
 pub mod capture;
 pub mod mapping;
 pub mod metrics;
+pub mod parked;
 pub mod relay;
 pub mod schema;
 pub mod verify;

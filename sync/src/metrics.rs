@@ -22,6 +22,7 @@ pub struct RelayMetrics {
     errors: Counter,
     active: Gauge,
     gap_seconds: Gauge<f64, AtomicU64>,
+    parked: Gauge,
 }
 
 impl RelayMetrics {
@@ -42,6 +43,7 @@ impl RelayMetrics {
             errors: Counter::default(),
             active: Gauge::default(),
             gap_seconds: Gauge::default(),
+            parked: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -70,6 +72,11 @@ impl RelayMetrics {
             "How long the relay has waited on a missing change number (0 when none)",
             metrics.gap_seconds.clone(),
         );
+        registry.register(
+            "parked",
+            "Keys whose change the target refused, waiting for a retry or a skip",
+            metrics.parked.clone(),
+        );
         RelayMetrics {
             registry,
             ..metrics
@@ -88,6 +95,11 @@ impl RelayMetrics {
     pub fn lag(&self, events: i64, age: Duration) {
         self.lag_events.set(events);
         self.lag_seconds.set(age.as_secs_f64());
+    }
+
+    /// Records how many keys are parked.
+    pub fn parked(&self, keys: usize) {
+        self.parked.set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
     /// Records a failed step.

@@ -8,6 +8,9 @@
 //! notes the next transaction id to be assigned, and it skips the gap only once every
 //! transaction older than that has ended (the number was rolled back). A gap that stays open
 //! longer than a bound is reported loudly (a warning, and [`Step::gap`] in every step).
+//!
+//! A change the target refuses for its data is parked by key (see [`crate::parked`]): the
+//! batch is applied key by key, the refused keys wait, and the stream moves on.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use sqlx::Row;
 
 use crate::capture::ensure_target_tables;
 use crate::mapping::{Mapping, TableMap};
+use crate::parked::{self, Held};
 use crate::schema::Kind;
 
 /// What one step did.
@@ -31,6 +35,65 @@ pub struct Step {
     pub gap: Option<(i64, Duration)>,
     /// Another relay holds the stream's lease: this one waits (and takes over when it lapses).
     pub standby: bool,
+    /// Keys parked by this step (the target refused their change).
+    pub parked: usize,
+}
+
+/// What a retry of parked changes did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetryReport {
+    /// Keys whose change applied and left the parking.
+    pub applied: usize,
+    /// Keys still parked, with the error of this attempt.
+    pub still_parked: Vec<(String, String, String)>,
+}
+
+/// Why applying changes failed: the target refused the data (park it), or something else went
+/// wrong (fail the batch, to be tried again whole).
+enum ApplyError {
+    Refused(String),
+    Failed(anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Database(db) if refuses_data(db.as_ref()) => {
+                ApplyError::Refused(db.to_string())
+            }
+            other => ApplyError::Failed(other.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApplyError {
+    fn from(err: anyhow::Error) -> Self {
+        match err.downcast::<sqlx::Error>() {
+            Ok(sql) => sql.into(),
+            // A value that does not convert to its target column.
+            Err(other) => ApplyError::Refused(format!("{other:#}")),
+        }
+    }
+}
+
+/// Whether a database error refuses the data itself (a constraint, a value out of range or of
+/// the wrong type), as opposed to the moment (a lock, a conflict, a lost connection), which is
+/// worth trying again whole.
+fn refuses_data(err: &dyn sqlx::error::DatabaseError) -> bool {
+    use sqlx::error::ErrorKind;
+    if !matches!(err.kind(), ErrorKind::Other) {
+        return true;
+    }
+    let Some(code) = err.code() else {
+        return false;
+    };
+    // PostgreSQL: SQLSTATE class 22 (data exception) and 23 (integrity constraint violation).
+    if code.len() == 5 && (code.starts_with("22") || code.starts_with("23")) {
+        return true;
+    }
+    // SQLite: (extended) result codes whose primary code is CONSTRAINT, MISMATCH or RANGE.
+    code.parse::<i64>()
+        .is_ok_and(|n| matches!(n & 0xff, 19 | 20 | 25))
 }
 
 struct Gap {
@@ -72,6 +135,20 @@ struct Change {
     op: String,
     pk: Map<String, Value>,
     image: Option<Map<String, Value>>,
+}
+
+impl Change {
+    /// The change as it waits in the parking, under `key`.
+    fn held(&self, key: String) -> Held {
+        Held {
+            table: self.table.clone(),
+            key,
+            seq: self.seq,
+            op: self.op.clone(),
+            pk: self.pk.clone(),
+            image: self.image.clone(),
+        }
+    }
 }
 
 impl Relay {
@@ -236,18 +313,20 @@ impl Relay {
                 cursor,
                 gap: self.gap.as_ref().map(|g| (g.seq, g.since.elapsed())),
                 standby: false,
+                parked: 0,
             });
         }
         let new_cursor = take.last().map_or(cursor, |c| c.seq);
+        let parked;
         if i64::try_from(take.len()).is_ok_and(|n| n >= self.batch) && self.gap.is_none() {
             // A full batch: there is a backlog, so read the next batch while this one is
             // applied (the source and the target are different databases).
             let (applied, next) =
                 tokio::join!(self.apply(&take, new_cursor), self.read(new_cursor));
-            applied?;
+            parked = applied?;
             self.ahead = next.ok().map(|changes| (new_cursor, changes));
         } else {
-            self.apply(&take, new_cursor).await?;
+            parked = self.apply(&take, new_cursor).await?;
         }
         if self.gap.as_ref().is_some_and(|g| g.seq < new_cursor) {
             self.gap = None;
@@ -257,7 +336,61 @@ impl Relay {
             cursor: new_cursor,
             gap: self.gap.as_ref().map(|g| (g.seq, g.since.elapsed())),
             standby: false,
+            parked,
         })
+    }
+
+    /// How many keys of this stream are parked.
+    pub async fn parked(&self) -> anyhow::Result<usize> {
+        Ok(parked::list(&self.target, Some(&self.stream)).await?.len())
+    }
+
+    /// Tries the parked changes of this stream again (of one key when `only` names its source
+    /// table and key): each that applies leaves the parking, each that fails stays with the new
+    /// error. Serialised with the relay's batches.
+    pub async fn retry_parked(&self, only: Option<(&str, &str)>) -> anyhow::Result<RetryReport> {
+        let mut tx = self.target.pool().begin().await?;
+        lock_checkpoint(&self.target, &mut tx, &self.stream).await?;
+        let mut report = RetryReport::default();
+        for held in parked::held(&mut tx, &self.target, &self.stream, only).await? {
+            let index = self.table_index(&held.table)?;
+            let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+            match apply_changes(
+                &self.target,
+                &mut savepoint,
+                &self.mapping,
+                &[(index, &held)],
+            )
+            .await
+            {
+                Ok(()) => {
+                    savepoint.commit().await?;
+                    parked::release(&mut *tx, &self.target, &self.stream, &held.table, &held.key)
+                        .await?;
+                    report.applied += 1;
+                }
+                Err(ApplyError::Refused(error)) => {
+                    savepoint.rollback().await?;
+                    parked::failed_again(&mut tx, &self.target, &self.stream, &held, &error)
+                        .await?;
+                    report.still_parked.push((held.table, held.key, error));
+                }
+                Err(ApplyError::Failed(err)) => return Err(err),
+            }
+        }
+        sqlx::query("DELETE FROM sync_applying")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    fn table_index(&self, source_table: &str) -> anyhow::Result<usize> {
+        self.mapping
+            .tables
+            .iter()
+            .position(|t| t.source == source_table)
+            .ok_or_else(|| anyhow::anyhow!("{source_table} is not in the mapping"))
     }
 
     /// Steps until nothing is left to apply (a gap that stays open ends it too).
@@ -355,7 +488,8 @@ impl Relay {
         }
     }
 
-    async fn apply(&self, changes: &[Change], new_cursor: i64) -> anyhow::Result<()> {
+    /// Applies a batch with its checkpoint; returns how many keys it parked.
+    async fn apply(&self, changes: &[Change], new_cursor: i64) -> anyhow::Result<usize> {
         let first = changes.first().map_or(new_cursor, |c| c.seq);
         let mut tx = self.target.pool().begin().await?;
         // The checkpoint row first: it serialises this batch with a backfill chunk (and with a
@@ -367,52 +501,67 @@ impl Relay {
             self.stream
         );
         // The batch collapsed to the last change of each key (images are whole rows, so the
-        // last one is the row's state), then applied as one multi-row upsert per table and the
-        // deletes: the same result as applying each change in order, in far fewer statements.
-        let mut last: HashMap<(usize, String), &Change> = HashMap::with_capacity(changes.len());
+        // last one is the row's state): the same result as applying each change in order.
+        let mut last: HashMap<(usize, String), Held> = HashMap::with_capacity(changes.len());
         for change in changes {
-            let index = self
-                .mapping
-                .tables
-                .iter()
-                .position(|t| t.source == change.table)
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "change {} is for {}, which the mapping does not name",
-                        change.seq,
-                        change.table
-                    )
-                })?;
+            let index = self.table_index(&change.table).map_err(|_| {
+                anyhow::anyhow!(
+                    "change {} is for {}, which the mapping does not name",
+                    change.seq,
+                    change.table
+                )
+            })?;
             let key: Vec<Value> = self.mapping.tables[index]
                 .key
                 .iter()
                 .map(|c| change.pk.get(&c.source).cloned().unwrap_or(Value::Null))
                 .collect();
-            last.insert((index, Value::from(key).to_string()), change);
+            let key = Value::from(key).to_string();
+            last.insert((index, key.clone()), change.held(key));
         }
-        for (index, table) in self.mapping.tables.iter().enumerate() {
-            let mut rows = Vec::new();
-            for ((i, _), change) in &last {
-                if *i != index {
-                    continue;
-                }
-                match (change.op.as_str(), &change.image) {
-                    ("D", _) => {
-                        delete(&self.target, table, &change.pk)
-                            .map_err(|e| anyhow::anyhow!("change {}: {e}", change.seq))?
-                            .query()?
-                            .execute(&mut *tx)
-                            .await?;
+        // Keys parked before wait: their new change queues behind the parked one.
+        let parked_keys = parked::keys(&mut tx, &self.target, &self.stream).await?;
+        let mut ready = Vec::with_capacity(last.len());
+        for ((index, _), change) in &last {
+            if parked_keys.contains(&(change.table.clone(), change.key.clone())) {
+                parked::park(
+                    &mut tx,
+                    &self.target,
+                    &self.stream,
+                    change,
+                    "waits behind a parked change",
+                )
+                .await?;
+            } else {
+                ready.push((*index, change));
+            }
+        }
+        // One multi-row upsert per table and the deletes, in a savepoint; if the target refuses
+        // the data, key by key, parking each key it refuses.
+        let mut newly_parked = 0;
+        let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+        match apply_changes(&self.target, &mut savepoint, &self.mapping, &ready).await {
+            Ok(()) => savepoint.commit().await?,
+            Err(ApplyError::Failed(err)) => return Err(err),
+            Err(ApplyError::Refused(_)) => {
+                savepoint.rollback().await?;
+                for one in &ready {
+                    let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+                    match apply_changes(&self.target, &mut savepoint, &self.mapping, &[*one]).await
+                    {
+                        Ok(()) => savepoint.commit().await?,
+                        Err(ApplyError::Failed(err)) => return Err(err),
+                        Err(ApplyError::Refused(error)) => {
+                            savepoint.rollback().await?;
+                            let change = one.1;
+                            tracing::warn!(stream = %self.stream, table = %change.table, key = %change.key, seq = change.seq, %error, "the target refused a change; parked its key");
+                            parked::park(&mut tx, &self.target, &self.stream, change, &error)
+                                .await?;
+                            newly_parked += 1;
+                        }
                     }
-                    (_, Some(image)) => rows.push(
-                        table
-                            .to_target(image)
-                            .map_err(|e| anyhow::anyhow!("change {}: {e}", change.seq))?,
-                    ),
-                    (op, None) => anyhow::bail!("change {} ({op}) has no row image", change.seq),
                 }
             }
-            upsert_all(&self.target, &mut tx, table, &rows).await?;
         }
         sqlx::query("DELETE FROM sync_applying")
             .execute(&mut *tx)
@@ -429,8 +578,46 @@ impl Relay {
             .push(") ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, at = excluded.at");
         checkpoint.query()?.execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(newly_parked)
     }
+}
+
+/// Applies changes (one per key, table index beside each) inside `tx`: the upserts of each table
+/// as one statement per chunk, and the deletes.
+async fn apply_changes(
+    db: &Db,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    mapping: &Mapping,
+    changes: &[(usize, &Held)],
+) -> Result<(), ApplyError> {
+    for (index, table) in mapping.tables.iter().enumerate() {
+        let mut rows = Vec::new();
+        for (i, change) in changes {
+            if *i != index {
+                continue;
+            }
+            let refused = |e: String| ApplyError::Refused(format!("change {}: {e}", change.seq));
+            match (change.op.as_str(), &change.image) {
+                ("D", _) => {
+                    delete(db, table, &change.pk)
+                        .map_err(refused)?
+                        .query()
+                        .map_err(|e| ApplyError::Failed(e.into()))?
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                (_, Some(image)) => rows.push(table.to_target(image).map_err(refused)?),
+                (op, None) => {
+                    return Err(ApplyError::Refused(format!(
+                        "change {} ({op}) has no row image",
+                        change.seq
+                    )))
+                }
+            }
+        }
+        upsert_all(db, tx, table, &rows).await?;
+    }
+    Ok(())
 }
 
 /// Takes the write lock a relay batch and a backfill chunk share (the stream's checkpoint row,

@@ -43,6 +43,9 @@ pub enum DriftKind {
     Extra,
     /// In both, with different values.
     Different,
+    /// In the source with a value the target cannot hold (a transform that overflows or would
+    /// lose precision): no copy can mend it; the source's data or the mapping must change.
+    Unmappable,
 }
 
 /// One drifted row.
@@ -58,6 +61,9 @@ pub struct Drift {
     pub expected: Option<Map<String, Value>>,
     /// The target row.
     pub actual: Option<Map<String, Value>>,
+    /// Why the source row cannot be mapped (for [`DriftKind::Unmappable`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The source row as read (source columns), for repair.
     #[serde(skip)]
     source_image: Option<Map<String, Value>>,
@@ -116,6 +122,9 @@ pub struct Report {
     pub tables: Vec<TableReport>,
     /// Every drifted key.
     pub drift: Vec<Drift>,
+    /// Changes of this carve-out the target refused, parked by key: each explains the drift of
+    /// its key until it is retried or skipped.
+    pub parked: Vec<crate::parked::Parked>,
     /// The differences of keys in flight, for [`settle`].
     #[serde(skip)]
     pending: Vec<Drift>,
@@ -163,6 +172,13 @@ impl Report {
                 out,
                 "{} row(s) differ only by changes the relay has not applied yet (in flight, not drift)",
                 self.in_flight
+            );
+        }
+        for p in &self.parked {
+            let _ = writeln!(
+                out,
+                "parked: {} {} key {} (change {}, parked {}): {} (strangler sync retry, or skip)",
+                p.stream, p.table, p.key, p.first_seq, p.parked_at, p.error
             );
         }
         out
@@ -329,7 +345,14 @@ fn mapped_sql(side: Side, c: &ColumnMap, backend: Backend) -> String {
     };
     match (side, c.transform, kind) {
         (Side::Target, ..) | (_, Transform::Identity, _) => name.to_owned(),
-        (_, Transform::Multiply(n), Kind::Integer) => format!("(CAST({name} AS {int}) * {n})"),
+        // An integer whose product does not fit maps to NULL (the callers tell it apart), as
+        // PostgreSQL would refuse the product and SQLite would turn it into a REAL.
+        (_, Transform::Multiply(n), Kind::Integer) => {
+            let bound = i64::MAX / n.max(1);
+            format!(
+                "(CASE WHEN CAST({name} AS {int}) BETWEEN -{bound} AND {bound} THEN CAST({name} AS {int}) * {n} END)"
+            )
+        }
         (_, Transform::Multiply(n), _) => format!("(CAST({name} AS {real}) * {n})"),
         (_, Transform::Divide(n), Kind::Integer) => format!(
             "(CASE WHEN CAST({name} AS {int}) % {n} = 0 THEN CAST({name} AS {int}) / {n} END)"
@@ -352,11 +375,12 @@ fn pg_hash(side: Side, c: &ColumnMap, position: usize) -> String {
     };
     let (name, _) = side.column(c);
     match (side, c.transform, side.column(c).1) {
-        // An integer that does not divide is not a value the target can hold: it hashes as
-        // something no value hashes to, and the row comparison reports it.
-        (Side::Source, Transform::Divide(_), Kind::Integer) => format!(
+        // An integer that does not divide, or whose product does not fit, is not a value the
+        // target can hold: it hashes as something no value hashes to, and the row comparison
+        // reports it.
+        (Side::Source, Transform::Divide(_) | Transform::Multiply(_), Kind::Integer) => format!(
             "COALESCE({hash}, CASE WHEN {name} IS NULL THEN {position} \
-             ELSE hashtextextended('indivisible ' || CAST({name} AS TEXT), {position}) END)"
+             ELSE hashtextextended('unmappable ' || CAST({name} AS TEXT), {position}) END)"
         ),
         _ => format!("COALESCE({hash}, {position})"),
     }
@@ -368,9 +392,9 @@ fn sqlite_text(side: Side, c: &ColumnMap) -> String {
     let value = mapped_sql(side, c, Backend::Sqlite);
     let (name, _) = side.column(c);
     match (side, c.transform, side.column(c).1) {
-        (Side::Source, Transform::Divide(_), Kind::Integer) => format!(
+        (Side::Source, Transform::Divide(_) | Transform::Multiply(_), Kind::Integer) => format!(
             "CASE WHEN {name} IS NOT NULL AND {value} IS NULL \
-             THEN 'indivisible ' || quote({name}) ELSE quote({value}) END"
+             THEN 'unmappable ' || quote({name}) ELSE quote({value}) END"
         ),
         _ => format!("quote({value})"),
     }
@@ -625,10 +649,40 @@ fn compare_rows(
     }
     let mut drift = Vec::new();
     for row in source_rows {
-        let mapped = Side::Source.mapped(table, row.clone())?;
-        let key = Value::from(mapped[..keys].to_vec()).to_string();
         let image = object(&all, &row, false);
         let source_key = object(&all[..keys], &row[..keys], false);
+        let mapped = match Side::Source.mapped(table, row.clone()) {
+            Ok(mapped) => mapped,
+            Err(err) => {
+                // Named by its mapped key when the key maps (so the target row is not also
+                // reported as extra), by its source key otherwise.
+                let mapped_key: Option<Vec<Value>> = all[..keys]
+                    .iter()
+                    .zip(&row[..keys])
+                    .map(|(c, v)| c.transform.apply(v).ok())
+                    .collect();
+                let (key, actual) = match mapped_key {
+                    Some(mapped_key) => {
+                        let text = Value::from(mapped_key.clone()).to_string();
+                        let actual = by_key.remove(&text).map(|a| object(&all, &a, true));
+                        (object(&all[..keys], &mapped_key, true), actual)
+                    }
+                    None => (source_key.clone(), None),
+                };
+                drift.push(Drift {
+                    table: table.target.clone(),
+                    key,
+                    kind: DriftKind::Unmappable,
+                    expected: None,
+                    actual,
+                    reason: Some(format!("{err:#}")),
+                    source_image: Some(image),
+                    source_key,
+                });
+                continue;
+            }
+        };
+        let key = Value::from(mapped[..keys].to_vec()).to_string();
         match by_key.remove(&key) {
             None => drift.push(Drift {
                 table: table.target.clone(),
@@ -636,6 +690,7 @@ fn compare_rows(
                 kind: DriftKind::Missing,
                 expected: Some(object(&all, &mapped, true)),
                 actual: None,
+                reason: None,
                 source_image: Some(image),
                 source_key,
             }),
@@ -646,6 +701,7 @@ fn compare_rows(
                     kind: DriftKind::Different,
                     expected: Some(object(&all, &mapped, true)),
                     actual: Some(object(&all, &actual, true)),
+                    reason: None,
                     source_image: Some(image),
                     source_key,
                 })
@@ -667,6 +723,7 @@ fn compare_rows(
             kind: DriftKind::Extra,
             expected: None,
             actual: Some(object(&all, &actual, true)),
+            reason: None,
             source_image: None,
             source_key,
         });
@@ -817,6 +874,7 @@ pub async fn verify_live(
         covered_to,
         tables: Vec::new(),
         drift: Vec::new(),
+        parked: crate::parked::of_carveout(target, &mapping.carveout).await?,
         pending: Vec::new(),
     };
     for (((table, plan), source_scan), target_scan) in mapping
@@ -903,6 +961,7 @@ pub async fn verify_changed(
         covered_to: None,
         tables: Vec::new(),
         drift: Vec::new(),
+        parked: crate::parked::of_carveout(target, &mapping.carveout).await?,
         pending: Vec::new(),
     };
     let none = HashSet::new();
@@ -1044,6 +1103,18 @@ async fn rows_with_keys(
 /// Re-copies every drifted key of `report` from the source (and removes extra target rows),
 /// in one target transaction marked as a sync write. Returns how many rows it fixed.
 pub async fn repair(target: &Db, mapping: &Mapping, report: &Report) -> anyhow::Result<usize> {
+    if let Some(unmappable) = report
+        .drift
+        .iter()
+        .find(|d| d.kind == DriftKind::Unmappable)
+    {
+        anyhow::bail!(
+            "{} key {}: {}; no copy can mend it: change the source's data or the mapping, then repair",
+            unmappable.table,
+            Value::Object(unmappable.key.clone()),
+            unmappable.reason.as_deref().unwrap_or("it cannot be mapped")
+        );
+    }
     let mut tx = target.pool().begin().await?;
     sqlx::query("INSERT INTO sync_applying (origin) VALUES ('repair')")
         .execute(&mut *tx)

@@ -410,6 +410,18 @@ async fn a_client_that_hangs_up_cannot_stop_the_saga(db: TestDb) {
     })
     .await;
     assert_eq!(app.stock(mug).await, (5, 0), "the reservation was released");
+    // The key is completed right after the order settles: until then a retry hears 409.
+    eventually(
+        Duration::from_secs(10),
+        "the key to hold the outcome",
+        || async {
+            let replay = app
+                .request_with(Method::POST, "/orders", Some(body.clone()), &key)
+                .await;
+            replay.status != StatusCode::CONFLICT
+        },
+    )
+    .await;
     let replay = app
         .request_with(Method::POST, "/orders", Some(body), &key)
         .await;

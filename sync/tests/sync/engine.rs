@@ -8,6 +8,7 @@ use sqlkit::{Backend, Db, DbOptions};
 use strangler_sync::backfill::Backfill;
 use strangler_sync::capture;
 use strangler_sync::mapping::Mapping;
+use strangler_sync::parked;
 use strangler_sync::relay::Relay;
 use strangler_sync::verify::{
     repair, settle, verify, verify_changed, verify_live, DriftKind, Report,
@@ -76,6 +77,7 @@ async fn count(db: &Db, sql: &str) -> i64 {
 }
 
 db_test!(
+    a_refused_change_is_parked_and_the_other_keys_flow,
     backfill_under_concurrent_writes_loses_nothing,
     changes_flow_forward_mapped,
     a_restarted_relay_resumes_without_applying_twice,
@@ -288,14 +290,21 @@ async fn forward_and_reverse_at_once_do_not_echo(db: TestDb) {
         2
     );
     assert!(verify(&monolith, &service, &mapping).await.unwrap().clean());
-    // A service-side price the monolith cannot hold exactly is refused, not rounded.
+    // A service-side price the monolith cannot hold exactly is refused, not rounded: its key
+    // is parked with the reason, and the monolith keeps the row as it was.
     exec(
         &service,
         "UPDATE items SET price_mills = 20995 WHERE item_id = 1",
     )
     .await;
-    let err = backward.drain().await.unwrap_err();
-    assert!(format!("{err:#}").contains("precision"), "{err:#}");
+    backward.drain().await.unwrap();
+    let parked = strangler_sync::parked::list(&monolith, None).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert!(parked[0].error.contains("precision"), "{}", parked[0].error);
+    assert_eq!(
+        count(&monolith, "SELECT price_cents FROM src_items WHERE id = 1").await,
+        2099
+    );
 }
 
 async fn drift_is_detected_and_repaired(db: TestDb) {
@@ -766,9 +775,20 @@ async fn reverse_verify_maps_back_and_refuses_an_indivisible_value(db: TestDb) {
         "UPDATE src_items SET price_cents = 4000 WHERE id = 4000",
     )
     .await;
-    let err = verify(&target, &source, &reverse).await.unwrap_err();
+    let unmappable = verify(&target, &source, &reverse).await.unwrap();
+    assert_eq!(
+        drifted(&unmappable, "id"),
+        vec![(4000, DriftKind::Unmappable), (7000, DriftKind::Different)]
+    );
+    let reason = unmappable
+        .drift
+        .iter()
+        .find_map(|d| d.reason.as_deref())
+        .unwrap_or_default();
+    assert!(reason.contains("would lose precision"), "{reason}");
+    let err = repair(&source, &reverse, &unmappable).await.unwrap_err();
     assert!(
-        format!("{err:#}").contains("would lose precision"),
+        format!("{err:#}").contains("no copy can mend it"),
         "{err:#}"
     );
 }
@@ -993,5 +1013,128 @@ async fn backfill_under_concurrent_writes_loses_nothing(db: TestDb) {
         report.rows_compared,
         u64::try_from(count(&source, "SELECT CAST(COUNT(*) AS BIGINT) FROM src_items").await)
             .unwrap()
+    );
+}
+
+/// A change the target cannot take (a price that overflows the transform, a name the target's
+/// unique index refuses) parks its key; every other key flows, later changes of a parked key
+/// wait behind it, verify names it, and an operator retries it or skips it.
+async fn a_refused_change_is_parked_and_the_other_keys_flow(db: TestDb) {
+    let (source, target, mapping, _dbs) = setup(db).await;
+    exec(&target, "CREATE UNIQUE INDEX items_title ON items (title)").await;
+    capture::install(&source, &mapping).await.unwrap();
+    let mut relay = Relay::new(source.clone(), target.clone(), mapping.clone(), "forward")
+        .await
+        .unwrap();
+    exec(
+        &source,
+        "INSERT INTO src_items VALUES (1, 'a', 100, NULL), (2, 'b', 200, NULL)",
+    )
+    .await;
+    exec(
+        &source,
+        &format!("INSERT INTO src_items VALUES (3, 'c', {}, NULL)", i64::MAX),
+    )
+    .await;
+    exec(
+        &source,
+        "INSERT INTO src_items VALUES (4, 'd', 400, NULL), (5, 'dup', 500, NULL)",
+    )
+    .await;
+    exec(
+        &source,
+        "INSERT INTO src_items VALUES (6, 'dup', 600, NULL)",
+    )
+    .await;
+    relay.drain().await.unwrap();
+    let applied = count(&target, "SELECT COUNT(*) FROM items").await;
+    assert_eq!(applied, 4, "1, 2, 4 and one of the two 'dup' rows");
+    let parked = parked::list(&target, Some("items:forward")).await.unwrap();
+    let keys: Vec<&str> = parked.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys.len(), 2, "{parked:?}");
+    assert!(keys.contains(&"[3]"), "{parked:?}");
+    let overflow = parked.iter().find(|p| p.key == "[3]").unwrap();
+    assert!(overflow.error.contains("overflows"), "{}", overflow.error);
+    let dup_key = parked.iter().find(|p| p.key != "[3]").unwrap().key.clone();
+    assert_eq!(relay.parked().await.unwrap(), 2);
+
+    // The stream moves on; a later change of a parked key waits behind it.
+    exec(&source, "UPDATE src_items SET name = 'c2' WHERE id = 3").await;
+    exec(&source, "UPDATE src_items SET name = 'a2' WHERE id = 1").await;
+    relay.drain().await.unwrap();
+    assert_eq!(
+        count(&target, "SELECT COUNT(*) FROM items WHERE title = 'a2'").await,
+        1
+    );
+    assert_eq!(
+        count(&target, "SELECT COUNT(*) FROM items WHERE item_id = 3").await,
+        0
+    );
+    let waiting = parked::list(&target, Some("items:forward")).await.unwrap();
+    let three = waiting.iter().find(|p| p.key == "[3]").unwrap();
+    assert!(
+        three.seq > three.first_seq,
+        "the later change waits behind: {three:?}"
+    );
+    assert_eq!(relay.lag().await.unwrap().0, 0, "nothing is left unread");
+
+    // Verify names the parked keys beside the drift they cause.
+    let report = verify(&source, &target, &mapping).await.unwrap();
+    assert!(!report.clean());
+    assert!(
+        drifted(&report, "item_id").contains(&(3, DriftKind::Unmappable)),
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.parked.len(), 2);
+    assert!(
+        report
+            .summary()
+            .contains("parked: items:forward src_items key [3]"),
+        "{}",
+        report.summary()
+    );
+
+    // A retry before the data is fixed fails again and keeps the key.
+    let retried = relay
+        .retry_parked(Some(("src_items", "[3]")))
+        .await
+        .unwrap();
+    assert_eq!((retried.applied, retried.still_parked.len()), (0, 1));
+    // Fixed at the source: the retry applies the latest change of the key.
+    exec(
+        &source,
+        "UPDATE src_items SET price_cents = 300 WHERE id = 3",
+    )
+    .await;
+    relay.drain().await.unwrap();
+    let retried = relay
+        .retry_parked(Some(("src_items", "[3]")))
+        .await
+        .unwrap();
+    assert_eq!((retried.applied, retried.still_parked.len()), (1, 0));
+    assert_eq!(
+        count(&target, "SELECT price_mills FROM items WHERE item_id = 3").await,
+        3000
+    );
+    let attempts = parked::list(&target, None).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    // The other is skipped: the target keeps what it has, and the stream goes on.
+    assert!(
+        parked::skip(&target, "items:forward", "src_items", &dup_key)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !parked::skip(&target, "items:forward", "src_items", &dup_key)
+            .await
+            .unwrap()
+    );
+    assert!(parked::list(&target, None).await.unwrap().is_empty());
+    exec(&source, "INSERT INTO src_items VALUES (7, 'g', 700, NULL)").await;
+    relay.drain().await.unwrap();
+    assert_eq!(
+        count(&target, "SELECT COUNT(*) FROM items WHERE item_id = 7").await,
+        1
     );
 }

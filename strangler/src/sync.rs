@@ -145,6 +145,19 @@ pub struct Sides {
     pub direction: Direction,
 }
 
+impl Sides {
+    /// The relay of this direction.
+    async fn relay(self) -> anyhow::Result<Relay> {
+        Relay::new(
+            self.source,
+            self.target,
+            self.mapping,
+            self.direction.name(),
+        )
+        .await
+    }
+}
+
 /// Opens both databases and checks the mapping against them.
 pub async fn open(args: &SyncArgs) -> anyhow::Result<Sides> {
     let path = args
@@ -266,15 +279,11 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
             lease_ms,
             metrics_listen,
         } => {
-            let sides = open(&args).await?;
-            let mut relay = Relay::new(
-                sides.source,
-                sides.target,
-                sides.mapping,
-                sides.direction.name(),
-            )
-            .await?
-            .with_lease(Duration::from_millis(lease_ms));
+            let mut relay = open(&args)
+                .await?
+                .relay()
+                .await?
+                .with_lease(Duration::from_millis(lease_ms));
             if once {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
                 let mut applied = 0;
@@ -365,13 +374,7 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
             let sides = open(&args).await?;
             let installed = capture::installed(&sides.source, &sides.mapping).await?;
             let target = sides.target.clone();
-            let relay = Relay::new(
-                sides.source,
-                sides.target,
-                sides.mapping,
-                sides.direction.name(),
-            )
-            .await?;
+            let relay = sides.relay().await?;
             let cursor = relay.cursor().await?;
             let (events, age) = if installed {
                 relay.lag().await?
@@ -444,14 +447,7 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
             }
         }
         SyncCommand::Retry { args, table, key } => {
-            let sides = open(&args).await?;
-            let relay = Relay::new(
-                sides.source,
-                sides.target,
-                sides.mapping,
-                sides.direction.name(),
-            )
-            .await?;
+            let relay = open(&args).await?.relay().await?;
             let only = table.as_deref().zip(key.as_deref());
             let report = relay.retry_parked(only).await?;
             let output = if json {

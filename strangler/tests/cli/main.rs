@@ -646,7 +646,9 @@ async fn sync_cli(
 
 e2e::db_test!(a_relay_killed_at_random_points_loses_and_duplicates_nothing);
 
-async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing(shop_db: e2e::TestDb) {
+/// The monolith's and the catalog service's schemas, migrated (nothing served): a pool on the
+/// monolith's database, and the service's database.
+async fn catalog_databases(shop_db: &e2e::TestDb) -> (sqlx::AnyPool, e2e::TestDb) {
     let config = monolith::config::ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: shop_db.url.clone(),
@@ -655,15 +657,21 @@ async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing(shop_db: e
     let shop = monolith::app::Application::build(&config).await.unwrap();
     let shop_pool = shop.db().pool().clone();
     drop(shop);
-    let service_db = twin(&shop_db).await;
-    let service = catalog_service::Service::build(&catalog_service::config::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: service_db.url.clone(),
-        provider_states: false,
-    })
-    .await
-    .unwrap();
-    drop(service);
+    let service_db = twin(shop_db).await;
+    drop(
+        catalog_service::Service::build(&catalog_service::config::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: service_db.url.clone(),
+            provider_states: false,
+        })
+        .await
+        .unwrap(),
+    );
+    (shop_pool, service_db)
+}
+
+async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing(shop_db: e2e::TestDb) {
+    let (shop_pool, service_db) = catalog_databases(&shop_db).await;
     let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
     let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
     let (ok, out, err) = sync_cli(m, s, mapping, "install", &[]).await;
@@ -1173,24 +1181,7 @@ e2e::db_test!(a_row_the_service_cannot_take_is_parked_shown_retried_and_skipped)
 /// Legacy rows the service cannot hold (a price whose mills overflow) are parked by key: the
 /// relay runs on, status and verify name them, retry applies them once fixed, skip drops them.
 async fn a_row_the_service_cannot_take_is_parked_shown_retried_and_skipped(shop_db: e2e::TestDb) {
-    let config = monolith::config::ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: shop_db.url.clone(),
-        ..monolith::config::ServeConfig::defaults()
-    };
-    let shop = monolith::app::Application::build(&config).await.unwrap();
-    let shop_pool = shop.db().pool().clone();
-    drop(shop);
-    let service_db = twin(&shop_db).await;
-    drop(
-        catalog_service::Service::build(&catalog_service::config::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: service_db.url.clone(),
-            provider_states: false,
-        })
-        .await
-        .unwrap(),
-    );
+    let (shop_pool, service_db) = catalog_databases(&shop_db).await;
     let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
     let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
     assert!(sync_cli(m, s, mapping, "install", &[]).await.0);

@@ -224,7 +224,8 @@ impl Stack {
             .await?
             .run(|_| {})
             .await?;
-        let reverse = mapping.reversed();
+        let mut reverse = mapping.reversed();
+        reverse.check(&s, &m).await?;
         if !capture::installed(&s, &reverse).await? {
             capture::install(&s, &reverse).await?;
         }

@@ -187,12 +187,17 @@ pub async fn open(args: &SyncArgs) -> anyhow::Result<Sides> {
             target: service,
             direction: args.direction,
         },
-        Direction::Reverse => Sides {
-            mapping: mapping.reversed(),
-            source: service,
-            target: monolith,
-            direction: args.direction,
-        },
+        Direction::Reverse => {
+            // Checked as it runs too: the monolith's columns are the ones that must be filled.
+            let mut reversed = mapping.reversed();
+            reversed.check(&service, &monolith).await?;
+            Sides {
+                mapping: reversed,
+                source: service,
+                target: monolith,
+                direction: args.direction,
+            }
+        }
     })
 }
 

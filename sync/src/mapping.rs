@@ -147,6 +147,21 @@ impl TableMap {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Target,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Source => "the source",
+            Side::Target => "the target",
+        }
+    }
+}
+
 /// A checked carve-out mapping in one direction.
 #[derive(Debug, Clone)]
 pub struct Mapping {
@@ -189,6 +204,22 @@ impl Mapping {
                 anyhow::ensure!(is_identifier(name), "{name:?} is not a plain table name");
             }
             anyhow::ensure!(!t.key.is_empty(), "table {} has no key columns", t.source);
+            // Each column maps to one column: the mapping must run both ways.
+            for side in [Side::Source, Side::Target] {
+                let mut seen = std::collections::HashSet::new();
+                for c in t.key.iter().chain(&t.columns) {
+                    let name = match side {
+                        Side::Source => &c.source,
+                        Side::Target => &c.target,
+                    };
+                    anyhow::ensure!(
+                        seen.insert(name.as_str()),
+                        "table {}: {} column {name} is mapped twice (each column maps to exactly one)",
+                        t.source,
+                        side.name()
+                    );
+                }
+            }
             tables.push(TableMap {
                 key: t
                     .key
@@ -228,19 +259,39 @@ impl Mapping {
             }
             let (source_name, target_name) = (table.source.clone(), table.target.clone());
             for column in table.key.iter_mut().chain(table.columns.iter_mut()) {
-                match source_columns.iter().find(|(n, _)| *n == column.source) {
+                let source_kind = source_columns.iter().find(|(n, _)| *n == column.source);
+                let target_kind = target_columns.iter().find(|(n, _)| *n == column.target);
+                match source_kind {
                     Some((_, kind)) => column.source_kind = *kind,
                     None => problems.push(format!(
                         "the source table {source_name} has no column {}",
                         column.source
                     )),
                 }
-                match target_columns.iter().find(|(n, _)| *n == column.target) {
+                match target_kind {
                     Some((_, kind)) => column.target_kind = *kind,
                     None => problems.push(format!(
                         "the target table {target_name} has no column {}",
                         column.target
                     )),
+                }
+                let numeric = |kind: Kind| matches!(kind, Kind::Integer | Kind::Real);
+                if column.transform != Transform::Identity
+                    && (source_kind.is_some() && !numeric(column.source_kind)
+                        || target_kind.is_some() && !numeric(column.target_kind))
+                {
+                    problems.push(format!(
+                        "{source_name}.{} → {target_name}.{}: {:?} needs numbers on both sides",
+                        column.source, column.target, column.transform
+                    ));
+                }
+            }
+            // A row written to the target must fill every column the target requires.
+            for required in schema::required_columns(target, &target_name).await? {
+                if !table.all().any(|c| c.target == required) {
+                    problems.push(format!(
+                        "the target column {target_name}.{required} is NOT NULL without a default and nothing maps to it"
+                    ));
                 }
             }
         }

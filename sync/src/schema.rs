@@ -82,6 +82,37 @@ pub async fn columns(db: &Db, table: &str) -> Result<Columns, sqlx::Error> {
     }
 }
 
+/// The columns of `table` a row cannot go without: NOT NULL, with no default, not generated.
+pub async fn required_columns(db: &Db, table: &str) -> Result<Vec<String>, sqlx::Error> {
+    match db.backend() {
+        Backend::Sqlite => {
+            if !is_identifier(table) {
+                return Ok(Vec::new());
+            }
+            // An INTEGER PRIMARY KEY is the rowid: SQLite fills it in.
+            sqlx::query_scalar(&format!(
+                "SELECT name FROM pragma_table_info('{table}') \
+                 WHERE \"notnull\" = 1 AND dflt_value IS NULL \
+                 AND NOT (pk = 1 AND lower(type) = 'integer')"
+            ))
+            .fetch_all(db.pool())
+            .await
+        }
+        Backend::Postgres => {
+            sqlx::query_scalar(
+                "SELECT CAST(column_name AS TEXT) FROM information_schema.columns \
+                 WHERE table_name = $1 AND table_schema = ANY (current_schemas(false)) \
+                 AND is_nullable = 'NO' AND column_default IS NULL \
+                 AND is_identity = 'NO' AND is_generated = 'NEVER' \
+                 ORDER BY ordinal_position",
+            )
+            .bind(table)
+            .fetch_all(db.pool())
+            .await
+        }
+    }
+}
+
 /// Whether `name` is a plain SQL identifier (letters, digits, `_`; not starting with a digit).
 pub fn is_identifier(name: &str) -> bool {
     !name.is_empty()

@@ -847,6 +847,29 @@ async fn a_mapping_naming_a_missing_column_is_refused(db: TestDb) {
         Mapping::parse(&MAPPING.replace("target = \"items\"", "target = \"goods\"")).unwrap();
     let err = format!("{:#}", missing.check(&source, &target).await.unwrap_err());
     assert!(err.contains("the target has no table goods"), "{err}");
+    // Two columns into one is refused as the file is read.
+    let twice = Mapping::parse(&MAPPING.replace("target = \"updated_at\"", "target = \"title\""))
+        .unwrap_err();
+    assert!(
+        format!("{twice:#}").contains("the target column title is mapped twice"),
+        "{twice:#}"
+    );
+    // Arithmetic on text, and a NOT NULL target column nothing fills, are refused by the check.
+    let mut text_math = Mapping::parse(&MAPPING.replace(
+        "{ source = \"name\", target = \"title\" }",
+        "{ source = \"name\", target = \"title\", transform = \"multiply:10\" }",
+    ))
+    .unwrap();
+    let err = format!("{:#}", text_math.check(&source, &target).await.unwrap_err());
+    assert!(err.contains("needs numbers on both sides"), "{err}");
+    let mut unfilled =
+        Mapping::parse(&MAPPING.replace("  { source = \"name\", target = \"title\" },\n", ""))
+            .unwrap();
+    let err = format!("{:#}", unfilled.check(&source, &target).await.unwrap_err());
+    assert!(
+        err.contains("the target column items.title is NOT NULL without a default"),
+        "{err}"
+    );
     // Nothing was installed.
     let none = sqlx::query("SELECT 1 FROM sync_changes")
         .fetch_optional(source.pool())

@@ -68,7 +68,7 @@ impl Replica {
     /// and the sync loop stop.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let sync = tokio::spawn(self.control.clone().sync_forever(self.config.sync_interval));
-        let router = admin::router(self.control.clone(), self.config.admin_token.clone());
+        let router = admin::router(self.control.clone(), self.config.admin_tokens.clone());
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = tokio::spawn(async move {
             axum::serve(self.admin, router)

@@ -72,9 +72,17 @@ pub struct ProxyArgs {
     /// Address of the admin API (its own listener).
     #[arg(long, env = "STRANGLER_ADMIN_LISTEN", default_value = "127.0.0.1:9001")]
     pub admin_listen: SocketAddr,
-    /// Bearer token the admin API requires (required on a non-loopback address).
+    /// A bearer token of the admin API, for an operator named `admin` (a token is required on
+    /// a non-loopback address).
     #[arg(long, env = "STRANGLER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Named operator tokens, `name=token` separated by commas; the audit log records the name
+    /// of the token used, whatever a request says.
+    #[arg(long, env = "STRANGLER_ADMIN_TOKENS", hide_env_values = true)]
+    pub admin_tokens: Option<String>,
+    /// A file of named operator tokens, one `name=token` a line (`#` starts a comment).
+    #[arg(long, env = "STRANGLER_ADMIN_TOKENS_FILE")]
+    pub admin_tokens_file: Option<PathBuf>,
     /// The control database: an SQLite path or a postgres:// URL shared by every replica.
     #[arg(
         long,
@@ -359,8 +367,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Admin API address.
     pub admin_listen: SocketAddr,
-    /// Admin API token.
-    pub admin_token: Option<String>,
+    /// The admin API's operators and their tokens (none: an open API, allowed on loopback only).
+    pub admin_tokens: Vec<OperatorToken>,
     /// Control database URL.
     pub control_db: String,
     /// Control database poll interval.
@@ -505,10 +513,10 @@ impl Config {
         }
         let routes = RouteTable::new(routes)?;
         let proxy = file.proxy;
-        let admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
-        if admin_token.is_none() && !args.admin_listen.ip().is_loopback() {
+        let admin_tokens = operator_tokens(args)?;
+        if admin_tokens.is_empty() && !args.admin_listen.ip().is_loopback() {
             bail!(
-                "the admin API on {} is not loopback: set --admin-token (STRANGLER_ADMIN_TOKEN)",
+                "the admin API on {} is not loopback: set --admin-token (STRANGLER_ADMIN_TOKEN) or named operator tokens (--admin-tokens, --admin-tokens-file)",
                 args.admin_listen
             );
         }
@@ -552,11 +560,87 @@ impl Config {
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             workers: args.workers,
             admin_listen: args.admin_listen,
-            admin_token,
+            admin_tokens,
             control_db: args.control_db.clone(),
             sync_interval: Duration::from_millis(args.sync_interval_ms.max(10)),
         })
     }
+}
+
+/// An admin API operator: the name the audit log records, and the bearer token that proves it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OperatorToken {
+    /// The operator's name.
+    pub name: String,
+    /// The token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A token is never printed.
+        f.debug_struct("OperatorToken")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The operators of `--admin-token`, `--admin-tokens` and `--admin-tokens-file`, checked: no
+/// blank or spaced token, names of letters, digits, `.`, `-` and `_`, no name or token twice.
+fn operator_tokens(args: &ProxyArgs) -> anyhow::Result<Vec<OperatorToken>> {
+    let mut pairs: Vec<(String, String, String)> = Vec::new();
+    if let Some(token) = &args.admin_token {
+        pairs.push((
+            "admin".to_owned(),
+            token.clone(),
+            "--admin-token".to_owned(),
+        ));
+    }
+    if let Some(list) = &args.admin_tokens {
+        for entry in list.split(',').filter(|e| !e.trim().is_empty()) {
+            let (name, token) = entry.split_once('=').with_context(|| {
+                "--admin-tokens: each entry is name=token (alice=s3cret,bob=t0ken)".to_owned()
+            })?;
+            pairs.push((
+                name.trim().to_owned(),
+                token.trim().to_owned(),
+                "--admin-tokens".to_owned(),
+            ));
+        }
+    }
+    if let Some(path) = &args.admin_tokens_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the admin tokens file {}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let place = format!("{} line {}", path.display(), n + 1);
+            let (name, token) = line
+                .split_once('=')
+                .with_context(|| format!("{place}: expected name=token"))?;
+            pairs.push((name.trim().to_owned(), token.trim().to_owned(), place));
+        }
+    }
+    let mut tokens: Vec<OperatorToken> = Vec::new();
+    for (name, token, place) in pairs {
+        if token.is_empty() || token.chars().any(char::is_whitespace) {
+            bail!("{place}: the token of {name:?} is blank or has spaces; refusing an admin API anyone could use");
+        }
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if name.is_empty() || name.len() > 64 || !name.chars().all(plain) {
+            bail!("{place}: operator name {name:?}: use 1 to 64 letters, digits, '.', '-' or '_'");
+        }
+        if tokens.iter().any(|t| t.name == name) {
+            bail!("{place}: operator {name} has two tokens");
+        }
+        if tokens.iter().any(|t| t.token == token) {
+            bail!("{place}: two operators share a token; each needs its own");
+        }
+        tokens.push(OperatorToken { name, token });
+    }
+    Ok(tokens)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -713,10 +797,96 @@ mod tests {
             admin_token: Some("s3cret".to_owned()),
             ..open
         };
+        let tokens = Config::load(&guarded).unwrap().admin_tokens;
         assert_eq!(
-            Config::load(&guarded).unwrap().admin_token.as_deref(),
-            Some("s3cret")
+            (tokens[0].name.as_str(), tokens[0].token.as_str()),
+            ("admin", "s3cret")
         );
+        assert!(
+            !format!("{tokens:?}").contains("s3cret"),
+            "tokens are never printed"
+        );
+    }
+
+    #[test]
+    fn operator_tokens_come_named_and_blank_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, "# operators\ncarol = t0k-carol\n\n").unwrap();
+        let named = ProxyArgs {
+            monolith: Some("http://127.0.0.1:1".to_owned()),
+            admin_tokens: Some("alice=t0k-alice, bob=t0k-bob".to_owned()),
+            admin_tokens_file: Some(file.clone()),
+            ..args()
+        };
+        let names: Vec<String> = Config::load(&named)
+            .unwrap()
+            .admin_tokens
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["alice", "bob", "carol"]);
+        for (bad, message) in [
+            (
+                ProxyArgs {
+                    admin_token: Some(String::new()),
+                    ..named.clone()
+                },
+                "blank",
+            ),
+            (
+                ProxyArgs {
+                    admin_token: Some("   ".to_owned()),
+                    ..named.clone()
+                },
+                "blank",
+            ),
+            (
+                ProxyArgs {
+                    admin_tokens: Some("alice=".to_owned()),
+                    ..named.clone()
+                },
+                "blank",
+            ),
+            (
+                ProxyArgs {
+                    admin_tokens: Some("alice".to_owned()),
+                    ..named.clone()
+                },
+                "name=token",
+            ),
+            (
+                ProxyArgs {
+                    admin_tokens: Some("alice=a,alice=b".to_owned()),
+                    ..named.clone()
+                },
+                "two tokens",
+            ),
+            (
+                ProxyArgs {
+                    admin_tokens: Some("alice=same,bob=same".to_owned()),
+                    ..named.clone()
+                },
+                "share a token",
+            ),
+            (
+                ProxyArgs {
+                    admin_tokens: Some("al ice=x".to_owned()),
+                    ..named.clone()
+                },
+                "operator name",
+            ),
+            (
+                ProxyArgs {
+                    admin_tokens_file: Some(dir.path().join("missing")),
+                    ..named.clone()
+                },
+                "cannot read",
+            ),
+        ] {
+            let err = format!("{:#}", Config::load(&bad).unwrap_err());
+            assert!(err.contains(message), "expected {message:?} in {err:?}");
+        }
     }
 
     #[test]

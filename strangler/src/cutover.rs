@@ -53,9 +53,10 @@ pub struct CutoverArgs {
     /// Proceed without a green contract verification (recorded as forced).
     #[arg(long)]
     pub force: bool,
-    /// Who you are (default: $USER).
-    #[arg(long, env = "USER", default_value = "operator")]
-    pub actor: String,
+    /// Who you are, for an admin API without tokens (with a token, the audit log records the
+    /// operator the token belongs to, and another name is refused).
+    #[arg(long)]
+    pub actor: Option<String>,
     /// For a roll-back: the canary share the carve-out returns to.
     #[arg(long, default_value_t = 0.0)]
     pub percent: f64,

@@ -158,9 +158,10 @@ pub enum ContractCommand {
         /// its latest verification green.
         #[arg(long)]
         carveout: Option<String>,
-        /// Who reports it (default: $USER).
-        #[arg(long, env = "USER", default_value = "operator")]
-        actor: String,
+        /// Who you are, for an admin API without tokens (with a token, the audit log records the
+        /// operator the token belongs to, and another name is refused).
+        #[arg(long)]
+        actor: Option<String>,
     },
     /// Turn the exchanges a proxy captured for a carve-out (opt-in per carve-out, sampled,
     /// redacted) into a recording script; `contract record` then replays it and learns the noise.
@@ -248,9 +249,10 @@ pub enum PhaseCommand {
         /// Allow skipping phases (recorded as forced).
         #[arg(long)]
         force: bool,
-        /// Who you are (default: $USER).
-        #[arg(long, env = "USER", default_value = "operator")]
-        actor: String,
+        /// Who you are, for an admin API without tokens (with a token, the audit log records the
+        /// operator the token belongs to, and another name is refused).
+        #[arg(long)]
+        actor: Option<String>,
     },
 }
 
@@ -349,7 +351,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 percent,
                 reason,
                 force,
-                actor: Some(actor),
+                actor,
             };
             let request = admin
                 .request(reqwest::Method::POST, &format!("/carveouts/{name}/phase"))
@@ -429,7 +431,7 @@ async fn contract(command: ContractCommand, admin: &Admin, json: bool) -> anyhow
                     provider: report.provider.clone(),
                     interactions: i64::try_from(report.outcomes.len())?,
                     failures: i64::try_from(report.failures())?,
-                    actor: Some(actor),
+                    actor,
                 };
                 let path = format!("/carveouts/{name}/verifications");
                 let recorded: Verification = admin

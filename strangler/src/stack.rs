@@ -290,7 +290,7 @@ impl Stack {
             fence_ms: 5000,
             reason: reason.to_owned(),
             force: false,
-            actor: "demo".to_owned(),
+            actor: Some("demo".to_owned()),
             percent: 0.0,
         }
     }

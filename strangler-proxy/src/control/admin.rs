@@ -16,9 +16,12 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /livez` | liveness (no token needed) |
 //!
-//! Every route but `/livez` needs `Authorization: Bearer <token>` when a token is configured;
-//! the proxy refuses to start the admin API on a non-loopback address without one. Errors are
-//! problem+json.
+//! Every route but `/livez` needs `Authorization: Bearer <token>` when tokens are configured;
+//! the proxy refuses to start the admin API on a non-loopback address without one, and refuses
+//! blank tokens. Each token belongs to a named operator: the audit log records that name as the
+//! actor, and a request that claims another `actor` is refused (403). Only an open admin API
+//! (loopback, no tokens) takes the caller's word for who it is. A reason is at most
+//! [`super::MAX_REASON`] characters. Errors are problem+json.
 
 use std::sync::Arc;
 
@@ -28,25 +31,56 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::store::{AuditEntry, CarveOutState, Verification};
 use super::{ControlPlane, PhaseChange, TransitionError};
+use crate::config::OperatorToken;
 use crate::phase::Phase;
 
 /// State of the admin routes.
 #[derive(Clone)]
 struct Admin {
     control: ControlPlane,
-    token: Option<Arc<str>>,
+    tokens: Arc<[OperatorToken]>,
 }
 
-/// The admin router. `token`: the bearer token required on every route but `/livez`.
-pub fn router(control: ControlPlane, token: Option<String>) -> Router {
+/// Who made a request: the operator its token belongs to (`None` on an open admin API).
+#[derive(Debug, Clone)]
+struct Operator(Option<Arc<str>>);
+
+impl Operator {
+    /// The actor to record: the token's operator; on an open API, the caller's claim or
+    /// `anonymous`. A claim that is not the token's operator is refused.
+    #[allow(clippy::result_large_err)]
+    fn actor(&self, claimed: Option<String>) -> Result<String, Response> {
+        match (&self.0, claimed) {
+            (Some(name), Some(claimed)) if claimed != **name => Err(problem(
+                StatusCode::FORBIDDEN,
+                "actor-mismatch",
+                &format!("this token belongs to {name}; it cannot act as {claimed:?}"),
+            )),
+            (Some(name), _) => Ok(name.to_string()),
+            (None, Some(claimed)) if claimed.trim().is_empty() || claimed.len() > 64 => {
+                Err(problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-body",
+                    "actor must be 1 to 64 characters",
+                ))
+            }
+            (None, Some(claimed)) => Ok(claimed),
+            (None, None) => Ok("anonymous".to_owned()),
+        }
+    }
+}
+
+/// The admin router. `tokens`: the operators whose bearer tokens are accepted on every route
+/// but `/livez` (none: an open API).
+pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
     let admin = Admin {
         control,
-        token: token.map(Arc::from),
+        tokens: tokens.into(),
     };
     Router::new()
         .route("/carveouts", get(list))
@@ -85,15 +119,24 @@ fn problem(status: StatusCode, slug: &str, detail: &str) -> Response {
     response
 }
 
-async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
-    if let Some(token) = &admin.token {
+async fn authorize(State(admin): State<Admin>, mut request: Request, next: Next) -> Response {
+    let mut operator = Operator(None);
+    if !admin.tokens.is_empty() {
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let valid = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
-        if !valid {
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Every token is compared, whichever matches, so timing tells nothing.
+        let mut found = None;
+        for known in admin.tokens.iter() {
+            if constant_time_eq(presented.as_bytes(), known.token.as_bytes()) {
+                found = Some(Arc::<str>::from(known.name.as_str()));
+            }
+        }
+        operator = Operator(found);
+        if operator.0.is_none() {
             let mut response = problem(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -105,6 +148,7 @@ async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> 
             return response;
         }
     }
+    request.extensions_mut().insert(operator);
     next.run(request).await
 }
 
@@ -224,12 +268,14 @@ pub struct PhaseRequest {
     /// Allow skipping phases (recorded as forced).
     #[serde(default)]
     pub force: bool,
-    /// Who asks (default `admin`).
+    /// Who asks: with a token, its operator's name (or left out); on an open admin API,
+    /// whoever the caller says (default `anonymous`).
     pub actor: Option<String>,
 }
 
 async fn set_phase(
     State(admin): State<Admin>,
+    Extension(operator): Extension<Operator>,
     Path(name): Path<String>,
     body: Result<Json<PhaseRequest>, JsonRejection>,
 ) -> Response {
@@ -243,9 +289,13 @@ async fn set_phase(
         Ok(phase) => phase,
         Err(reason) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", &reason),
     };
+    let actor = match operator.actor(request.actor) {
+        Ok(actor) => actor,
+        Err(refusal) => return refusal,
+    };
     let change = PhaseChange {
         to,
-        actor: request.actor.unwrap_or_else(|| "admin".to_owned()),
+        actor,
         reason: request.reason,
         force: request.force,
     };
@@ -407,12 +457,13 @@ pub struct VerificationReport {
     pub interactions: i64,
     /// How many failed (pending ones not counted).
     pub failures: i64,
-    /// Who reports it (default `admin`).
+    /// Who reports it: with a token, its operator's name (or left out).
     pub actor: Option<String>,
 }
 
 async fn report_verification(
     State(admin): State<Admin>,
+    Extension(operator): Extension<Operator>,
     Path(name): Path<String>,
     body: Result<Json<VerificationReport>, JsonRejection>,
 ) -> Response {
@@ -432,7 +483,17 @@ async fn report_verification(
             "interactions and failures must be counts, with failures <= interactions",
         );
     }
-    let actor = report.actor.unwrap_or_else(|| "admin".to_owned());
+    if report.provider.is_empty() || report.provider.len() > 500 {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "provider must be 1 to 500 characters",
+        );
+    }
+    let actor = match operator.actor(report.actor) {
+        Ok(actor) => actor,
+        Err(refusal) => return refusal,
+    };
     match admin
         .control
         .store()

@@ -86,6 +86,9 @@ impl PhaseGuard for ContractGate {
     }
 }
 
+/// The longest reason a change may give, in characters.
+pub const MAX_REASON: usize = 500;
+
 /// A requested phase change.
 #[derive(Debug, Clone)]
 pub struct PhaseChange {
@@ -280,6 +283,11 @@ impl ControlPlane {
     ) -> Result<CarveOutState, TransitionError> {
         if change.reason.trim().is_empty() {
             return Err(TransitionError::Invalid("a reason is required".to_owned()));
+        }
+        if change.reason.chars().count() > MAX_REASON {
+            return Err(TransitionError::Invalid(format!(
+                "a reason is at most {MAX_REASON} characters"
+            )));
         }
         if change.actor.trim().is_empty() {
             return Err(TransitionError::Invalid("an actor is required".to_owned()));

@@ -16,6 +16,17 @@ use crate::support::{catalog_config, eventually, Stub};
 
 const TOKEN: &str = "test-token";
 
+/// Each operator of the tests has a token of its own; `admin`'s is [`TOKEN`].
+const OPERATORS: &str = "admin=test-token,ana=tok-ana,bo=tok-bo,ci=tok-ci";
+
+/// The token of the operator a request body names as its actor (`admin` when none).
+fn token_of(body: &Value) -> String {
+    match body["actor"].as_str() {
+        Some(actor) => format!("tok-{actor}"),
+        None => TOKEN.to_owned(),
+    }
+}
+
 /// A replica on port 0 (data plane and admin) with `control_db`, served in the background.
 struct TestReplica {
     replica_addr: std::net::SocketAddr,
@@ -33,7 +44,7 @@ impl TestReplica {
         let args = ProxyArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
-            admin_token: Some(TOKEN.to_owned()),
+            admin_tokens: Some(OPERATORS.to_owned()),
             control_db: control_db.to_owned(),
             sync_interval_ms: 100,
             ..ProxyArgs::defaults()
@@ -71,7 +82,7 @@ impl TestReplica {
         let r = self
             .http
             .post(format!("{}/carveouts/catalog/phase", self.admin))
-            .bearer_auth(TOKEN)
+            .bearer_auth(token_of(&body))
             .json(&body)
             .send()
             .await
@@ -83,7 +94,7 @@ impl TestReplica {
         let response = self
             .http
             .post(format!("{}/carveouts/catalog/verifications", self.admin))
-            .bearer_auth(TOKEN)
+            .bearer_auth(token_of(&body))
             .json(&body)
             .send()
             .await
@@ -154,6 +165,67 @@ async fn the_admin_api_refuses_a_missing_or_wrong_token() {
         .await
         .unwrap();
     assert_eq!(live.status(), 200, "liveness needs no token");
+}
+
+#[tokio::test]
+async fn the_audit_log_records_the_operator_of_the_token() {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let db = TestDb::sqlite().await;
+    let replica = TestReplica::start(&db.url, &monolith, &service).await;
+    let post = |token: &'static str, body: Value| {
+        let request = replica
+            .http
+            .post(format!("{}/carveouts/catalog/phase", replica.admin))
+            .bearer_auth(token)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    // Ana's token claiming to be Bo: refused, nothing changes.
+    let (status, body) = post(
+        "tok-ana",
+        json!({"phase": "shadow", "reason": "r", "actor": "bo"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (403, Some("/problems/actor-mismatch")),
+        "{body}"
+    );
+    // A reason past the bound: refused.
+    let long = "x".repeat(strangler_proxy::control::MAX_REASON + 1);
+    let (status, body) = post("tok-ana", json!({"phase": "shadow", "reason": long})).await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (422, Some("/problems/invalid-request")),
+        "{body}"
+    );
+    let (_, audit) = replica.admin_get("/audit?carveout=catalog").await;
+    assert_eq!(audit, json!([]), "nothing was recorded");
+    // Without an actor, or naming its own operator, the token's operator is recorded.
+    assert_eq!(
+        post("tok-ana", json!({"phase": "shadow", "reason": "r"}))
+            .await
+            .0,
+        200
+    );
+    let (status, _) = post(
+        "tok-bo",
+        json!({"phase": "monolith", "reason": "r", "actor": "bo"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, audit) = replica.admin_get("/audit?carveout=catalog").await;
+    let actors: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors, ["bo", "ana"]);
 }
 
 #[tokio::test]

@@ -48,6 +48,7 @@ async fn replica_with(text: &str) -> Running {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: Some(TOKEN.to_owned()),
+        admin_tokens: Some("ana=tok-ana,bo=tok-bo".to_owned()),
         control_db: db.url.clone(),
         ..ProxyArgs::defaults()
     };
@@ -104,7 +105,7 @@ async fn operators_inspect_and_flip_carveouts() {
 
     let (ok, out, err) = cli(
         admin,
-        TOKEN,
+        "tok-ana",
         &[
             "phase", "set", "catalog", "shadow", "--reason", "compare", "--actor", "ana",
         ],
@@ -143,11 +144,22 @@ async fn operators_inspect_and_flip_carveouts() {
         err.starts_with("error: catalog cannot go from canary 12.50% to retired in one step"),
         "{err}"
     );
+    // A token acts as its own operator only.
     let (ok, _, err) = cli(
         admin,
-        TOKEN,
+        "tok-ana",
         &[
             "phase", "set", "catalog", "retired", "--reason", "skip", "--force", "--actor", "bo",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("this token belongs to ana"), "{err}");
+    let (ok, _, err) = cli(
+        admin,
+        "tok-bo",
+        &[
+            "phase", "set", "catalog", "retired", "--reason", "skip", "--force",
         ],
     )
     .await;

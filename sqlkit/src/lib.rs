@@ -201,6 +201,17 @@ fn pool_options(options: &DbOptions, backend: Backend, relaxed: bool) -> AnyPool
         })
 }
 
+/// The file behind an SQLite URL or path (`None` for PostgreSQL and in-memory databases).
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let (normal, backend) = normalize_url(url).ok()?;
+    if backend != Backend::Sqlite {
+        return None;
+    }
+    let path = normal.strip_prefix("sqlite://")?;
+    let path = path.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+}
+
 /// Turns a user-supplied URL into one sqlx accepts and names its backend. A bare path or
 /// `sqlite:` URL becomes a file that is created when missing.
 fn normalize_url(url: &str) -> anyhow::Result<(String, Backend)> {
@@ -303,6 +314,18 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("shop.db"), "shop.db");
+    }
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        assert_eq!(sqlite_file("shop.db"), Some("shop.db".into()));
+        assert_eq!(
+            sqlite_file("sqlite:///tmp/x.db?mode=rwc"),
+            Some("/tmp/x.db".into())
+        );
+        assert_eq!(sqlite_file("sqlite://x.db"), Some("x.db".into()));
+        assert_eq!(sqlite_file("postgres://u@h/db"), None);
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | `GET /carveouts/{name}/verifications?limit=` | reported verifications, newest first |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /livez` | liveness (no token needed) |
+//! | `GET /readyz` | readiness: 503 while the control database is unavailable (no token needed) |
 //!
 //! Every route but `/livez` needs `Authorization: Bearer <token>` when tokens are configured;
 //! the proxy refuses to start the admin API on a non-loopback address without one, and refuses
@@ -94,12 +95,17 @@ pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
             get(verifications).post(report_verification),
         )
         .route("/audit", get(audit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            require_control,
+        ))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             authorize,
         ))
         .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such admin route") })
         .with_state(admin)
 }
@@ -150,6 +156,42 @@ async fn authorize(State(admin): State<Admin>, mut request: Request, next: Next)
     }
     request.extensions_mut().insert(operator);
     next.run(request).await
+}
+
+/// Every route that reads or writes the control database answers 503 while it is unavailable:
+/// a change written to a deleted SQLite file would be acknowledged and lost.
+async fn require_control(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    if let Err(err) = admin.control.store().health().await {
+        return unavailable(&err);
+    }
+    next.run(request).await
+}
+
+async fn ready(State(admin): State<Admin>) -> Response {
+    match admin.control.ready().await {
+        Ok(()) => "ready".into_response(),
+        Err(why) => {
+            let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, "not-ready", &why);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+/// The control database failed: 503, with the cause (it names no secret).
+fn unavailable(err: &sqlx::Error) -> Response {
+    tracing::debug!(error = %err, "control database unavailable");
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "control-database-unavailable",
+        &format!("the control database is unavailable: {err}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// Compares without an early exit, so response time does not leak the token.
@@ -223,11 +265,7 @@ fn view(control: &ControlPlane, state: CarveOutState) -> CarveOutView {
 
 fn internal(err: &sqlx::Error) -> Response {
     tracing::error!(error = %err, "control database error");
-    problem(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "the control database failed; see the proxy's log",
-    )
+    unavailable(err)
 }
 
 async fn list(State(admin): State<Admin>) -> Response {

@@ -14,6 +14,11 @@
 //!   polls the database ([`ControlPlane::sync`], every 200 ms by default), so all apply a change
 //!   well within a second. Applying swaps the routing snapshot: in-flight requests finish on
 //!   the snapshot they started with.
+//! - **Outages**: a control database that cannot be read, or (SQLite) whose file was deleted
+//!   or replaced under the replica, fails the replica's readiness ([`ControlPlane::ready`]) and
+//!   every admin route answers 503 until it is back; nothing is acknowledged that could be lost.
+//!   The replica keeps routing with the phases it last applied. The outage is logged when it
+//!   starts, every 30 s while it lasts, and when it ends, not at every poll.
 
 pub mod admin;
 pub mod store;
@@ -146,6 +151,8 @@ pub struct ControlPlane {
     proxy: Arc<Proxy>,
     guards: Arc<Vec<Arc<dyn PhaseGuard>>>,
     interval_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// When this replica last read the control database successfully (Unix ms).
+    synced_at_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -173,6 +180,7 @@ impl ControlPlane {
             proxy,
             guards: Arc::new(vec![gate]),
             interval_ms: Arc::new(std::sync::atomic::AtomicU64::new(200)),
+            synced_at_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         };
         control.sync().await?;
         Ok(control)
@@ -206,6 +214,8 @@ impl ControlPlane {
 
     /// Applies the stored phases to this replica's data plane; returns how many changed.
     pub async fn sync(&self) -> Result<usize, sqlx::Error> {
+        // A deleted SQLite file can still be read through open connections: check it is there.
+        self.store.health().await?;
         let routing = self.proxy.routing();
         let mut changed = 0;
         for state in self.store.states().await? {
@@ -224,7 +234,25 @@ impl ControlPlane {
                 self.proxy.set_fence(&state.name, state.fenced_until_ms);
             }
         }
+        self.synced_at_ms
+            .store(sqlkit::now_ms(), std::sync::atomic::Ordering::Relaxed);
         Ok(changed)
+    }
+
+    /// Whether this replica is ready to serve: the control database answers (and is the file
+    /// it opened), and the replica read it within the last three polls. `Err` says why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.store.health().await.map_err(|e| e.to_string())?;
+        let interval = self.interval_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let synced = self.synced_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let age = sqlkit::now_ms() - synced;
+        let bound = i64::try_from(3 * interval).unwrap_or(i64::MAX).max(1_000);
+        if age > bound {
+            return Err(format!(
+                "this replica last read the control database {age} ms ago (more than {bound} ms)"
+            ));
+        }
+        Ok(())
     }
 
     /// Holds the carve-out's writes on every replica for at most `hold` (each replica applies
@@ -266,10 +294,30 @@ impl ControlPlane {
         );
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // (since when it fails, when it was last reported)
+        let mut outage: Option<(std::time::Instant, std::time::Instant)> = None;
         loop {
             ticker.tick().await;
-            if let Err(err) = self.sync().await {
-                tracing::warn!(error = %err, "cannot read the control database; keeping the current phases");
+            match (self.sync().await, &mut outage) {
+                (Ok(_), None) => {}
+                (Ok(_), Some((since, _))) => {
+                    tracing::info!(
+                        lasted_ms = since.elapsed().as_millis() as u64,
+                        "the control database is back"
+                    );
+                    outage = None;
+                }
+                (Err(err), None) => {
+                    tracing::warn!(error = %err, "cannot read the control database; keeping the current phases, refusing admin changes");
+                    let now = std::time::Instant::now();
+                    outage = Some((now, now));
+                }
+                (Err(err), Some((since, reported))) => {
+                    if reported.elapsed() >= std::time::Duration::from_secs(30) {
+                        tracing::warn!(error = %err, lasted_ms = since.elapsed().as_millis() as u64, "the control database is still unavailable");
+                        *reported = std::time::Instant::now();
+                    }
+                }
             }
         }
     }

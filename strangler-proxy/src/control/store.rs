@@ -1,5 +1,6 @@
 //! The control database: each carve-out's live phase and the audit log, shared by every replica.
 
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::migrate::Migrator;
@@ -82,6 +83,16 @@ pub struct Verification {
 #[derive(Debug, Clone)]
 pub struct ControlStore {
     db: sqlkit::Db,
+    /// An SQLite control database's file and its identity when opened: a file deleted or
+    /// replaced under a running replica would take acknowledged changes with it.
+    file: Option<(std::path::PathBuf, (u64, u64))>,
+}
+
+/// A file's device and inode.
+fn identity(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 fn phase_columns(phase: Phase) -> (&'static str, i64) {
@@ -123,9 +134,40 @@ impl ControlStore {
             max_connections: 4,
             ..sqlkit::DbOptions::default()
         };
-        Ok(ControlStore {
-            db: sqlkit::Db::connect(url, &options, &MIGRATIONS).await?,
-        })
+        let db = sqlkit::Db::connect(url, &options, &MIGRATIONS).await?;
+        let file = match sqlkit::sqlite_file(url) {
+            Some(path) => {
+                let id = identity(&path).with_context(|| {
+                    format!("cannot read the control database file {}", path.display())
+                })?;
+                Some((path, id))
+            }
+            None => None,
+        };
+        Ok(ControlStore { db, file })
+    }
+
+    /// Whether the control database can be used: its file (SQLite) is still the one opened,
+    /// and it answers a query. An error says what is wrong.
+    pub async fn health(&self) -> Result<(), sqlx::Error> {
+        if let Some((path, opened)) = &self.file {
+            let gone = |what: &str| {
+                sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "the control database file {} was {what} while this replica ran; restart it once the file is restored",
+                        path.display()
+                    ),
+                ))
+            };
+            match identity(path) {
+                Ok(now) if now == *opened => {}
+                Ok(_) => return Err(gone("replaced")),
+                Err(_) => return Err(gone("deleted")),
+            }
+        }
+        sqlx::query("SELECT 1").execute(self.db.pool()).await?;
+        Ok(())
     }
 
     /// Adds the carve-outs the database does not know yet, in their configured phase. Known ones

@@ -168,6 +168,41 @@ async fn the_admin_api_refuses_a_missing_or_wrong_token() {
 }
 
 #[tokio::test]
+async fn a_deleted_control_file_fails_readiness_and_refuses_changes() {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let db = TestDb::sqlite().await;
+    let replica = TestReplica::start(&db.url, &monolith, &service).await;
+    let ready = |replica: &TestReplica| {
+        let request = replica.http.get(format!("{}/readyz", replica.admin));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(&replica).await, 200);
+    let file = sqlkit::sqlite_file(&db.url).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    eventually(Duration::from_secs(5), "readiness to fail", || async {
+        ready(&replica).await == 503
+    })
+    .await;
+    let (status, body) = replica
+        .set_phase(json!({"phase": "shadow", "reason": "lost?"}))
+        .await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (503, Some("/problems/control-database-unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("was deleted"),
+        "{body}"
+    );
+    assert_eq!(replica.admin_get("/carveouts").await.0, 503);
+    // The data plane keeps routing with the phases it last applied.
+    assert_eq!(replica.served_by("/catalog/x").await, "monolith");
+}
+
+#[tokio::test]
 async fn the_audit_log_records_the_operator_of_the_token() {
     let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
     let db = TestDb::sqlite().await;

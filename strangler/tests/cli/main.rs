@@ -865,6 +865,25 @@ async fn a_running_relay_exports_its_lag_and_progress() {
         text.contains(r#"strangler_sync_errors_total{stream="catalog:forward"} 0"#),
         "{text}"
     );
+    // A row the service cannot take is parked, counted, and the relay goes on.
+    sqlx::query(&format!(
+        "INSERT INTO catalog_products (sku, name, description, price_cents, currency, created_at, updated_at) \
+         VALUES ('M-2', 'Too dear', '', {}, 'EUR', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')",
+        i64::MAX
+    ))
+    .execute(&shop_pool)
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !text.contains(r#"strangler_sync_parked{stream="catalog:forward"} 1"#) {
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        text = http.get(&url).send().await.unwrap().text().await.unwrap();
+    }
+    assert!(
+        text.contains(r#"strangler_sync_errors_total{stream="catalog:forward"} 0"#),
+        "a parked change is no failed step: {text}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

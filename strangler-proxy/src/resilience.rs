@@ -120,11 +120,6 @@ impl Breaker {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn elapsed_since(&self) -> u64 {
-        self.now_ms()
-            .saturating_sub(self.since_ms.load(Ordering::Acquire))
-    }
-
     /// Asks to send a call; `None` while the breaker is open (or half-open with a probe out).
     pub fn admit(self: &Arc<Self>) -> Option<Permit> {
         let admission = self.admission()?;
@@ -136,20 +131,22 @@ impl Breaker {
     }
 
     fn admission(&self) -> Option<Admission> {
-        let (from, wait) = match self.state.load(Ordering::Acquire) {
+        let wait = match self.state.load(Ordering::Acquire) {
             CLOSED => return Some(Admission::Normal),
-            OPEN => (OPEN, self.settings.open_for),
+            OPEN => self.settings.open_for,
             // A probe that never settled (it cannot, with permits; this is the bound anyway).
-            _ => (HALF_OPEN, self.settings.probe_timeout),
+            _ => self.settings.probe_timeout,
         };
-        if self.elapsed_since() < wait.as_millis() as u64 {
+        let since = self.since_ms.load(Ordering::Acquire);
+        let now = self.now_ms();
+        if now.saturating_sub(since) < wait.as_millis() as u64 {
             return None;
         }
-        // Time to probe: exactly one caller wins the half-open slot.
-        self.state
-            .compare_exchange(from, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+        // Time to probe: exactly one caller moves the clock on and wins the half-open slot.
+        self.since_ms
+            .compare_exchange(since, now, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
-        self.since_ms.store(self.now_ms(), Ordering::Release);
+        self.state.store(HALF_OPEN, Ordering::Release);
         Some(Admission::Probe)
     }
 

@@ -188,8 +188,10 @@ async fn five_thousand_half_open_heads_cost_a_normal_client_nothing() {
     );
     latencies.sort();
     let p99 = latencies[latencies.len() * 99 / 100];
-    // The bound: a loaded debug build on two cores answers a local GET well within 250 ms.
-    assert!(p99 < Duration::from_millis(250), "p99 {p99:?}");
+    eprintln!("p99 of a normal client beside {HALF_OPEN} half-open connections: {p99:?}");
+    // The bound: a debug build on two cores, other tests running beside it, answers a local
+    // GET well within 500 ms; without the header timeout and the connection bound, not at all.
+    assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
     // The header timeout closes every one of them (nothing is forwarded for half a head).
     let hits_before = monolith.hits();
     for holder in holders {

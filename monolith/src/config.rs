@@ -54,7 +54,8 @@ pub struct ServeConfig {
     pub shutdown_timeout: u64,
     /// Settle orders a crash left pending for longer than this (seconds): at start, then every
     /// `--recover-interval-ms`. Orders whose saga runs in this process are never touched; the
-    /// age protects the sagas of other processes sharing the database.
+    /// age protects the sagas of other processes sharing the database, so keep it well above
+    /// the payment timeout when several monoliths share one.
     #[arg(long, env = "SHOP_RECOVER_AFTER", default_value_t = 60)]
     pub recover_after: u64,
     /// How often recovery looks for orders a crash left pending (ms).

@@ -23,8 +23,9 @@ use sqlx::Row;
 
 use crate::capture::{ensure_target_tables, installed};
 use crate::mapping::{Mapping, TableMap, Transform};
-use crate::relay::{lock_checkpoint, on_conflict, upsert_all};
+use crate::relay::{on_conflict, upsert_all};
 use crate::schema::Kind;
+use crate::txn::{SyncTx, ENSURE_CHECKPOINT, LOCK_CHECKPOINT_PG, MARK, UNMARK};
 use crate::verify::read_value;
 
 /// Saves a table's progress over a native PostgreSQL connection.
@@ -253,8 +254,8 @@ impl Backfill {
             })
             .or(last);
 
-        let mut tx = self.target.pool().begin().await?;
-        lock_checkpoint(&self.target, &mut tx, &self.stream).await?;
+        let mut sync = SyncTx::begin(&self.target, &self.stream, "sync").await?;
+        let tx = sync.tx();
         // Keys changed after the chunk was read: the relay owns them.
         let changed: HashSet<String> = self
             .changed_since(table, watermark)
@@ -282,10 +283,7 @@ impl Backfill {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", table.source))?;
             copy.push(mapped);
         }
-        upsert_all(&self.target, &mut tx, table, &copy).await?;
-        sqlx::query("DELETE FROM sync_applying")
-            .execute(&mut *tx)
-            .await?;
+        upsert_all(&self.target, tx, table, &copy).await?;
         progress.read += rows.len() as u64;
         progress.done = done;
         let mut save = self.target.statement(
@@ -306,8 +304,8 @@ impl Backfill {
                 ") ON CONFLICT (stream, tbl) DO UPDATE SET last_key = excluded.last_key, \
                  read_rows = excluded.read_rows, skipped = excluded.skipped, done = excluded.done",
             );
-        save.query()?.execute(&mut *tx).await?;
-        tx.commit().await?;
+        save.query()?.execute(&mut **tx).await?;
+        sync.commit().await?;
         Ok((progress, new_last))
     }
 }
@@ -468,18 +466,14 @@ impl Backfill {
         sqlx::raw_sql("BEGIN").execute(&mut *dst).await?;
         // The lock a relay batch takes, and the mark that keeps these writes from being
         // captured again.
-        sqlx::query("INSERT INTO sync_applying (origin) VALUES ('sync')")
+        // (A native connection, for COPY: the statements of a SyncTx, spelt out.)
+        sqlx::query(MARK).bind("sync").execute(&mut *dst).await?;
+        sqlx::query(ENSURE_CHECKPOINT)
+            .bind(&self.stream)
+            .bind(sqlkit::now())
             .execute(&mut *dst)
             .await?;
-        sqlx::query(
-            "INSERT INTO sync_checkpoints (stream, seq, at) VALUES ($1, 0, $2) \
-             ON CONFLICT (stream) DO NOTHING",
-        )
-        .bind(&self.stream)
-        .bind(sqlkit::now())
-        .execute(&mut *dst)
-        .await?;
-        sqlx::query("SELECT seq FROM sync_checkpoints WHERE stream = $1 FOR UPDATE")
+        sqlx::query(LOCK_CHECKPOINT_PG)
             .bind(&self.stream)
             .execute(&mut *dst)
             .await?;
@@ -562,9 +556,7 @@ impl Backfill {
                 .await?;
             }
         }
-        sqlx::query("DELETE FROM sync_applying")
-            .execute(&mut *dst)
-            .await?;
+        sqlx::query(UNMARK).execute(&mut *dst).await?;
         progress.read += chunk.rows;
         progress.skipped += skipped;
         progress.done = done;

@@ -6,7 +6,9 @@
 //! - [`relay`]: applies the log to the target in order, each batch with its checkpoint in one
 //!   transaction, never past a change that may still commit;
 //! - [`parked`]: the changes the target refused, parked by key while the rest flows on;
-//! - [`verify`]: compares both sides on the mapped form of every row.
+//! - [`verify`]: compares both sides on the mapped form of every row;
+//! - `txn`: the one transaction every write to a target goes through (the stream's lock, the
+//!   mark that keeps the sync's writes from being captured again, the checkpoint).
 //!
 //! The same mapping runs forward (monolith → service) and, reversed, backward.
 
@@ -17,4 +19,5 @@ pub mod metrics;
 pub mod parked;
 pub mod relay;
 pub mod schema;
+mod txn;
 pub mod verify;

@@ -241,12 +241,8 @@ fn missing_table(err: &dyn sqlx::error::DatabaseError) -> bool {
 pub async fn skip(target: &Db, stream: &str, table: &str, key: &str) -> anyhow::Result<bool> {
     crate::capture::ensure_target_tables(target).await?;
     // Under the relay's lock, so a batch in flight cannot park the key again behind the skip.
-    let mut tx = target.pool().begin().await?;
-    crate::relay::lock_checkpoint(target, &mut tx, stream).await?;
-    let skipped = release(&mut *tx, target, stream, table, key).await?;
-    sqlx::query("DELETE FROM sync_applying")
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let mut sync = crate::txn::SyncTx::begin(target, stream, "sync").await?;
+    let skipped = release(&mut **sync.tx(), target, stream, table, key).await?;
+    sync.commit().await?;
     Ok(skipped)
 }

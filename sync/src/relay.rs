@@ -23,6 +23,7 @@ use crate::capture::ensure_target_tables;
 use crate::mapping::{Mapping, TableMap};
 use crate::parked::{self, Held};
 use crate::schema::Kind;
+use crate::txn::SyncTx;
 
 /// What one step did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -349,10 +350,10 @@ impl Relay {
     /// table and key): each that applies leaves the parking, each that fails stays with the new
     /// error. Serialised with the relay's batches.
     pub async fn retry_parked(&self, only: Option<(&str, &str)>) -> anyhow::Result<RetryReport> {
-        let mut tx = self.target.pool().begin().await?;
-        lock_checkpoint(&self.target, &mut tx, &self.stream).await?;
+        let mut sync = SyncTx::begin(&self.target, &self.stream, "sync").await?;
+        let tx = sync.tx();
         let mut report = RetryReport::default();
-        for held in parked::held(&mut tx, &self.target, &self.stream, only).await? {
+        for held in parked::held(tx, &self.target, &self.stream, only).await? {
             let index = self.table_index(&held.table)?;
             let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
             match apply_changes(
@@ -365,23 +366,25 @@ impl Relay {
             {
                 Ok(()) => {
                     savepoint.commit().await?;
-                    parked::release(&mut *tx, &self.target, &self.stream, &held.table, &held.key)
-                        .await?;
+                    parked::release(
+                        &mut **tx,
+                        &self.target,
+                        &self.stream,
+                        &held.table,
+                        &held.key,
+                    )
+                    .await?;
                     report.applied += 1;
                 }
                 Err(ApplyError::Refused(error)) => {
                     savepoint.rollback().await?;
-                    parked::failed_again(&mut tx, &self.target, &self.stream, &held, &error)
-                        .await?;
+                    parked::failed_again(tx, &self.target, &self.stream, &held, &error).await?;
                     report.still_parked.push((held.table, held.key, error));
                 }
                 Err(ApplyError::Failed(err)) => return Err(err),
             }
         }
-        sqlx::query("DELETE FROM sync_applying")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        sync.commit().await?;
         Ok(report)
     }
 
@@ -491,10 +494,11 @@ impl Relay {
     /// Applies a batch with its checkpoint; returns how many keys it parked.
     async fn apply(&self, changes: &[Change], new_cursor: i64) -> anyhow::Result<usize> {
         let first = changes.first().map_or(new_cursor, |c| c.seq);
-        let mut tx = self.target.pool().begin().await?;
-        // The checkpoint row first: it serialises this batch with a backfill chunk (and with a
-        // second relay that should not be running), and it must not have moved meanwhile.
-        let held = lock_checkpoint(&self.target, &mut tx, &self.stream).await?;
+        // The stream's lock first: it serialises this batch with a backfill chunk (and with a
+        // second relay that should not be running), and the checkpoint must not have moved.
+        let mut sync = SyncTx::begin(&self.target, &self.stream, "sync").await?;
+        let held = sync.checkpoint();
+        let tx = sync.tx();
         anyhow::ensure!(
             held < first,
             "the checkpoint of {} moved to {held} while this relay read up to {first}: is another relay running?",
@@ -520,12 +524,12 @@ impl Relay {
             last.insert((index, key.clone()), change.held(key));
         }
         // Keys parked before wait: their new change queues behind the parked one.
-        let parked_keys = parked::keys(&mut tx, &self.target, &self.stream).await?;
+        let parked_keys = parked::keys(tx, &self.target, &self.stream).await?;
         let mut ready = Vec::with_capacity(last.len());
         for ((index, _), change) in &last {
             if parked_keys.contains(&(change.table.clone(), change.key.clone())) {
                 parked::park(
-                    &mut tx,
+                    tx,
                     &self.target,
                     &self.stream,
                     change,
@@ -555,29 +559,14 @@ impl Relay {
                             savepoint.rollback().await?;
                             let change = one.1;
                             tracing::warn!(stream = %self.stream, table = %change.table, key = %change.key, seq = change.seq, %error, "the target refused a change; parked its key");
-                            parked::park(&mut tx, &self.target, &self.stream, change, &error)
-                                .await?;
+                            parked::park(tx, &self.target, &self.stream, change, &error).await?;
                             newly_parked += 1;
                         }
                     }
                 }
             }
         }
-        sqlx::query("DELETE FROM sync_applying")
-            .execute(&mut *tx)
-            .await?;
-        let mut checkpoint = self
-            .target
-            .statement("INSERT INTO sync_checkpoints (stream, seq, at) VALUES (");
-        checkpoint
-            .bind(self.stream.clone())
-            .push(", ")
-            .bind(new_cursor)
-            .push(", ")
-            .bind(sqlkit::now())
-            .push(") ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, at = excluded.at");
-        checkpoint.query()?.execute(&mut *tx).await?;
-        tx.commit().await?;
+        sync.commit_at(new_cursor).await?;
         Ok(newly_parked)
     }
 }
@@ -618,32 +607,6 @@ async fn apply_changes(
         upsert_all(db, tx, table, &rows).await?;
     }
     Ok(())
-}
-
-/// Takes the write lock a relay batch and a backfill chunk share (the stream's checkpoint row,
-/// and on SQLite the database's single writer lock), inside `tx`; returns the checkpoint.
-pub(crate) async fn lock_checkpoint(
-    db: &Db,
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    stream: &str,
-) -> anyhow::Result<i64> {
-    sqlx::query("INSERT INTO sync_applying (origin) VALUES ('sync')")
-        .execute(&mut **tx)
-        .await?;
-    let mut ensure = db.statement("INSERT INTO sync_checkpoints (stream, seq, at) VALUES (");
-    ensure
-        .bind(stream.to_owned())
-        .push(", 0, ")
-        .bind(sqlkit::now())
-        .push(") ON CONFLICT (stream) DO NOTHING");
-    ensure.query()?.execute(&mut **tx).await?;
-    let mut select = db.statement("SELECT seq FROM sync_checkpoints WHERE stream = ");
-    select.bind(stream.to_owned());
-    if db.backend() == Backend::Postgres {
-        select.push(" FOR UPDATE");
-    }
-    let row = select.query()?.fetch_one(&mut **tx).await?;
-    Ok(row.try_get("seq")?)
 }
 
 fn rand_id() -> u64 {

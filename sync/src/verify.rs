@@ -1115,10 +1115,8 @@ pub async fn repair(target: &Db, mapping: &Mapping, report: &Report) -> anyhow::
             unmappable.reason.as_deref().unwrap_or("it cannot be mapped")
         );
     }
-    let mut tx = target.pool().begin().await?;
-    sqlx::query("INSERT INTO sync_applying (origin) VALUES ('repair')")
-        .execute(&mut *tx)
-        .await?;
+    let mut sync = crate::txn::SyncTx::begin_unlocked(target, "repair").await?;
+    let tx = sync.tx();
     for drift in &report.drift {
         let table = mapping
             .tables
@@ -1130,11 +1128,8 @@ pub async fn repair(target: &Db, mapping: &Mapping, report: &Report) -> anyhow::
             None => delete(target, table, &drift.source_key),
         }
         .map_err(|e| anyhow::anyhow!("{}: {e}", drift.table))?;
-        statement.query()?.execute(&mut *tx).await?;
+        statement.query()?.execute(&mut **tx).await?;
     }
-    sqlx::query("DELETE FROM sync_applying")
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    sync.commit().await?;
     Ok(report.drift.len())
 }

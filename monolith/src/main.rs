@@ -13,6 +13,9 @@ async fn main() -> std::process::ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr must not take the process down (the default reports the failed
+        // write with eprintln!, which panics).
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -17,6 +17,9 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr must not take the process down (the default reports the failed
+        // write with eprintln!, which panics).
+        .log_internal_errors(false)
         .init();
     let args = ProxyArgs::parse();
     match run(&args) {

@@ -77,7 +77,8 @@ pub struct Stack {
     service_db: String,
     mapping: PathBuf,
     stop: Vec<tokio::sync::oneshot::Sender<()>>,
-    relays: Arc<AtomicBool>,
+    /// Set to true to stop the relays.
+    relays_stop: tokio::sync::watch::Sender<bool>,
 }
 
 fn url(addr: SocketAddr) -> String {
@@ -198,7 +199,7 @@ impl Stack {
             service_db,
             mapping,
             stop,
-            relays: Arc::new(AtomicBool::new(true)),
+            relays_stop: tokio::sync::watch::Sender::new(false),
         };
         stack.start_sync().await?;
         Ok(stack)
@@ -233,23 +234,17 @@ impl Stack {
             (m.clone(), s.clone(), mapping.clone(), "forward"),
             (s, m, reverse, "reverse"),
         ] {
-            let mut relay = Relay::new(source, target, mapping, direction)
+            let relay = Relay::new(source, target, mapping, direction)
                 .await?
                 .with_lease(Duration::from_secs(2));
-            let running = self.relays.clone();
+            let mut stopped = self.relays_stop.subscribe();
             tokio::spawn(async move {
-                while running.load(Ordering::Relaxed) {
-                    match relay.step().await {
-                        Ok(step) if step.applied > 0 => continue,
-                        Ok(_) => {}
-                        Err(err) => {
-                            let _ =
-                                writeln!(std::io::stderr(), "error: {}: {err:#}", relay.stream());
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                let stop = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                if let Err(err) = relay.run_until(Duration::from_millis(20), None, stop).await {
+                    let _ = writeln!(std::io::stderr(), "error: the relay stopped: {err:#}");
                 }
-                let _ = relay.release_lease().await;
             });
         }
         Ok(())
@@ -257,7 +252,7 @@ impl Stack {
 
     /// Stops everything.
     pub fn stop(self) {
-        self.relays.store(false, Ordering::Relaxed);
+        self.relays_stop.send_replace(true);
         for stop in self.stop {
             let _ = stop.send(());
         }

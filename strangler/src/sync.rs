@@ -325,54 +325,15 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                 );
                 tokio::spawn(async move { axum::serve(listener, app).await });
             }
-            let mut total = 0i64;
-            let mut last_lag = tokio::time::Instant::now() - Duration::from_secs(10);
-            let mut failures = 0u32;
-            let stop = tokio::signal::ctrl_c();
-            tokio::pin!(stop);
-            loop {
-                if last_lag.elapsed() >= Duration::from_secs(1) {
-                    last_lag = tokio::time::Instant::now();
-                    if let Ok((events, age)) = relay.lag().await {
-                        metrics.lag(events, age);
-                    }
-                    if let Ok(parked) = relay.parked().await {
-                        metrics.parked(parked);
-                    }
-                }
-                let step = tokio::select! {
-                    step = relay.step() => step,
-                    _ = &mut stop => break,
-                };
-                let pause = match step {
-                    Ok(step) => {
-                        failures = 0;
-                        metrics.step(&step);
-                        total += i64::try_from(step.applied).unwrap_or(0);
-                        (step.applied == 0).then(|| Duration::from_millis(interval_ms))
-                    }
-                    Err(err) => {
-                        // A relay is a daemon: report, back off, retry (nothing was applied).
-                        failures += 1;
-                        metrics.error();
-                        eprintln!("error: {}: {err:#} (retrying)", relay.stream());
-                        Some(
-                            Duration::from_millis(interval_ms.max(10) << failures.min(6))
-                                .min(Duration::from_secs(5)),
-                        )
-                    }
-                };
-                if let Some(pause) = pause {
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        _ = &mut stop => break,
-                    }
-                }
-            }
-            relay.release_lease().await?;
+            let stream = relay.stream().to_owned();
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let total = relay
+                .run_until(Duration::from_millis(interval_ms), Some(metrics), stop)
+                .await?;
             Ok(format!(
-                "{}: stopped after applying {total} change(s)\n",
-                relay.stream()
+                "{stream}: stopped after applying {total} change(s)\n"
             ))
         }
         SyncCommand::Status(args) => {

@@ -396,6 +396,70 @@ impl Relay {
             .ok_or_else(|| anyhow::anyhow!("{source_table} is not in the mapping"))
     }
 
+    /// Runs as a daemon until `shutdown` completes: applies what there is, polls every
+    /// `interval` when caught up, keeps `metrics` current (lag and parked keys at most once a
+    /// second), and on a failed step reports it, backs off (doubling up to 5 s) and tries again:
+    /// a failed step applied nothing. On a standby (another relay holds the lease) it waits for
+    /// the lease. At the end it gives the lease up, so a standby takes over at once. Returns
+    /// how many changes it applied.
+    pub async fn run_until(
+        mut self,
+        interval: Duration,
+        metrics: Option<std::sync::Arc<crate::metrics::RelayMetrics>>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<i64> {
+        tokio::pin!(shutdown);
+        let mut total = 0i64;
+        let mut last_figures: Option<Instant> = None;
+        let mut failures = 0u32;
+        loop {
+            if let Some(metrics) = &metrics {
+                if last_figures.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    last_figures = Some(Instant::now());
+                    if let Ok((events, age)) = self.lag().await {
+                        metrics.lag(events, age);
+                    }
+                    if let Ok(parked) = self.parked().await {
+                        metrics.parked(parked);
+                    }
+                }
+            }
+            let step = tokio::select! {
+                step = self.step() => step,
+                () = &mut shutdown => break,
+            };
+            let pause = match step {
+                Ok(step) => {
+                    failures = 0;
+                    if let Some(metrics) = &metrics {
+                        metrics.step(&step);
+                    }
+                    total += i64::try_from(step.applied).unwrap_or(0);
+                    (step.applied == 0).then_some(interval)
+                }
+                Err(err) => {
+                    failures += 1;
+                    if let Some(metrics) = &metrics {
+                        metrics.error();
+                    }
+                    tracing::error!(stream = %self.stream, error = format!("{err:#}"), failures, "a relay step failed; retrying");
+                    Some(
+                        (interval.max(Duration::from_millis(10)) * (1 << failures.min(6)))
+                            .min(Duration::from_secs(5)),
+                    )
+                }
+            };
+            if let Some(pause) = pause {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = &mut shutdown => break,
+                }
+            }
+        }
+        self.release_lease().await?;
+        Ok(total)
+    }
+
     /// Steps until nothing is left to apply (a gap that stays open ends it too).
     pub async fn drain(&mut self) -> anyhow::Result<i64> {
         let mut total = 0;

@@ -9,6 +9,7 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .log_internal_errors(false)
         .init();
     let config = catalog_service::config::Config::parse();
     let run = async {

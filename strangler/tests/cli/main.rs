@@ -826,17 +826,30 @@ async fn a_running_relay_exports_its_lag_and_progress() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // The first line names the metrics address; the rest (warnings) is kept read, so the
+    // process never writes to a closed pipe.
     let stderr = child.stderr.take().unwrap();
-    let first = tokio::task::spawn_blocking(move || {
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<String>();
+    let rest = std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(stderr)
-            .read_line(&mut line)
-            .unwrap();
-        line
-    })
-    .await
-    .unwrap();
+        let mut rest = String::new();
+        for (n, line) in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .enumerate()
+        {
+            if n == 0 {
+                let _ = first_tx.send(line);
+            } else {
+                rest.push_str(&line);
+                rest.push('\n');
+            }
+        }
+        rest
+    });
+    let first = tokio::task::spawn_blocking(move || first_rx.recv().unwrap_or_default())
+        .await
+        .unwrap();
     let url = first
         .trim()
         .strip_prefix("metrics on ")
@@ -886,6 +899,11 @@ async fn a_running_relay_exports_its_lag_and_progress() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+    let warnings = rest.join().unwrap();
+    assert!(
+        warnings.contains("parked its key"),
+        "the parked change is logged: {warnings}"
+    );
 }
 
 async fn cutover_cli(
@@ -1228,8 +1246,22 @@ async fn a_row_the_service_cannot_take_is_parked_shown_retried_and_skipped(shop_
             .await
             .unwrap();
     }
-    let (ok, out, err) = sync_cli(m, s, mapping, "run", &["--once"]).await;
-    assert!(ok, "the relay runs on past a refused change: {out}{err}");
+    // Its warning goes to a stderr nobody reads any more: the relay is not taken down by it.
+    let mut relay = std::process::Command::new(BIN)
+        .args(["sync", "run", "catalog", "--once", "--mapping", mapping])
+        .args(["--monolith-db", m, "--service-db", s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(relay.stderr.take());
+    let status = tokio::task::spawn_blocking(move || relay.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "the relay runs on past a refused change: {status}"
+    );
     let (ok, out, _) = sync_cli(m, s, mapping, "status", &[]).await;
     assert!(ok);
     assert!(out.contains("1 parked key(s)"), "{out}");

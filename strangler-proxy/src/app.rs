@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::control::store::ControlStore;
-use crate::control::{admin, ControlPlane};
+use crate::control::{admin, ControlPlane, ReplicaIdentity};
 use crate::proxy::Proxy;
 use crate::server::Server;
 
@@ -27,13 +27,18 @@ impl Replica {
     /// listeners.
     pub async fn build(config: &Config) -> anyhow::Result<Replica> {
         let server = Server::bind(config).await?;
-        let store = ControlStore::connect(&config.control_db)
-            .await
-            .context("cannot open the control database")?;
-        let control = ControlPlane::start(store, server.proxy()).await?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin API)", config.admin_listen))?;
+        let store = ControlStore::connect(&config.control_db)
+            .await
+            .context("cannot open the control database")?;
+        let identity = ReplicaIdentity {
+            address: server.local_addr(),
+            admin_address: admin.local_addr()?,
+            lease: config.routing_lease,
+        };
+        let control = ControlPlane::start(store, server.proxy(), &identity).await?;
         Ok(Replica {
             server,
             admin,
@@ -79,6 +84,9 @@ impl Replica {
         });
         let served = self.server.run_until(shutdown).await;
         sync.abort();
+        if let Err(err) = self.control.deregister().await {
+            tracing::warn!(error = %err, "could not leave the list of replicas; it expires with its lease");
+        }
         let _ = admin_stop.send(());
         if let Ok(Err(err)) = admin.await {
             tracing::warn!(error = %err, "the admin API ended with an error");

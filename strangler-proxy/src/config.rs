@@ -93,6 +93,10 @@ pub struct ProxyArgs {
     /// How often each replica reads the control database for changes (ms).
     #[arg(long, env = "STRANGLER_SYNC_INTERVAL_MS", default_value_t = 200)]
     pub sync_interval_ms: u64,
+    /// How long a replica's routing view holds without a successful read of the control
+    /// database (ms); past it the replica answers carve-out writes 503 until it reads again.
+    #[arg(long, env = "STRANGLER_ROUTING_LEASE_MS", default_value_t = 2000)]
+    pub routing_lease_ms: u64,
 }
 
 impl ProxyArgs {
@@ -373,6 +377,8 @@ pub struct Config {
     pub control_db: String,
     /// Control database poll interval.
     pub sync_interval: Duration,
+    /// The routing view's lease.
+    pub routing_lease: Duration,
 }
 
 impl Config {
@@ -526,6 +532,13 @@ impl Config {
         if proxy.header_timeout_ms == 0 || proxy.body_idle_timeout_ms == 0 {
             bail!("header_timeout_ms and body_idle_timeout_ms must be at least 1");
         }
+        if args.routing_lease_ms < 2 * args.sync_interval_ms.max(10) {
+            bail!(
+                "--routing-lease-ms ({}) must be at least two polls (--sync-interval-ms {})",
+                args.routing_lease_ms,
+                args.sync_interval_ms
+            );
+        }
         if proxy.max_connections == 0 {
             bail!("max_connections must be at least 1");
         }
@@ -563,6 +576,7 @@ impl Config {
             admin_tokens,
             control_db: args.control_db.clone(),
             sync_interval: Duration::from_millis(args.sync_interval_ms.max(10)),
+            routing_lease: Duration::from_millis(args.routing_lease_ms),
         })
     }
 }

@@ -188,6 +188,11 @@ pub struct Proxy {
     fences: tokio::sync::watch::Sender<Arc<HashMap<String, i64>>>,
     any_fence: AtomicBool,
     held: std::sync::atomic::AtomicUsize,
+    /// The routing view's lease: until when (ms since `started`) this replica may forward
+    /// carve-out writes without reading the control database again. `u64::MAX` when no
+    /// control plane drives this proxy.
+    view_until_ms: std::sync::atomic::AtomicU64,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -212,6 +217,8 @@ impl Proxy {
             fences: tokio::sync::watch::Sender::new(Arc::new(HashMap::new())),
             any_fence: AtomicBool::new(false),
             held: std::sync::atomic::AtomicUsize::new(0),
+            view_until_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+            started: Instant::now(),
             metrics,
         }
     }
@@ -291,6 +298,20 @@ impl Proxy {
             .is_some_and(|until| *until > sqlkit::now_ms())
     }
 
+    /// Renews the routing view's lease after a successful read of the control database.
+    pub fn renew_view(&self, lease: std::time::Duration) {
+        let until = self.started.elapsed().saturating_add(lease).as_millis();
+        self.view_until_ms
+            .store(u64::try_from(until).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether the routing view's lease has run out: carve-out writes are refused until the
+    /// control database is read again, since a flip may have happened meanwhile.
+    pub fn view_expired(&self) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now > self.view_until_ms.load(Ordering::Relaxed)
+    }
+
     /// How many writes a fence holds right now.
     pub fn held_writes(&self) -> usize {
         self.held.load(Ordering::Relaxed)
@@ -364,6 +385,21 @@ impl Proxy {
         let has_body = !request.body().is_end_stream();
         let (carveout, decision) = routing.decide(&request, client);
         let metrics = carveout.map_or(&routing.unrouted, |c| &c.metrics);
+        // Fail closed for writes: without a fresh view, this replica may not know who owns them.
+        if carveout.is_some()
+            && !matches!(*request.method(), Method::GET | Method::HEAD)
+            && self.view_expired()
+        {
+            let mut refusal = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "routing-view-expired",
+                "this replica cannot read the control database, so it does not know who owns this write; try again",
+            );
+            refusal
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return refusal;
+        }
         let span = tracing::Span::current();
         if let Some(carveout) = carveout {
             span.record("carveout", carveout.spec.name.as_str());

@@ -88,6 +88,22 @@ async fn healthy(url: &str) -> Result<(), String> {
     }
 }
 
+/// Waits until every live proxy replica has applied `epoch`, at most until `deadline`.
+async fn await_epoch(admin: &Admin, epoch: i64, deadline: Instant) -> anyhow::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let timeout_ms = u64::try_from(left.as_millis())
+        .unwrap_or(60_000)
+        .clamp(1, 60_000);
+    let _: Value = admin
+        .call(
+            admin
+                .request(reqwest::Method::POST, "/control/await")
+                .json(&json!({"epoch": epoch, "timeout_ms": timeout_ms})),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Runs a cut-over (`to_service`) or a roll-back and returns what to print.
 pub async fn run(
     admin: &Admin,
@@ -204,13 +220,26 @@ pub async fn run(
                 .json(&json!({"hold_ms": args.fence_ms})),
         )
         .await?;
-    // Every replica raises the fence at its next poll of the control database: wait for that
-    // before draining, so no write slips past the fence to the old owner.
-    let settle = fence["applies_within_ms"].as_u64().unwrap_or(500);
-    tokio::time::sleep(Duration::from_millis(settle)).await;
     // Everything under the fence must be done before it lapses on its own.
     let deadline =
         fenced_at + Duration::from_millis(args.fence_ms).saturating_sub(Duration::from_millis(100));
+    // Every live replica must have raised the fence before draining, so no write slips past it
+    // to the old owner. A replica that cannot read the control database is not waited for: its
+    // routing lease runs out and it takes no carve-out write until it reads again.
+    let raised = match fence["epoch"].as_i64() {
+        Some(epoch) => await_epoch(admin, epoch, deadline).await,
+        None => Err(anyhow::anyhow!(
+            "the admin API did not say which epoch the fence is"
+        )),
+    };
+    let settle = fenced_at.elapsed();
+    if let Err(err) = raised {
+        let _ = admin
+            .request(reqwest::Method::DELETE, &format!("/carveouts/{name}/fence"))
+            .send()
+            .await;
+        bail!("{what} of {name} refused, nothing changed (fence lifted): {err:#}");
+    }
     let result = fenced_steps(
         deadline, admin, name, &args, &draining, &following, before, after, &mut out, to_service,
         covered_to,
@@ -232,8 +261,9 @@ pub async fn run(
             args.fence_ms
         )),
         Ok(()) => out.step(&format!(
-            "fence: released after {} ms ({settle} ms of it waiting for every replica to raise it)",
-            held.as_millis()
+            "fence: released after {} ms ({} ms of it waiting for every replica to raise it)",
+            held.as_millis(),
+            settle.as_millis()
         )),
     }
     result?;
@@ -341,6 +371,14 @@ async fn fenced_steps(
     match flipped {
         Ok(view) => {
             out.step(&format!("ownership: {name} is now {}", view.phase));
+            // The fence lifts only once every live replica routes by the new owner.
+            let epoch = view
+                .epoch
+                .context("the admin API did not say which epoch the change is")?;
+            await_epoch(admin, epoch, deadline)
+                .await
+                .context("the flip is recorded, but not every replica applied it; the fence is left to lapse")?;
+            out.step("ownership: every live replica applied it");
             Ok(())
         }
         Err(err) => {

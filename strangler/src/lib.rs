@@ -18,7 +18,9 @@ use contracts::verify::VerifyOptions;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use strangler_proxy::capture::Capture;
-use strangler_proxy::control::admin::{CarveOutView, PhaseRequest, VerificationReport};
+use strangler_proxy::control::admin::{
+    CarveOutView, PhaseRequest, ReplicaView, VerificationReport,
+};
 use strangler_proxy::control::store::{AuditEntry, Verification};
 use strangler_proxy::shadow::Mismatch;
 
@@ -81,6 +83,9 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// The proxy replicas sharing the control database: address, version, heartbeat, the
+    /// control epoch each has applied, and whether it is live (its lease holds).
+    Replicas,
     /// The latest shadow mismatches of a carve-out.
     Mismatches {
         /// The carve-out.
@@ -378,6 +383,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 audit_table(&entries)
             })
         }
+        Command::Replicas => {
+            let replicas: Vec<ReplicaView> = admin
+                .call(admin.request(reqwest::Method::GET, "/replicas"))
+                .await?;
+            Ok(if json {
+                to_json(&replicas)?
+            } else {
+                replica_table(&replicas)
+            })
+        }
         Command::Contract { command } => contract(command, &admin, json).await,
         Command::Sync { command } => sync::run(command, json).await,
         Command::Stack(args) => stack::stack(args).await,
@@ -631,6 +646,35 @@ fn audit_table(entries: &[AuditEntry]) -> String {
         .collect();
     table(
         &["WHEN", "CARVE-OUT", "FROM", "TO", "BY", "FORCED", "REASON"],
+        &rows,
+    )
+}
+
+fn replica_table(replicas: &[ReplicaView]) -> String {
+    if replicas.is_empty() {
+        return "no replica is registered\n".to_owned();
+    }
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+    )
+    .unwrap_or(i64::MAX);
+    let rows: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|r| {
+            vec![
+                r.replica.id.clone(),
+                r.replica.address.clone(),
+                r.replica.version.clone(),
+                format!("{} ms ago", now - r.replica.heartbeat_ms),
+                r.replica.applied_epoch.to_string(),
+                if r.live { "yes" } else { "NO (lease ran out)" }.to_owned(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "ADDRESS", "VERSION", "HEARTBEAT", "EPOCH", "LIVE"],
         &rows,
     )
 }

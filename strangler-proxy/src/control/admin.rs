@@ -13,6 +13,9 @@
 //! | `DELETE /carveouts/{name}/fence` | let them go |
 //! | `POST /carveouts/{name}/verifications` | report a contract verification `{"provider", "interactions", "failures", "actor"?}` |
 //! | `GET /carveouts/{name}/verifications?limit=` | reported verifications, newest first |
+//! | `GET /replicas` | every registered replica: address, version, heartbeat, applied epoch, live |
+//! | `GET /control/epoch` | the control epoch (every change bumps it) |
+//! | `POST /control/await` | `{"epoch", "timeout_ms"}`: 200 once every live replica applied it, 409 naming those that did not |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /livez` | liveness (no token needed) |
 //! | `GET /readyz` | readiness: 503 while the control database is unavailable (no token needed) |
@@ -95,6 +98,9 @@ pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
             get(verifications).post(report_verification),
         )
         .route("/audit", get(audit))
+        .route("/replicas", get(replicas))
+        .route("/control/epoch", get(epoch))
+        .route("/control/await", post(await_applied))
         .route_layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             require_control,
@@ -111,12 +117,25 @@ pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
 }
 
 fn problem(status: StatusCode, slug: &str, detail: &str) -> Response {
-    let body = serde_json::json!({
+    problem_with(status, slug, detail, serde_json::Value::Null)
+}
+
+/// A problem+json response with extension members (the fields of `extra`, an object).
+fn problem_with(
+    status: StatusCode,
+    slug: &str,
+    detail: &str,
+    extra: serde_json::Value,
+) -> Response {
+    let mut body = serde_json::json!({
         "type": format!("/problems/{slug}"),
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail,
     });
+    if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -220,6 +239,9 @@ pub struct CarveOutView {
     pub updated_by: String,
     /// Why.
     pub reason: String,
+    /// After a change: the control epoch that includes it (for `POST /control/await`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 
 fn view(control: &ControlPlane, state: CarveOutState) -> CarveOutView {
@@ -260,6 +282,7 @@ fn view(control: &ControlPlane, state: CarveOutState) -> CarveOutView {
         updated_at: state.updated_at,
         updated_by: state.updated_by,
         reason: state.reason,
+        epoch: None,
     }
 }
 
@@ -338,7 +361,11 @@ async fn set_phase(
         force: request.force,
     };
     match admin.control.transition(&name, change).await {
-        Ok(state) => Json(view(&admin.control, state)).into_response(),
+        Ok(state) => {
+            let mut shown = view(&admin.control, state);
+            shown.epoch = admin.control.store().epoch().await.ok();
+            Json(shown).into_response()
+        }
         Err(err) => {
             let (status, slug) = match &err {
                 TransitionError::UnknownCarveOut(_) => (StatusCode::NOT_FOUND, "not-found"),
@@ -455,6 +482,7 @@ async fn fence(
             "carveout": name,
             "fenced_until_ms": until,
             "applies_within_ms": u64::try_from(admin.control.applies_within().as_millis()).unwrap_or(u64::MAX),
+            "epoch": admin.control.store().epoch().await.ok(),
         }))
         .into_response(),
         Ok(None) => problem(
@@ -568,6 +596,86 @@ async fn verifications(
     match admin.control.store().verifications(&name, limit).await {
         Ok(list) => Json::<Vec<Verification>>(list).into_response(),
         Err(err) => internal(&err),
+    }
+}
+
+/// A replica as the admin API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// The registered replica.
+    #[serde(flatten)]
+    pub replica: super::store::Replica,
+    /// Whether its heartbeat is within its lease.
+    pub live: bool,
+}
+
+async fn replicas(State(admin): State<Admin>) -> Response {
+    match admin.control.store().replicas().await {
+        Ok(replicas) => {
+            let now = sqlkit::now_ms();
+            Json(
+                replicas
+                    .into_iter()
+                    .map(|replica| ReplicaView {
+                        live: replica.live(now),
+                        replica,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .into_response()
+        }
+        Err(err) => internal(&err),
+    }
+}
+
+async fn epoch(State(admin): State<Admin>) -> Response {
+    match admin.control.epoch().await {
+        Ok(epoch) => Json(serde_json::json!({ "epoch": epoch })).into_response(),
+        Err(err) => internal(&err),
+    }
+}
+
+/// The body of `POST /control/await`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwaitRequest {
+    /// The epoch every live replica must have applied.
+    pub epoch: i64,
+    /// How long to wait at most (ms, 1 to 60,000).
+    pub timeout_ms: u64,
+}
+
+async fn await_applied(
+    State(admin): State<Admin>,
+    body: Result<Json<AwaitRequest>, JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return problem(rejection.status(), "invalid-body", &rejection.body_text())
+        }
+    };
+    if !(1..=60_000).contains(&request.timeout_ms) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "timeout_ms must be between 1 and 60000",
+        );
+    }
+    let within = std::time::Duration::from_millis(request.timeout_ms);
+    match admin.control.await_applied(request.epoch, within).await {
+        Ok(live) => Json(serde_json::json!({
+            "epoch": request.epoch,
+            "replicas": live.len(),
+        }))
+        .into_response(),
+        Err(super::AwaitError::NotApplied(not)) => problem_with(
+            StatusCode::CONFLICT,
+            "not-applied",
+            &not.to_string(),
+            serde_json::json!({ "laggards": not.laggards }),
+        ),
+        Err(super::AwaitError::Store(err)) => internal(&err),
     }
 }
 

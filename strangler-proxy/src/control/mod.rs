@@ -14,6 +14,15 @@
 //!   polls the database ([`ControlPlane::sync`], every 200 ms by default), so all apply a change
 //!   well within a second. Applying swaps the routing snapshot: in-flight requests finish on
 //!   the snapshot they started with.
+//! - **Replicas acknowledge**: each replica registers in the control database
+//!   ([`store::Replica`]) and, with a heartbeat at every poll, records the control epoch it has
+//!   applied (every change bumps it). [`ControlPlane::await_applied`] waits until every live
+//!   replica acknowledged an epoch: a fence or a flip is in force only then.
+//! - **Leases**: a replica's routing view holds for `routing_lease` after its last successful
+//!   read; past it, the replica answers carve-out writes 503 (reads keep going to the owner it
+//!   last knew) until it reads the control database again. Another process counts a replica
+//!   whose heartbeat is older than its lease (and a clock-skew margin) as gone: it cannot send
+//!   a write anywhere by then.
 //! - **Outages**: a control database that cannot be read, or (SQLite) whose file was deleted
 //!   or replaced under the replica, fails the replica's readiness ([`ControlPlane::ready`]) and
 //!   every admin route answers 503 until it is back; nothing is acknowledged that could be lost.
@@ -144,6 +153,17 @@ pub enum TransitionError {
     Store(#[from] sqlx::Error),
 }
 
+/// Why waiting for acknowledgements failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AwaitError {
+    /// Live replicas did not apply it in time.
+    #[error(transparent)]
+    NotApplied(#[from] NotApplied),
+    /// The control database failed.
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
+
 /// The control plane of one replica.
 #[derive(Clone)]
 pub struct ControlPlane {
@@ -153,6 +173,33 @@ pub struct ControlPlane {
     interval_ms: Arc<std::sync::atomic::AtomicU64>,
     /// When this replica last read the control database successfully (Unix ms).
     synced_at_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// This replica's id in the control database.
+    replica_id: Arc<str>,
+    /// How it registers (again, should its row have gone).
+    registration: Arc<store::Replica>,
+    /// How long this replica's routing view holds without a successful read.
+    lease: std::time::Duration,
+}
+
+/// Who a replica is, as it registers.
+#[derive(Debug, Clone)]
+pub struct ReplicaIdentity {
+    /// The data plane's address.
+    pub address: std::net::SocketAddr,
+    /// The admin API's address.
+    pub admin_address: std::net::SocketAddr,
+    /// How long its routing view holds without a successful read of the control database.
+    pub lease: std::time::Duration,
+}
+
+/// Replicas that did not acknowledge an epoch in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{} replica(s) did not apply the change within {within:?}: {}", .laggards.len(), .laggards.iter().map(|r| format!("{} at {} (applied epoch {})", r.id, r.address, r.applied_epoch)).collect::<Vec<_>>().join(", "))]
+pub struct NotApplied {
+    /// The replicas that are live but behind.
+    pub laggards: Vec<store::Replica>,
+    /// How long it waited.
+    pub within: Duration,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -162,8 +209,13 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 impl ControlPlane {
-    /// Seeds the store with the proxy's carve-outs and applies the stored phases.
-    pub async fn start(store: ControlStore, proxy: Arc<Proxy>) -> anyhow::Result<ControlPlane> {
+    /// Seeds the store with the proxy's carve-outs, registers this replica and applies the
+    /// stored phases.
+    pub async fn start(
+        store: ControlStore,
+        proxy: Arc<Proxy>,
+        identity: &ReplicaIdentity,
+    ) -> anyhow::Result<ControlPlane> {
         let specs: Vec<_> = proxy
             .routing()
             .carveouts()
@@ -181,7 +233,24 @@ impl ControlPlane {
             guards: Arc::new(vec![gate]),
             interval_ms: Arc::new(std::sync::atomic::AtomicU64::new(200)),
             synced_at_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            replica_id: Arc::from(format!(
+                "{}-{:08x}",
+                identity.address,
+                rand::random::<u32>()
+            )),
+            lease: identity.lease,
+            registration: Arc::new(store::Replica {
+                id: String::new(),
+                address: identity.address.to_string(),
+                admin_address: identity.admin_address.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: sqlkit::now(),
+                heartbeat_ms: 0,
+                lease_ms: i64::try_from(identity.lease.as_millis()).unwrap_or(i64::MAX),
+                applied_epoch: 0,
+            }),
         };
+        control.register(0).await?;
         control.sync().await?;
         Ok(control)
     }
@@ -216,6 +285,8 @@ impl ControlPlane {
     pub async fn sync(&self) -> Result<usize, sqlx::Error> {
         // A deleted SQLite file can still be read through open connections: check it is there.
         self.store.health().await?;
+        // Read before the states: what is applied below covers at least this epoch.
+        let epoch = self.store.epoch().await?;
         let routing = self.proxy.routing();
         let mut changed = 0;
         for state in self.store.states().await? {
@@ -234,9 +305,78 @@ impl ControlPlane {
                 self.proxy.set_fence(&state.name, state.fenced_until_ms);
             }
         }
+        match self.store.heartbeat(&self.replica_id, epoch).await {
+            Err(sqlx::Error::RowNotFound) => self.register(epoch).await?,
+            other => other?,
+        }
+        self.proxy.renew_view(self.lease);
         self.synced_at_ms
             .store(sqlkit::now_ms(), std::sync::atomic::Ordering::Relaxed);
         Ok(changed)
+    }
+
+    /// Applies and acknowledges everything stored at once, after a change this replica made
+    /// (its poll would do it within an interval; a failure here is left to the poll).
+    async fn acknowledge(&self) {
+        if let Err(err) = self.sync().await {
+            tracing::debug!(error = %err, "could not acknowledge a change at once; the next poll will");
+        }
+    }
+
+    async fn register(&self, applied_epoch: i64) -> Result<(), sqlx::Error> {
+        self.store
+            .register(&store::Replica {
+                id: self.replica_id.to_string(),
+                heartbeat_ms: sqlkit::now_ms(),
+                applied_epoch,
+                ..(*self.registration).clone()
+            })
+            .await
+    }
+
+    /// This replica's id in the control database.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    /// Leaves the control database's list of replicas (a clean stop).
+    pub async fn deregister(&self) -> Result<(), sqlx::Error> {
+        self.store.deregister(&self.replica_id).await
+    }
+
+    /// The current control epoch, after applying everything stored to this replica.
+    pub async fn epoch(&self) -> Result<i64, sqlx::Error> {
+        self.sync().await?;
+        self.store.epoch().await
+    }
+
+    /// Waits until every live replica has applied `epoch` (this one applies at once), polling
+    /// the control database; gives up after `within`, naming the replicas that did not.
+    /// Replicas whose heartbeat is older than their lease are not waited for: they forward no
+    /// carve-out write until they have read the control database again.
+    pub async fn await_applied(
+        &self,
+        epoch: i64,
+        within: Duration,
+    ) -> Result<Vec<store::Replica>, AwaitError> {
+        let start = std::time::Instant::now();
+        self.sync().await?;
+        loop {
+            let now = sqlkit::now_ms();
+            let replicas = self.store.replicas().await?;
+            let laggards: Vec<store::Replica> = replicas
+                .iter()
+                .filter(|r| r.live(now) && r.applied_epoch < epoch)
+                .cloned()
+                .collect();
+            if laggards.is_empty() {
+                return Ok(replicas.into_iter().filter(|r| r.live(now)).collect());
+            }
+            if start.elapsed() >= within {
+                return Err(AwaitError::NotApplied(NotApplied { laggards, within }));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Whether this replica is ready to serve: the control database answers (and is the file
@@ -269,6 +409,7 @@ impl ControlPlane {
             hold_ms = hold.as_millis() as u64,
             "write fence up"
         );
+        self.acknowledge().await;
         Ok(Some(until))
     }
 
@@ -277,6 +418,7 @@ impl ControlPlane {
         let known = self.store.fence(carveout, 0).await?;
         self.proxy.set_fence(carveout, 0);
         tracing::info!(carveout, "write fence down");
+        self.acknowledge().await;
         Ok(known)
     }
 
@@ -383,6 +525,7 @@ impl ControlPlane {
             .ok_or_else(|| TransitionError::Conflict(carveout.to_owned()))?;
         self.proxy.set_phase(carveout, state.phase);
         tracing::info!(carveout, from = %from, to = %to, actor = %change.actor, forced, "phase changed");
+        self.acknowledge().await;
         Ok(state)
     }
 }

@@ -88,6 +88,46 @@ pub struct ControlStore {
     file: Option<(std::path::PathBuf, (u64, u64))>,
 }
 
+/// A registered proxy replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// Its id (unique per process start).
+    pub id: String,
+    /// Its data plane's address.
+    pub address: String,
+    /// Its admin API's address.
+    pub admin_address: String,
+    /// Its version.
+    pub version: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Its last heartbeat (Unix ms, its clock).
+    pub heartbeat_ms: i64,
+    /// How long its routing view holds without a successful read of the control database.
+    pub lease_ms: i64,
+    /// The control epoch it has applied.
+    pub applied_epoch: i64,
+}
+
+/// Extra time, on top of a replica's lease, before another process counts it as gone: clocks
+/// of different machines may disagree by this much.
+pub const CLOCK_SKEW_MS: i64 = 1_000;
+
+impl Replica {
+    /// Whether it is live at `now_ms`: its heartbeat is within its lease (and the skew margin).
+    /// A replica that is not live has stopped forwarding carve-out writes by itself.
+    pub fn live(&self, now_ms: i64) -> bool {
+        now_ms - self.heartbeat_ms <= self.lease_ms + CLOCK_SKEW_MS
+    }
+}
+
+async fn bump_epoch(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE control_epoch SET epoch = epoch + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// A file's device and inode.
 fn identity(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -192,19 +232,97 @@ impl ControlStore {
 
     /// Sets (or, with 0, lifts) a carve-out's write fence; false for an unknown carve-out.
     pub async fn fence(&self, name: &str, until_ms: i64) -> Result<bool, sqlx::Error> {
-        let mut update = self
-            .db
-            .statement("UPDATE control_carveouts SET fenced_until_ms = ");
-        update
-            .bind(until_ms)
-            .push(" WHERE name = ")
-            .bind(name.to_owned());
-        Ok(update
-            .query()?
+        let mut tx = self.db.pool().begin().await?;
+        let known =
+            sqlx::query("UPDATE control_carveouts SET fenced_until_ms = $1 WHERE name = $2")
+                .bind(until_ms)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+        if known {
+            bump_epoch(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(known)
+    }
+
+    /// The control epoch: bumped by every phase change and fence.
+    pub async fn epoch(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT epoch FROM control_epoch WHERE id = 1")
+            .fetch_one(self.db.pool())
+            .await
+    }
+
+    /// Registers (or re-registers) a replica.
+    pub async fn register(&self, replica: &Replica) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO control_replicas (id, address, admin_address, version, started_at, heartbeat_ms, lease_ms, applied_epoch) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET \
+             heartbeat_ms = excluded.heartbeat_ms, applied_epoch = excluded.applied_epoch",
+        )
+        .bind(&replica.id)
+        .bind(&replica.address)
+        .bind(&replica.admin_address)
+        .bind(&replica.version)
+        .bind(&replica.started_at)
+        .bind(replica.heartbeat_ms)
+        .bind(replica.lease_ms)
+        .bind(replica.applied_epoch)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Records a replica's heartbeat and the epoch it has applied (never lowering it).
+    pub async fn heartbeat(&self, id: &str, applied_epoch: i64) -> Result<(), sqlx::Error> {
+        let updated = sqlx::query(
+            "UPDATE control_replicas SET heartbeat_ms = $1, \
+             applied_epoch = CASE WHEN applied_epoch > $2 THEN applied_epoch ELSE $2 END WHERE id = $3",
+        )
+        .bind(sqlkit::now_ms())
+        .bind(applied_epoch)
+        .bind(id)
+        .execute(self.db.pool())
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(sqlx::Error::RowNotFound);
+        }
+        Ok(())
+    }
+
+    /// Removes a replica that stops cleanly.
+    pub async fn deregister(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM control_replicas WHERE id = $1")
+            .bind(id)
             .execute(self.db.pool())
-            .await?
-            .rows_affected()
-            > 0)
+            .await?;
+        Ok(())
+    }
+
+    /// Every registered replica, live or not, by id.
+    pub async fn replicas(&self) -> Result<Vec<Replica>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, address, admin_address, version, started_at, heartbeat_ms, lease_ms, applied_epoch \
+             FROM control_replicas ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Replica {
+                    id: row.try_get("id")?,
+                    address: row.try_get("address")?,
+                    admin_address: row.try_get("admin_address")?,
+                    version: row.try_get("version")?,
+                    started_at: row.try_get("started_at")?,
+                    heartbeat_ms: row.try_get("heartbeat_ms")?,
+                    lease_ms: row.try_get("lease_ms")?,
+                    applied_epoch: row.try_get("applied_epoch")?,
+                })
+            })
+            .collect()
     }
 
     /// Every carve-out's state, by name.
@@ -269,6 +387,7 @@ impl ControlStore {
         .bind(i64::from(forced))
         .execute(&mut *tx)
         .await?;
+        bump_epoch(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(state(&row)?))
     }

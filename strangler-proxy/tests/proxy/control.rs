@@ -102,6 +102,38 @@ impl TestReplica {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.admin))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends `method path` through the data plane; returns the status and a header's value.
+    async fn through(&self, method: &str, path: &str, header: &str) -> (u16, Option<String>) {
+        let r = self
+            .http
+            .request(
+                method.parse().unwrap(),
+                format!("http://{}{path}", self.replica_addr),
+            )
+            .json(&json!({"x": 1}))
+            .send()
+            .await
+            .unwrap();
+        let value = r
+            .headers()
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (r.status().as_u16(), value)
+    }
+
     async fn served_by(&self, path: &str) -> String {
         let r = self
             .http
@@ -504,6 +536,137 @@ async fn two_replicas_converge_within_a_second(db: TestDb) {
         let (_, shown) = b.admin_get("/carveouts/catalog").await;
         assert_eq!(shown["version"], body["version"], "b reads the same state");
     }
+}
+
+db_test!(replicas_register_and_acknowledge_every_change);
+
+async fn replicas_register_and_acknowledge_every_change(db: TestDb) {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let a = TestReplica::start(&db.url, &monolith, &service).await;
+    let b = TestReplica::start(&db.url, &monolith, &service).await;
+    let (status, listed) = a.admin_get("/replicas").await;
+    assert_eq!(status, 200);
+    let addresses: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(addresses.len(), 2, "{listed}");
+    for replica in [&a, &b] {
+        assert!(
+            addresses.contains(&replica.replica_addr.to_string().as_str()),
+            "{listed}"
+        );
+    }
+    assert!(
+        listed.as_array().unwrap().iter().all(|r| r["live"] == true),
+        "{listed}"
+    );
+
+    let (status, changed) = a.set_phase(json!({"phase": "shadow", "reason": "r"})).await;
+    assert_eq!(status, 200, "{changed}");
+    let epoch = changed["epoch"].as_i64().unwrap();
+    assert!(epoch > 1, "a change bumps the epoch: {changed}");
+    let (status, fenced) = a
+        .admin_post("/carveouts/catalog/fence", json!({"hold_ms": 50}))
+        .await;
+    assert_eq!(status, 200, "{fenced}");
+    assert!(
+        fenced["epoch"].as_i64() > Some(epoch),
+        "a fence bumps it too: {fenced}"
+    );
+    let epoch = fenced["epoch"].as_i64().unwrap();
+    let (status, applied) = a
+        .admin_post(
+            "/control/await",
+            json!({"epoch": epoch, "timeout_ms": 5000}),
+        )
+        .await;
+    assert_eq!(
+        (status, applied["replicas"].as_i64()),
+        (200, Some(2)),
+        "{applied}"
+    );
+    let (_, listed) = b.admin_get("/replicas").await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["applied_epoch"].as_i64() >= Some(epoch)),
+        "{listed}"
+    );
+
+    // A replica that is live but never applies the change holds the wait up, by name ...
+    let control = sqlkit::Db::connect_unmigrated(&db.url, &sqlkit::DbOptions::default())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO control_replicas (id, address, admin_address, version, started_at, heartbeat_ms, lease_ms, applied_epoch) \
+         VALUES ('stuck', '10.9.9.9:1', '10.9.9.9:2', 'x', 'x', $1, 60000, 0)",
+    )
+    .bind(sqlkit::now_ms())
+    .execute(control.pool())
+    .await
+    .unwrap();
+    let (status, refused) = a
+        .admin_post("/control/await", json!({"epoch": epoch, "timeout_ms": 300}))
+        .await;
+    assert_eq!(
+        (status, refused["type"].as_str()),
+        (409, Some("/problems/not-applied")),
+        "{refused}"
+    );
+    assert_eq!(refused["laggards"][0]["id"], "stuck", "{refused}");
+    // ... until its heartbeat is older than its lease: then it forwards no write anyway.
+    sqlx::query("UPDATE control_replicas SET heartbeat_ms = $1 WHERE id = 'stuck'")
+        .bind(sqlkit::now_ms() - 62_000)
+        .execute(control.pool())
+        .await
+        .unwrap();
+    let (status, _) = a
+        .admin_post("/control/await", json!({"epoch": epoch, "timeout_ms": 300}))
+        .await;
+    assert_eq!(status, 200);
+    // A replica that stops cleanly leaves the list.
+    drop(b);
+    eventually(Duration::from_secs(10), "b to leave the list", || async {
+        a.admin_get("/replicas").await.1.as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_read_the_control_database_refuses_carve_out_writes() {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let db = TestDb::sqlite().await;
+    let replica = TestReplica::start(&db.url, &monolith, &service).await;
+    assert_eq!(
+        replica.through("POST", "/catalog/x", "retry-after").await.0,
+        200
+    );
+    let file = sqlkit::sqlite_file(&db.url).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    // Within the lease (2 s) writes still go; past it, a carve-out's writes are refused.
+    eventually(
+        Duration::from_secs(10),
+        "carve-out writes to be refused",
+        || async { replica.through("POST", "/catalog/x", "retry-after").await.0 == 503 },
+    )
+    .await;
+    assert_eq!(
+        replica.through("PUT", "/catalog/x", "retry-after").await,
+        (503, Some("1".to_owned()))
+    );
+    // Reads keep going to the owner it last knew, and routes of no carve-out are untouched.
+    assert_eq!(replica.served_by("/catalog/x").await, "monolith");
+    assert_eq!(
+        replica.through("POST", "/orders", "retry-after").await.0,
+        200
+    );
 }
 
 db_test!(extracted_needs_a_green_contract_verification);

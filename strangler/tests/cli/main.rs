@@ -203,6 +203,21 @@ async fn operators_inspect_and_flip_carveouts() {
     let (ok, out, _) = cli(admin, TOKEN, &["mismatches", "catalog"]).await;
     assert!(ok);
     assert_eq!(out, "no shadow mismatches recorded for catalog\n");
+
+    // The replica sharing the control database, live, with the epoch it applied.
+    let (ok, out, err) = cli(admin, TOKEN, &["replicas"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("ID"), "{out}");
+    let row = out.lines().nth(1).unwrap();
+    assert!(
+        row.contains(running.proxy.trim_start_matches("http://")),
+        "{out}"
+    );
+    assert!(row.ends_with("yes"), "{out}");
+    let (ok, out, _) = cli(admin, TOKEN, &["--json", "replicas"]).await;
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert!(listed[0]["applied_epoch"].as_i64() > Some(1), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,35 +4,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde_json::json;
-use sqlkit::{Db, DbOptions};
 use strangler_sync::backfill::Backfill;
-use strangler_sync::mapping::Mapping;
 use strangler_sync::metrics::RelayMetrics;
-use strangler_sync::relay::Relay;
 use strangler_sync::{capture, parked, verify};
 
 use crate::Failed;
 
-/// Which way the data flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Direction {
-    /// Monolith → service (before the cut-over).
-    Forward,
-    /// Service → monolith (after it).
-    Reverse,
-}
-
-impl Direction {
-    /// `forward` or `reverse`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Direction::Forward => "forward",
-            Direction::Reverse => "reverse",
-        }
-    }
-}
+pub use strangler_sync::sides::{Direction, Sides};
 
 /// Where a carve-out's data lives.
 #[derive(Debug, Clone, Args)]
@@ -48,8 +28,8 @@ pub struct SyncArgs {
     /// The service's database.
     #[arg(long, env = "STRANGLER_SERVICE_DB")]
     pub service_db: String,
-    /// Which way.
-    #[arg(long, value_enum, default_value = "forward")]
+    /// Which way: forward (monolith → service) or reverse.
+    #[arg(long, default_value = "forward")]
     pub direction: Direction,
 }
 
@@ -133,72 +113,24 @@ pub enum SyncCommand {
     Repair(SyncArgs),
 }
 
-/// A direction's source and target, with the mapping as it reads in that direction.
-pub struct Sides {
-    /// The mapping (reversed for `reverse`).
-    pub mapping: Mapping,
-    /// Where changes come from.
-    pub source: Db,
-    /// Where they go.
-    pub target: Db,
-    /// Which way.
-    pub direction: Direction,
-}
-
-impl Sides {
-    /// The relay of this direction.
-    async fn relay(self) -> anyhow::Result<Relay> {
-        Relay::new(
-            self.source,
-            self.target,
-            self.mapping,
-            self.direction.name(),
-        )
-        .await
+impl SyncArgs {
+    /// The carve-out's sync as these arguments name it.
+    pub fn setup(&self) -> strangler_sync::sides::SyncSetup {
+        strangler_sync::sides::SyncSetup {
+            carveout: self.carveout.clone(),
+            mapping: self
+                .mapping
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("sync/mappings/{}.toml", self.carveout))),
+            monolith_db: self.monolith_db.clone(),
+            service_db: self.service_db.clone(),
+        }
     }
 }
 
 /// Opens both databases and checks the mapping against them.
 pub async fn open(args: &SyncArgs) -> anyhow::Result<Sides> {
-    let path = args
-        .mapping
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("sync/mappings/{}.toml", args.carveout)));
-    let mut mapping = Mapping::load(&path)?;
-    anyhow::ensure!(
-        mapping.carveout == args.carveout,
-        "{} maps carve-out {}, not {}",
-        path.display(),
-        mapping.carveout,
-        args.carveout
-    );
-    let options = DbOptions::default();
-    let monolith = Db::connect_unmigrated(&args.monolith_db, &options)
-        .await
-        .context("the monolith's database")?;
-    let service = Db::connect_unmigrated(&args.service_db, &options)
-        .await
-        .context("the service's database")?;
-    mapping.check(&monolith, &service).await?;
-    Ok(match args.direction {
-        Direction::Forward => Sides {
-            mapping,
-            source: monolith,
-            target: service,
-            direction: args.direction,
-        },
-        Direction::Reverse => {
-            // Checked as it runs too: the monolith's columns are the ones that must be filled.
-            let mut reversed = mapping.reversed();
-            reversed.check(&service, &monolith).await?;
-            Sides {
-                mapping: reversed,
-                source: service,
-                target: monolith,
-                direction: args.direction,
-            }
-        }
-    })
+    args.setup().open(args.direction).await
 }
 
 /// Runs a sync command and returns what to print.

@@ -7,6 +7,7 @@
 //!   transaction, never past a change that may still commit;
 //! - [`parked`]: the changes the target refused, parked by key while the rest flows on;
 //! - [`verify`]: compares both sides on the mapped form of every row;
+//! - [`sides`]: a carve-out's mapping and databases, opened and checked for one direction;
 //! - `txn`: the one transaction every write to a target goes through (the stream's lock, the
 //!   mark that keeps the sync's writes from being captured again, the checkpoint).
 //!
@@ -19,5 +20,6 @@ pub mod metrics;
 pub mod parked;
 pub mod relay;
 pub mod schema;
+pub mod sides;
 mod txn;
 pub mod verify;

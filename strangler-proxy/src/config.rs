@@ -32,6 +32,8 @@
 //!   { methods = ["GET", "HEAD", "PUT", "DELETE"], path = "/catalog/products/{id}" },
 //! ]
 //! shadow = { ignore = ["/updated_at"], headers = ["content-type"], in_canary = false }
+//! # Its data sync: with one, its writes move only by `strangler cutover` / `rollback`.
+//! sync = { mapping = "sync/mappings/catalog.toml", monolith_db = "shop.db", service_db = "catalog.db" }
 //! ```
 //!
 //! Everything is validated before use ([`Config::load`]): unknown keys, malformed URLs,
@@ -213,6 +215,46 @@ struct CarveOutSection {
     #[serde(default = "yes")]
     require_contracts: bool,
     capture: Option<CaptureSection>,
+    sync: Option<SyncSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncSection {
+    mapping: PathBuf,
+    monolith_db: String,
+    service_db: String,
+    #[serde(default = "default_max_lag_events")]
+    max_lag_events: i64,
+    #[serde(default = "default_max_lag_seconds")]
+    max_lag_seconds: f64,
+    #[serde(default = "default_fence_ms")]
+    fence_ms: u64,
+}
+
+fn default_max_lag_events() -> i64 {
+    1000
+}
+
+fn default_max_lag_seconds() -> f64 {
+    5.0
+}
+
+fn default_fence_ms() -> u64 {
+    5000
+}
+
+/// A carve-out's data sync, as the control plane needs it to move the carve-out's writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncSpec {
+    /// The mapping file and both databases.
+    pub setup: strangler_sync::sides::SyncSetup,
+    /// Most changes the relay may be behind for a move to start.
+    pub max_lag_events: i64,
+    /// Most seconds the relay may be behind for a move to start.
+    pub max_lag_seconds: f64,
+    /// Longest the writes may be held during a move.
+    pub fence: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,6 +374,8 @@ pub struct CarveOutSpec {
     pub require_contracts: bool,
     /// Traffic capture for contracts (opt-in).
     pub capture: Option<crate::capture::CaptureSpec>,
+    /// Its data sync, if it has one: then its writes move only by the guarded procedure.
+    pub sync: Option<SyncSpec>,
 }
 
 /// The validated configuration.
@@ -498,7 +542,27 @@ impl Config {
                     redact_fields: c.redact_fields,
                 }),
             };
+            let sync = match section.sync {
+                None => None,
+                Some(sync) => {
+                    if sync.fence_ms == 0 || sync.fence_ms > 30_000 {
+                        bail!("carve-out {name}: sync.fence_ms must be between 1 and 30000");
+                    }
+                    Some(SyncSpec {
+                        setup: strangler_sync::sides::SyncSetup {
+                            carveout: name.clone(),
+                            mapping: sync.mapping,
+                            monolith_db: sync.monolith_db,
+                            service_db: sync.service_db,
+                        },
+                        max_lag_events: sync.max_lag_events,
+                        max_lag_seconds: sync.max_lag_seconds,
+                        fence: Duration::from_millis(sync.fence_ms),
+                    })
+                }
+            };
             carveouts.push(CarveOutSpec {
+                sync,
                 name,
                 upstream,
                 phase,

@@ -106,6 +106,12 @@ impl Phase {
         }
     }
 
+    /// Whether the service owns the carve-out's writes in this phase (`extracted`, `retired`);
+    /// before, the monolith does.
+    pub fn service_owns_writes(&self) -> bool {
+        matches!(self, Phase::Extracted | Phase::Retired)
+    }
+
     /// Builds a phase from its name and, for `canary`, a percent (0 to 100, 0.01 steps).
     pub fn from_parts(name: &str, percent: Option<f64>) -> Result<Phase, String> {
         let phase = match name {
@@ -233,6 +239,26 @@ pub fn bucket(carveout: &str, caller_key: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_ownership_agrees_with_the_routing_decision() {
+        for phase in [
+            Phase::Monolith,
+            Phase::Shadow,
+            Phase::Canary {
+                basis_points: 10_000,
+            },
+            Phase::Extracted,
+            Phase::Retired,
+        ] {
+            let write = phase.decide(false, 0, None, false);
+            assert_eq!(
+                write.target == Target::Service,
+                phase.service_owns_writes(),
+                "{phase}"
+            );
+        }
+    }
 
     #[test]
     fn phases_route_reads_and_writes() {

@@ -115,6 +115,14 @@ impl Routing {
             .map(|route| self.carveouts[route.carveout].spec.name.clone())
     }
 
+    /// Whether every instance of the upstream at `index` answers `GET /readyz` with a success.
+    pub async fn upstream_ready(&self, index: usize) -> Result<(), String> {
+        match self.upstreams.get(index) {
+            Some(upstream) => upstream.ready().await,
+            None => Err(format!("no upstream {index}")),
+        }
+    }
+
     /// The name of the upstream at `index`.
     pub fn upstream_name(&self, index: usize) -> &str {
         self.upstreams.get(index).map_or("", |u| u.name())

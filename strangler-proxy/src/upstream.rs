@@ -159,6 +159,23 @@ impl Upstream {
         }
     }
 
+    /// Whether every instance answers `GET /readyz` with a success within 3 s.
+    pub async fn ready(&self) -> Result<(), String> {
+        for instance in &self.instances {
+            let uri = format!("{}/readyz", instance.uri.to_string().trim_end_matches('/'));
+            let request = Request::get(uri.as_str())
+                .body(ProxyBody::empty())
+                .map_err(|e| format!("{uri}: {e}"))?;
+            match tokio::time::timeout(Duration::from_secs(3), self.client.request(request)).await {
+                Ok(Ok(response)) if response.status().is_success() => {}
+                Ok(Ok(response)) => return Err(format!("{uri} answered {}", response.status())),
+                Ok(Err(err)) => return Err(format!("{uri} does not answer ({err})")),
+                Err(_) => return Err(format!("{uri} did not answer within 3 s")),
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a bodiless request with this method may be retried here.
     pub fn retries(&self, method: &Method) -> bool {
         self.budget.attempts() > 0 && is_idempotent(method)

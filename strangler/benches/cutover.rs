@@ -116,15 +116,15 @@ async fn run(label: &str, args: StackArgs, cycles: usize) {
     let started = Instant::now();
     for cycle in 0..cycles {
         for to_service in [true, false] {
-            let (reason, owner) = if to_service {
-                ("bench cut-over", &stack.service)
+            let reason = if to_service {
+                "bench cut-over"
             } else {
-                ("bench roll-back", &stack.monolith)
+                "bench roll-back"
             };
             let out = strangler::cutover::run(
                 &admin,
                 "catalog",
-                stack.cutover_args(&format!("{reason} {cycle}"), owner),
+                stack.cutover_args(&format!("{reason} {cycle}")),
                 to_service,
             )
             .await

@@ -158,6 +158,15 @@ impl Stack {
             })
         });
 
+        let mapping = mapping_file();
+        let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
+        // The carve-out's data sync, so the control plane can move its writes (guarded).
+        let sync = format!(
+            "sync = {{ mapping = {}, monolith_db = {}, service_db = {}, max_lag_events = 10000, max_lag_seconds = 10.0, fence_ms = 5000 }}",
+            quoted(&mapping.display().to_string()),
+            quoted(&monolith_db),
+            quoted(&service_db),
+        );
         let text = format!(
             r#"
             [upstreams.monolith]
@@ -170,6 +179,7 @@ impl Stack {
             phase = "monolith"
             routes = [{{ path = "/catalog/*" }}]
             shadow = {{ ignore = ["/created_at", "/updated_at", "/items/*/created_at", "/items/*/updated_at"], headers = ["content-type"] }}
+            {sync}
             "#
         );
         let proxy_args = strangler_proxy::config::ProxyArgs {
@@ -189,7 +199,6 @@ impl Stack {
             })
         });
 
-        let mapping = mapping_file();
         let stack = Stack {
             proxy,
             admin,
@@ -274,19 +283,12 @@ impl Stack {
 
     /// What a cut-over (`owner` = the service) or roll-back (the monolith) of the stack's
     /// catalog needs.
-    pub fn cutover_args(&self, reason: &str, owner: &str) -> CutoverArgs {
+    pub fn cutover_args(&self, reason: &str) -> CutoverArgs {
         CutoverArgs {
-            mapping: Some(self.mapping.clone()),
-            monolith_db: self.monolith_db.clone(),
-            service_db: self.service_db.clone(),
-            owner_url: owner.to_owned(),
-            max_lag_events: 10_000,
-            max_lag_seconds: 10.0,
-            fence_ms: 5000,
             reason: reason.to_owned(),
             force: false,
             actor: Some("demo".to_owned()),
-            percent: 0.0,
+            percent: None,
         }
     }
 }
@@ -467,13 +469,7 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
     phase(json!({"phase": "canary", "percent": 100, "reason": "all reads", "actor": "demo"}))
         .await?;
     say("6. cut-over: pre-checks, write fence, relay drained, re-verify, writes flipped to the service");
-    crate::cutover::run(
-        &admin,
-        "catalog",
-        stack.cutover_args("demo cut-over", &stack.service),
-        true,
-    )
-    .await?;
+    crate::cutover::run(&admin, "catalog", stack.cutover_args("demo cut-over"), true).await?;
     pause().await;
     say(&format!("7. phase extracted: the service takes reads and writes; reverse sync keeps the monolith current ({} writes so far)", traffic.writes.load(Ordering::Relaxed)));
 
@@ -481,7 +477,7 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
     crate::cutover::run(
         &admin,
         "catalog",
-        stack.cutover_args("demo roll-back", &stack.monolith),
+        stack.cutover_args("demo roll-back"),
         false,
     )
     .await?;

@@ -215,6 +215,20 @@ impl Relay {
         Ok(holder == self.holder)
     }
 
+    /// Whether another relay holds this stream's lease now (a relay is running).
+    pub async fn lease_held_by_another(&self) -> anyhow::Result<bool> {
+        let mut held = self
+            .target
+            .statement("SELECT holder, expires_ms FROM sync_leases WHERE stream = ");
+        held.bind(self.stream.clone());
+        let Some(row) = held.query()?.fetch_optional(self.target.pool()).await? else {
+            return Ok(false);
+        };
+        let holder: String = row.try_get("holder")?;
+        let expires: i64 = row.try_get("expires_ms")?;
+        Ok(holder != self.holder && expires > sqlkit::now_ms())
+    }
+
     /// Gives the lease up (a clean stop), so a standby takes over at once.
     pub async fn release_lease(&self) -> anyhow::Result<()> {
         let mut release = self

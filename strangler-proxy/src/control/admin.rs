@@ -9,6 +9,8 @@
 //! | `GET /audit?carveout=&limit=` | audit entries, newest first |
 //! | `GET /carveouts/{name}/mismatches` | the latest shadow mismatches |
 //! | `GET /carveouts/{name}/captures` | captured monolith exchanges (redacted), for contracts |
+//! | `POST /carveouts/{name}/cutover` | move the writes to the service, guarded `{"reason", "force"?, "actor"?}` (a carve-out with a data sync) |
+//! | `POST /carveouts/{name}/rollback` | move them back `{"reason", "percent"?, "actor"?}` |
 //! | `POST /carveouts/{name}/fence` | hold the carve-out's writes `{"hold_ms"}` (at most 30 s; a cut-over's write fence) |
 //! | `DELETE /carveouts/{name}/fence` | let them go |
 //! | `POST /carveouts/{name}/verifications` | report a contract verification `{"provider", "interactions", "failures", "actor"?}` |
@@ -93,6 +95,8 @@ pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
         .route("/carveouts/{name}/mismatches", get(mismatches))
         .route("/carveouts/{name}/captures", get(captures))
         .route("/carveouts/{name}/fence", post(fence).delete(unfence))
+        .route("/carveouts/{name}/cutover", post(cut_over))
+        .route("/carveouts/{name}/rollback", post(roll_back))
         .route(
             "/carveouts/{name}/verifications",
             get(verifications).post(report_verification),
@@ -379,6 +383,144 @@ async fn set_phase(
             };
             problem(status, slug, &err.to_string())
         }
+    }
+}
+
+/// The body of `POST /carveouts/{name}/cutover` and `/rollback`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveBody {
+    /// Why (required; recorded in the audit log).
+    pub reason: String,
+    /// Cut-over only: proceed without a green contract verification (audited).
+    #[serde(default)]
+    pub force: bool,
+    /// Roll-back only: the canary share the carve-out returns to (default 0).
+    pub percent: Option<f64>,
+    /// Who asks (see `POST /carveouts/{name}/phase`).
+    pub actor: Option<String>,
+}
+
+/// What a move did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MoveReport {
+    /// The carve-out.
+    pub carveout: String,
+    /// Each step, in order.
+    pub steps: Vec<String>,
+}
+
+async fn cut_over(
+    State(admin): State<Admin>,
+    Extension(operator): Extension<Operator>,
+    Path(name): Path<String>,
+    body: Result<Json<MoveBody>, JsonRejection>,
+) -> Response {
+    move_writes(admin, operator, name, body, true).await
+}
+
+async fn roll_back(
+    State(admin): State<Admin>,
+    Extension(operator): Extension<Operator>,
+    Path(name): Path<String>,
+    body: Result<Json<MoveBody>, JsonRejection>,
+) -> Response {
+    move_writes(admin, operator, name, body, false).await
+}
+
+async fn move_writes(
+    admin: Admin,
+    operator: Operator,
+    name: String,
+    body: Result<Json<MoveBody>, JsonRejection>,
+    to_service: bool,
+) -> Response {
+    if let Some(response) = unknown(&admin, &name) {
+        return response;
+    }
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return problem(rejection.status(), "invalid-body", &rejection.body_text())
+        }
+    };
+    if body.reason.trim().is_empty() || body.reason.chars().count() > super::MAX_REASON {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            &format!(
+                "a reason of 1 to {} characters is required",
+                super::MAX_REASON
+            ),
+        );
+    }
+    let actor = match operator.actor(body.actor) {
+        Ok(actor) => actor,
+        Err(refusal) => return refusal,
+    };
+    let movement = if to_service {
+        if body.percent.is_some() {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-body",
+                "percent belongs to a roll-back",
+            );
+        }
+        super::ownership::Move::CutOver
+    } else {
+        match Phase::from_parts("canary", Some(body.percent.unwrap_or(0.0))) {
+            Ok(phase) => super::ownership::Move::RollBack(phase),
+            Err(reason) => {
+                return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", &reason)
+            }
+        }
+    };
+    let request = super::ownership::MoveRequest {
+        actor,
+        reason: body.reason,
+        force: body.force,
+    };
+    // The procedure's database work is not `Send` (sqlx's higher-ranked executor futures):
+    // it runs on a blocking thread, driven by the runtime's handle, and is awaited from here.
+    let control = admin.control.clone();
+    let carveout = name.clone();
+    let handle = tokio::runtime::Handle::current();
+    let moved = tokio::task::spawn_blocking(move || {
+        handle.block_on(async move {
+            let mut progress = |step: &str| tracing::info!(carveout = %carveout, "{step}");
+            control
+                .move_writes(&carveout, movement, request, &mut progress)
+                .await
+        })
+    })
+    .await;
+    let moved = match moved {
+        Ok(moved) => moved,
+        Err(err) => {
+            tracing::error!(error = %err, "the move's task failed");
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the move failed unexpectedly; see the proxy's log (the fence lapses on its own)",
+            );
+        }
+    };
+    match moved {
+        Ok(steps) => Json(MoveReport {
+            carveout: name,
+            steps,
+        })
+        .into_response(),
+        Err(err) => problem_with(
+            StatusCode::CONFLICT,
+            if err.refused {
+                "move-refused"
+            } else {
+                "move-aborted"
+            },
+            &err.message,
+            serde_json::json!({ "steps": err.steps }),
+        ),
     }
 }
 

@@ -30,6 +30,7 @@
 //!   starts, every 30 s while it lasts, and when it ends, not at every poll.
 
 pub mod admin;
+pub mod ownership;
 pub mod store;
 
 use std::sync::Arc;
@@ -465,11 +466,23 @@ impl ControlPlane {
     }
 
     /// Changes a carve-out's phase: checks the ordering rule and the guards, writes the change
-    /// and its audit entry, and applies it to this replica.
+    /// and its audit entry, and applies it to this replica. A change that would move the writes
+    /// of a carve-out with a data sync is refused: those move only by
+    /// [`ControlPlane::move_writes`].
     pub async fn transition(
         &self,
         carveout: &str,
         change: PhaseChange,
+    ) -> Result<CarveOutState, TransitionError> {
+        self.change_phase(carveout, change, false).await
+    }
+
+    /// [`ControlPlane::transition`]; `by_procedure`: the guarded move of writes is the caller.
+    async fn change_phase(
+        &self,
+        carveout: &str,
+        change: PhaseChange,
+        by_procedure: bool,
     ) -> Result<CarveOutState, TransitionError> {
         if change.reason.trim().is_empty() {
             return Err(TransitionError::Invalid("a reason is required".to_owned()));
@@ -495,6 +508,26 @@ impl ControlPlane {
                 carveout: carveout.to_owned(),
                 from,
                 to,
+            });
+        }
+        let synced = self
+            .proxy
+            .routing()
+            .carveouts()
+            .iter()
+            .any(|c| c.spec.name == carveout && c.spec.sync.is_some());
+        if synced && !by_procedure && ownership::moves_writes(from, to) {
+            let command = if to.service_owns_writes() {
+                "cutover"
+            } else {
+                "rollback"
+            };
+            return Err(TransitionError::Guarded {
+                carveout: carveout.to_owned(),
+                to,
+                reasons: format!(
+                    "{carveout} has a data sync, so its writes move only by the guarded procedure: `strangler {command} {carveout} --reason ...` (force does not pass this)"
+                ),
             });
         }
         let mut failures = Vec::new();

@@ -921,31 +921,47 @@ async fn a_running_relay_exports_its_lag_and_progress() {
     );
 }
 
-async fn cutover_cli(
-    admin: &str,
-    command: &str,
-    owner: &str,
-    m: &str,
-    s: &str,
-    extra: &[&str],
-) -> (bool, String, String) {
-    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
-    let mut args = vec![
-        command,
-        "catalog",
-        "--mapping",
-        mapping,
-        "--monolith-db",
-        m,
-        "--service-db",
-        s,
-        "--owner-url",
-        owner,
-        "--reason",
-        "test",
-    ];
+async fn cutover_cli(admin: &str, command: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![command, "catalog", "--reason", "test"];
     args.extend_from_slice(extra);
     cli(admin, TOKEN, &args).await
+}
+
+/// Both relays of the catalog running in this process until the returned sender says stop.
+fn run_relays(
+    m: &str,
+    s: &str,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let setup = strangler_sync::sides::SyncSetup {
+        carveout: "catalog".to_owned(),
+        mapping: concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml").into(),
+        monolith_db: m.to_owned(),
+        service_db: s.to_owned(),
+    };
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let tasks = [
+        strangler_sync::sides::Direction::Forward,
+        strangler_sync::sides::Direction::Reverse,
+    ]
+    .into_iter()
+    .map(|direction| {
+        let (setup, mut stopped) = (setup.clone(), stop.subscribe());
+        tokio::spawn(async move {
+            let relay = setup.open(direction).await.unwrap().relay().await.unwrap();
+            let until = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            relay
+                .run_until(std::time::Duration::from_millis(10), None, until)
+                .await
+                .unwrap();
+        })
+    })
+    .collect();
+    (stop, tasks)
 }
 
 e2e::db_test!(cutover_and_rollback_under_load_lose_no_write);
@@ -981,6 +997,8 @@ async fn cutover_and_rollback_under_load_lose_no_write(shop_db: e2e::TestDb) {
     tokio::spawn(service.run_until(async {
         let _ = stopped.await;
     }));
+    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
     let running = replica_with(&format!(
         r#"
         [upstreams.monolith]
@@ -993,12 +1011,11 @@ async fn cutover_and_rollback_under_load_lose_no_write(shop_db: e2e::TestDb) {
         phase = "canary"
         percent = 100
         routes = [{{ path = "/catalog/*" }}]
+        sync = {{ mapping = "{mapping}", monolith_db = "{m}", service_db = "{s}", max_lag_events = 100000 }}
         "#
     ))
     .await;
     let admin = running.admin.as_str();
-    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
-    let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
     for (command, extra) in [
         ("install", &[][..]),
         ("backfill", &[][..]),
@@ -1008,16 +1025,36 @@ async fn cutover_and_rollback_under_load_lose_no_write(shop_db: e2e::TestDb) {
         assert!(ok, "{command}: {out}{err}");
     }
 
-    // Without a green contract verification the cut-over is refused and nothing changes.
-    let (ok, _, err) = cutover_cli(admin, "cutover", &svc, m, s, &[]).await;
+    // No relay runs yet, and no contract verification is green: refused, nothing changes.
+    let (ok, _, err) = cutover_cli(admin, "cutover", &[]).await;
     assert!(!ok);
     assert!(
-        err.contains("refused, nothing changed") && err.contains("no contract verification"),
+        err.contains("refused, nothing changed")
+            && err.contains("no contract verification")
+            && err.contains("no relay runs for catalog:forward"),
         "{err}"
     );
-    let (ok, _, err) = cutover_cli(admin, "cutover", "http://127.0.0.1:9", m, s, &[]).await;
+    let (relays_stop, relays) = run_relays(m, s);
+    // A plain phase change cannot move the writes, forced or not.
+    let (ok, _, err) = cli(
+        admin,
+        TOKEN,
+        &[
+            "phase",
+            "set",
+            "catalog",
+            "extracted",
+            "--reason",
+            "shortcut",
+            "--force",
+        ],
+    )
+    .await;
     assert!(!ok);
-    assert!(err.contains("the new owner is not healthy"), "{err}");
+    assert!(
+        err.contains("writes move only by the guarded procedure"),
+        "{err}"
+    );
     let (_, view, _) = cli(admin, TOKEN, &["carveouts", "show", "catalog", "--json"]).await;
     assert!(view.contains("\"phase\": \"canary\""), "{view}");
     let http = reqwest::Client::new();
@@ -1052,33 +1089,30 @@ async fn cutover_and_rollback_under_load_lose_no_write(shop_db: e2e::TestDb) {
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let (ok, out, err) = cutover_cli(admin, "cutover", &svc, m, s, &[]).await;
+    let (ok, out, err) = cutover_cli(admin, "cutover", &[]).await;
     assert!(ok, "{out}{err}");
     assert!(err.contains("ownership: catalog is now extracted"), "{err}");
+    assert!(err.contains("every live replica applied it"), "{err}");
     assert!(err.contains("fence: released after"), "{err}");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
-    // The service owns the writes now; reverse sync keeps the monolith current.
-    let (ok, out, err) =
-        sync_cli(m, s, mapping, "run", &["--direction", "reverse", "--once"]).await;
-    assert!(ok, "{out}{err}");
-    // A roll-back whose pre-check fails changes nothing.
-    let (ok, _, err) = cutover_cli(admin, "rollback", "http://127.0.0.1:9", m, s, &[]).await;
-    assert!(!ok && err.contains("refused, nothing changed"), "{err}");
-    let (ok, out, err) = cutover_cli(
-        admin,
-        "rollback",
-        &shop,
-        m,
-        s,
-        &["--max-lag-events", "100000"],
-    )
-    .await;
+    // The service owns the writes now; the reverse relay keeps the monolith current. A second
+    // cut-over is refused (the carve-out is not in canary) and changes nothing.
+    let (ok, _, err) = cutover_cli(admin, "cutover", &[]).await;
+    assert!(
+        !ok && err.contains("refused, nothing changed") && err.contains("not canary"),
+        "{err}"
+    );
+    let (ok, out, err) = cutover_cli(admin, "rollback", &[]).await;
     assert!(ok, "{out}{err}");
     assert!(err.contains("ownership: catalog is now canary"), "{err}");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = writer.await.unwrap();
+    relays_stop.send_replace(true);
+    for relay in relays {
+        relay.await.unwrap();
+    }
     assert!(statuses.len() > 20, "{} writes", statuses.len());
     assert!(
         statuses.iter().all(|s| *s == 201),

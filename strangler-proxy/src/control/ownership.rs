@@ -1,0 +1,538 @@
+//! Moving a carve-out's writes between the monolith and its service: the cut-over (canary →
+//! extracted) and the roll-back (extracted → canary), guarded, run by the control plane.
+//!
+//! A carve-out with a data sync ([`crate::config::SyncSpec`]) changes write ownership only this
+//! way: [`super::ControlPlane::transition`] refuses a plain phase change that would move its
+//! writes, whoever asks and whether forced or not.
+//!
+//! 1. **Guards** (nothing changes when one fails; all failures are named): the carve-out is in
+//!    the phase the move starts from; the new owner answers `/readyz` on every instance; the
+//!    draining direction's capture is installed and a relay holds its lease; its lag is within
+//!    the configured bounds; a verification of both sides finds no drift; for a cut-over, the
+//!    latest contract verification is green (the only guard `force` passes, audited).
+//! 2. **Fence**: the carve-out's writes are held on every replica (they wait, none fail) and
+//!    every live replica acknowledges it; one that does not lifts the fence and refuses the move.
+//! 3. **Drain** the draining relay to zero lag, **re-verify** the keys changed since the
+//!    guards' verification, install the other direction's capture and align key sequences.
+//! 4. **Flip** the phase (audited), wait until every live replica applied it, lift the fence.
+//!
+//! Any failure after the fence is raised undoes what was done (capture installed here is
+//! removed, the phase is not flipped) and lifts the fence: the carve-out is as it was.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use strangler_sync::sides::{Direction, Sides};
+use strangler_sync::{capture, verify};
+
+use super::{ControlPlane, PhaseChange};
+use crate::config::SyncSpec;
+use crate::phase::Phase;
+
+/// Which way the writes move.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Move {
+    /// To the service: canary → extracted.
+    CutOver,
+    /// Back to the monolith: extracted → canary at this phase (a canary percent).
+    RollBack(Phase),
+}
+
+impl Move {
+    fn name(self) -> &'static str {
+        match self {
+            Move::CutOver => "cut-over",
+            Move::RollBack(_) => "roll-back",
+        }
+    }
+
+    /// The direction that drains before the flip.
+    fn draining(self) -> Direction {
+        match self {
+            Move::CutOver => Direction::Forward,
+            Move::RollBack(_) => Direction::Reverse,
+        }
+    }
+
+    fn target(self) -> Phase {
+        match self {
+            Move::CutOver => Phase::Extracted,
+            Move::RollBack(phase) => phase,
+        }
+    }
+}
+
+/// Who moves the writes, and why.
+#[derive(Debug, Clone)]
+pub struct MoveRequest {
+    /// Who asks (recorded in the audit log).
+    pub actor: String,
+    /// Why (required).
+    pub reason: String,
+    /// Proceed without a green contract verification (audited); passes no other guard.
+    pub force: bool,
+}
+
+/// Why a move did not happen; `steps` says what was done and undone.
+#[derive(Debug, thiserror::Error, Serialize)]
+#[error("{message}")]
+pub struct MoveError {
+    /// Whether the guards refused it (nothing was touched) rather than a later step.
+    pub refused: bool,
+    /// What went wrong.
+    pub message: String,
+    /// Each step, as reported.
+    pub steps: Vec<String>,
+}
+
+/// How a step under the fence failed.
+enum Failure {
+    /// Before the flip: what was done is undone, the fence can be lifted.
+    Undone(String),
+    /// After the flip: ownership moved, but a live replica did not apply it in time; the fence
+    /// is left to lapse rather than let that replica's writes go.
+    AfterFlip(String),
+}
+
+/// The steps of a move, reported as they happen.
+struct Steps<'a> {
+    done: Vec<String>,
+    progress: &'a mut (dyn FnMut(&str) + Send),
+}
+
+impl Steps<'_> {
+    fn step(&mut self, text: String) {
+        (self.progress)(&text);
+        self.done.push(text);
+    }
+
+    fn fail(self, refused: bool, message: String) -> MoveError {
+        MoveError {
+            refused,
+            message,
+            steps: self.done,
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Moves `carveout`'s writes (see the module doc), reporting each step to `progress`.
+    /// Returns the steps.
+    pub async fn move_writes(
+        &self,
+        carveout: &str,
+        movement: Move,
+        request: MoveRequest,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Vec<String>, MoveError> {
+        let mut steps = Steps {
+            done: Vec::new(),
+            progress,
+        };
+        let what = movement.name();
+        let Some(spec) = self.sync_spec(carveout) else {
+            let message = match self.known(carveout) {
+                true => format!("{carveout} has no data sync configured: change its phase instead"),
+                false => format!("no carve-out named {carveout}"),
+            };
+            return Err(steps.fail(true, message));
+        };
+        steps.step(format!("{what} of {carveout}: guards"));
+        let draining = match spec.setup.open(movement.draining()).await {
+            Ok(sides) => sides,
+            Err(err) => {
+                return Err(steps.fail(
+                    true,
+                    format!("{what} of {carveout} refused, nothing changed: {err:#}"),
+                ))
+            }
+        };
+        let following = match spec.setup.open(movement.draining().opposite()).await {
+            Ok(sides) => sides,
+            Err(err) => {
+                return Err(steps.fail(
+                    true,
+                    format!("{what} of {carveout} refused, nothing changed: {err:#}"),
+                ))
+            }
+        };
+        let (failures, covered_to, forced_past) = match self
+            .guards_of_move(carveout, movement, &spec, &draining, &request)
+            .await
+        {
+            Ok(checked) => checked,
+            Err(err) => {
+                return Err(steps.fail(
+                    true,
+                    format!("{what} of {carveout} refused, nothing changed: {err:#}"),
+                ))
+            }
+        };
+        if !failures.is_empty() {
+            let message = format!(
+                "{what} of {carveout} refused, nothing changed: {}",
+                failures.join("; ")
+            );
+            return Err(steps.fail(true, message));
+        }
+        steps.step(format!(
+            "  the new owner is ready, a relay runs within its lag bounds, no drift{}",
+            match (movement, forced_past.is_empty()) {
+                (Move::CutOver, true) => ", contracts green",
+                (Move::CutOver, false) => ", contracts NOT green (forced)",
+                (Move::RollBack(_), _) => "",
+            }
+        ));
+
+        // The fence, acknowledged by every live replica.
+        let fenced_at = Instant::now();
+        let deadline = fenced_at + spec.fence.saturating_sub(Duration::from_millis(100));
+        steps.step(format!(
+            "fence: holding {carveout}'s writes (at most {} ms)",
+            spec.fence.as_millis()
+        ));
+        let raised = match self.fence(carveout, spec.fence).await {
+            Ok(_) => self.await_now(deadline).await,
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(err) = raised {
+            let lifted = self.unfence(carveout).await;
+            let message = format!(
+                "{what} of {carveout} refused, nothing changed (fence lifted{}): {err}",
+                if lifted.is_ok() {
+                    ""
+                } else {
+                    " as far as possible"
+                }
+            );
+            return Err(steps.fail(false, message));
+        }
+        steps.step(format!(
+            "fence: every live replica holds the writes ({} ms)",
+            fenced_at.elapsed().as_millis()
+        ));
+        let result = self
+            .fenced_steps(
+                carveout,
+                movement,
+                &request,
+                &draining,
+                &following,
+                covered_to,
+                &forced_past,
+                deadline,
+                &mut steps,
+            )
+            .await;
+        if let Err(Failure::AfterFlip(message)) = result {
+            steps.step(format!(
+                "fence: left to lapse within {} ms",
+                spec.fence.as_millis()
+            ));
+            return Err(steps.fail(false, format!("{what} of {carveout}: {message}")));
+        }
+        let lifted = self.unfence(carveout).await;
+        match &lifted {
+            Ok(_) => steps.step(format!(
+                "fence: released after {} ms",
+                fenced_at.elapsed().as_millis()
+            )),
+            Err(err) => steps.step(format!(
+                "fence: could not lift it ({err}); it lapses on its own within {} ms",
+                spec.fence.as_millis()
+            )),
+        }
+        match result {
+            Ok(()) => {
+                steps.step(format!(
+                    "{what} of {carveout} done: the {} relay keeps the other side current",
+                    movement.draining().opposite().name()
+                ));
+                Ok(steps.done)
+            }
+            Err(Failure::Undone(message) | Failure::AfterFlip(message)) => Err(steps.fail(
+                false,
+                format!("{what} of {carveout} aborted, nothing changed: {message}"),
+            )),
+        }
+    }
+
+    fn sync_spec(&self, carveout: &str) -> Option<SyncSpec> {
+        self.proxy
+            .routing()
+            .carveouts()
+            .iter()
+            .find(|c| c.spec.name == carveout)
+            .and_then(|c| c.spec.sync.clone())
+    }
+
+    fn known(&self, carveout: &str) -> bool {
+        self.proxy
+            .routing()
+            .carveouts()
+            .iter()
+            .any(|c| c.spec.name == carveout)
+    }
+
+    /// Waits until every live replica has applied everything stored now.
+    async fn await_now(&self, deadline: Instant) -> Result<(), String> {
+        let epoch = self.store.epoch().await.map_err(|e| e.to_string())?;
+        let within = deadline.saturating_duration_since(Instant::now());
+        self.await_applied(epoch, within)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The guards of a move: what fails (empty: all pass), how far the verification covered
+    /// the change log, and the contract failure forced past (empty when none).
+    async fn guards_of_move(
+        &self,
+        carveout: &str,
+        movement: Move,
+        spec: &SyncSpec,
+        draining: &Sides,
+        request: &MoveRequest,
+    ) -> anyhow::Result<(Vec<String>, Option<i64>, String)> {
+        let mut failures = Vec::new();
+        let state = self
+            .store
+            .state(carveout)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no carve-out named {carveout}"))?;
+        let from_ok = match movement {
+            Move::CutOver => matches!(state.phase, Phase::Canary { .. }),
+            Move::RollBack(_) => state.phase == Phase::Extracted,
+        };
+        if !from_ok {
+            failures.push(format!(
+                "{carveout} is in {}, not {}",
+                state.phase,
+                match movement {
+                    Move::CutOver => "canary",
+                    Move::RollBack(_) => "extracted",
+                }
+            ));
+        }
+        if let Err(why) = self.owner_ready(carveout, movement).await {
+            failures.push(format!("the new owner is not ready: {why}"));
+        }
+        let stream = draining.stream();
+        if capture::installed(&draining.source, &draining.mapping).await? {
+            let relay = strangler_sync::relay::Relay::new(
+                draining.source.clone(),
+                draining.target.clone(),
+                draining.mapping.clone(),
+                draining.direction.name(),
+            )
+            .await?;
+            if !relay.lease_held_by_another().await? {
+                failures.push(format!(
+                    "no relay runs for {stream} (start `strangler sync run {carveout} --direction {}`)",
+                    draining.direction.name()
+                ));
+            }
+            let (events, age) = relay.lag().await?;
+            if events > spec.max_lag_events || age.as_secs_f64() > spec.max_lag_seconds {
+                failures.push(format!(
+                    "sync lag is {events} change(s) / {:.1} s (bounds: {} / {} s)",
+                    age.as_secs_f64(),
+                    spec.max_lag_events,
+                    spec.max_lag_seconds
+                ));
+            }
+        } else {
+            failures.push(format!("{stream}: capture is not installed"));
+        }
+        let report = verify::verify_live(
+            &draining.source,
+            &draining.target,
+            &draining.mapping,
+            Some(&stream),
+        )
+        .await?;
+        if !report.clean() {
+            failures.push(format!(
+                "verify: {}",
+                report.summary().trim().replace('\n', "; ")
+            ));
+        }
+        let mut forced_past = String::new();
+        if movement == Move::CutOver {
+            let contracts = match self.store.verifications(carveout, 1).await?.first() {
+                Some(v) if v.passed => None,
+                Some(v) => Some(format!(
+                    "the latest contract verification ({}) is red",
+                    v.at
+                )),
+                None => Some("no contract verification is on record".to_owned()),
+            };
+            match (contracts, request.force) {
+                (None, _) => {}
+                (Some(why), true) => forced_past = why,
+                (Some(why), false) => failures.push(why),
+            }
+        }
+        Ok((failures, report.covered_to, forced_past))
+    }
+
+    /// Whether every instance of the new owner answers `/readyz`.
+    async fn owner_ready(&self, carveout: &str, movement: Move) -> Result<(), String> {
+        let routing = self.proxy.routing();
+        let upstream = routing
+            .carveouts()
+            .iter()
+            .find(|c| c.spec.name == carveout)
+            .map(|c| match movement {
+                Move::CutOver => c.spec.upstream,
+                Move::RollBack(_) => 0,
+            })
+            .ok_or_else(|| format!("no carve-out named {carveout}"))?;
+        routing.upstream_ready(upstream).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fenced_steps(
+        &self,
+        carveout: &str,
+        movement: Move,
+        request: &MoveRequest,
+        draining: &Sides,
+        following: &Sides,
+        covered_to: Option<i64>,
+        forced_past: &str,
+        deadline: Instant,
+        steps: &mut Steps<'_>,
+    ) -> Result<(), Failure> {
+        let fail = |e: anyhow::Error| Failure::Undone(format!("{e:#}"));
+        let direction = draining.direction.name();
+        // Drain: step ourselves when the running relay lets go; otherwise wait for it.
+        let mut relay = strangler_sync::relay::Relay::new(
+            draining.source.clone(),
+            draining.target.clone(),
+            draining.mapping.clone(),
+            direction,
+        )
+        .await
+        .map_err(fail)?
+        .with_lease(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1)),
+        );
+        loop {
+            if Instant::now() >= deadline {
+                return Err(Failure::Undone(format!(
+                    "the {direction} relay did not drain within the fence"
+                )));
+            }
+            let step = relay.step().await.map_err(fail)?;
+            if step.standby {
+                if relay.lag().await.map_err(fail)?.0 == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            } else if step.applied == 0 && step.gap.is_none() {
+                let _ = relay.release_lease().await;
+                break;
+            }
+        }
+        steps.step(format!("drain: the {direction} relay is at zero lag"));
+        // What can have moved since the guards' verification is the keys logged after it.
+        let (report, scope) = match covered_to {
+            Some(since) => (
+                verify::verify_changed(
+                    &draining.source,
+                    &draining.target,
+                    &draining.mapping,
+                    since,
+                )
+                .await
+                .map_err(fail)?,
+                "key(s) changed since the guards",
+            ),
+            None => (
+                verify::verify(&draining.source, &draining.target, &draining.mapping)
+                    .await
+                    .map_err(fail)?,
+                "rows",
+            ),
+        };
+        if !report.drift.is_empty() || (covered_to.is_none() && !report.clean()) {
+            return Err(Failure::Undone(format!(
+                "re-verify under the fence: {}",
+                report.summary().trim()
+            )));
+        }
+        steps.step(format!(
+            "re-verify: {} {scope}, no drift",
+            report.rows_compared
+        ));
+        let installed_here = !capture::installed(&following.source, &following.mapping)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        if installed_here {
+            capture::install(&following.source, &following.mapping)
+                .await
+                .map_err(fail)?;
+        }
+        let undo = || async {
+            if installed_here {
+                if let Err(err) = capture::uninstall(&following.source, &following.mapping).await {
+                    tracing::error!(error = %err, "could not remove the capture this move installed");
+                }
+            }
+        };
+        if let Err(err) = capture::align_sequences(&following.source, &following.mapping).await {
+            undo().await;
+            return Err(fail(err));
+        }
+        steps.step(format!(
+            "sync: {} capture ready on the new owner",
+            following.direction.name()
+        ));
+        if Instant::now() >= deadline {
+            undo().await;
+            return Err(Failure::Undone(
+                "the fence would lapse before the flip: raise the carve-out's sync.fence_ms"
+                    .to_owned(),
+            ));
+        }
+        let mut reason = format!(
+            "{}: {}",
+            movement.name().replace('-', ""),
+            request.reason.trim()
+        );
+        if !forced_past.is_empty() {
+            reason.push_str(&format!(" [forced past: {forced_past}]"));
+        }
+        let change = PhaseChange {
+            to: movement.target(),
+            actor: request.actor.clone(),
+            reason,
+            force: !forced_past.is_empty(),
+        };
+        let flipped = self.change_phase(carveout, change, true).await;
+        let state = match flipped {
+            Ok(state) => state,
+            Err(err) => {
+                undo().await;
+                return Err(Failure::Undone(format!("the flip was refused: {err}")));
+            }
+        };
+        steps.step(format!("ownership: {carveout} is now {}", state.phase));
+        // The fence lifts only once every live replica routes by the new owner.
+        self.await_now(deadline).await.map_err(|e| {
+            Failure::AfterFlip(format!(
+                "the flip is recorded, but not every replica applied it in time: {e}"
+            ))
+        })?;
+        steps.step("ownership: every live replica applied it".to_owned());
+        Ok(())
+    }
+}
+
+/// Whether a change between these phases moves a carve-out's writes.
+pub(crate) fn moves_writes(from: Phase, to: Phase) -> bool {
+    from.service_owns_writes() != to.service_owns_writes()
+}

@@ -15,6 +15,7 @@ mod control;
 mod framing;
 mod hostile;
 mod hygiene;
+mod ownership;
 mod phases;
 mod process;
 mod resilience;

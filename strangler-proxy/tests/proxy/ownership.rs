@@ -1,0 +1,425 @@
+//! Moving a carve-out's writes: only the guarded procedure can, and every refusal or abort
+//! leaves the phase, the fence and the sync direction exactly as they were.
+
+use std::time::Duration;
+
+use e2e::TestDb;
+use serde_json::{json, Value};
+use sqlkit::{Db, DbOptions};
+use strangler_proxy::app::Replica;
+use strangler_proxy::config::{Config, ProxyArgs};
+use strangler_proxy::control::ControlPlane;
+use strangler_sync::capture;
+use strangler_sync::relay::Relay;
+use strangler_sync::sides::{Direction, SyncSetup};
+
+use crate::support::{eventually, Mode, Stub};
+
+const MAPPING: &str = r#"
+carveout = "catalog"
+
+[[tables]]
+source = "src_items"
+target = "items"
+key = [{ source = "id", target = "item_id" }]
+columns = [
+  { source = "name", target = "title" },
+  { source = "price_cents", target = "price_mills", transform = "multiply:10" },
+]
+"#;
+
+/// A second database of the same backend as `db`.
+async fn twin(db: &TestDb) -> TestDb {
+    if db.url.starts_with("postgres") {
+        TestDb::postgres().await
+    } else {
+        TestDb::sqlite().await
+    }
+}
+
+async fn exec(db: &Db, sql: &str) {
+    sqlx::raw_sql(sql).execute(db.pool()).await.unwrap();
+}
+
+/// A relay of one direction running in this process until `stop` says so.
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(setup: &SyncSetup, direction: Direction) -> Running {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let setup = setup.clone();
+        let task = tokio::spawn(async move {
+            let relay = setup.open(direction).await.unwrap().relay().await.unwrap();
+            let until = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            relay
+                .run_until(Duration::from_millis(10), None, until)
+                .await
+                .unwrap();
+        });
+        Running { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        self.task.await.unwrap();
+    }
+}
+
+/// The monolith's and the service's databases with a synced `catalog` carve-out in canary, and
+/// a replica that moves its writes.
+struct Fixture {
+    monolith_db: Db,
+    service_db: Db,
+    setup: SyncSetup,
+    service: Stub,
+    control: ControlPlane,
+    control_db: Db,
+    admin: String,
+    http: reqwest::Client,
+    forward: Option<Running>,
+    _dbs: Vec<TestDb>,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Fixture {
+    async fn start(db: TestDb) -> Fixture {
+        let (service_test_db, control_test_db) = (twin(&db).await, twin(&db).await);
+        let options = DbOptions::default();
+        let monolith_db = Db::connect_unmigrated(&db.url, &options).await.unwrap();
+        let service_db = Db::connect_unmigrated(&service_test_db.url, &options)
+            .await
+            .unwrap();
+        exec(&monolith_db, "CREATE TABLE src_items (id BIGINT PRIMARY KEY, name TEXT NOT NULL, price_cents BIGINT NOT NULL)").await;
+        exec(&service_db, "CREATE TABLE items (item_id BIGINT PRIMARY KEY, title TEXT NOT NULL, price_mills BIGINT NOT NULL)").await;
+        let dir = tempfile::tempdir().unwrap();
+        let mapping = dir.path().join("catalog.toml");
+        std::fs::write(&mapping, MAPPING).unwrap();
+        let setup = SyncSetup {
+            carveout: "catalog".to_owned(),
+            mapping: mapping.clone(),
+            monolith_db: db.url.clone(),
+            service_db: service_test_db.url.clone(),
+        };
+        let forward_sides = setup.open(Direction::Forward).await.unwrap();
+        capture::install(&forward_sides.source, &forward_sides.mapping)
+            .await
+            .unwrap();
+        exec(
+            &monolith_db,
+            "INSERT INTO src_items VALUES (1, 'a', 100), (2, 'b', 200)",
+        )
+        .await;
+        let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+        let text = format!(
+            r#"
+            [upstreams.monolith]
+            instances = ["{}"]
+            [upstreams.catalog]
+            instances = ["{}"]
+            [[carveouts]]
+            name = "catalog"
+            upstream = "catalog"
+            phase = "canary"
+            percent = 100
+            require_contracts = false
+            routes = [{{ path = "/catalog/*" }}]
+            sync = {{ mapping = {}, monolith_db = {}, service_db = {}, max_lag_events = 5, fence_ms = 1500 }}
+            "#,
+            monolith.url(),
+            service.url(),
+            toml::Value::String(mapping.display().to_string()),
+            toml::Value::String(db.url.clone()),
+            toml::Value::String(service_test_db.url.clone()),
+        );
+        let args = ProxyArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            control_db: control_test_db.url.clone(),
+            sync_interval_ms: 50,
+            routing_lease_ms: 500,
+            ..ProxyArgs::defaults()
+        };
+        let config = Config::from_toml(&text, &args).unwrap();
+        let replica = Replica::build(&config).await.unwrap();
+        let admin = format!("http://{}", replica.admin_addr());
+        let control = replica.control();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(replica.run_until(async {
+            let _ = stopped.await;
+        }));
+        let control_db = Db::connect_unmigrated(&control_test_db.url, &options)
+            .await
+            .unwrap();
+        let forward = Running::start(&setup, Direction::Forward);
+        let fixture = Fixture {
+            monolith_db,
+            service_db,
+            setup,
+            service,
+            control,
+            control_db,
+            admin,
+            http: reqwest::Client::new(),
+            forward: Some(forward),
+            _dbs: vec![db, service_test_db, control_test_db],
+            _dir: dir,
+            stop: Some(stop),
+        };
+        fixture.settle().await;
+        fixture
+    }
+
+    /// Waits until the forward relay applied everything.
+    async fn settle(&self) {
+        let sides = self.setup.open(Direction::Forward).await.unwrap();
+        let relay = sides.relay().await.unwrap();
+        eventually(
+            Duration::from_secs(10),
+            "the forward relay to catch up",
+            || async { relay.lag().await.unwrap().0 == 0 },
+        )
+        .await;
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.admin))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn cut_over(&self) -> (u16, Value) {
+        self.post("/carveouts/catalog/cutover", json!({"reason": "test"}))
+            .await
+    }
+
+    /// What a move must leave as it was: the phase, the fence, and which directions capture.
+    async fn state(&self) -> (String, bool, bool, bool) {
+        let stored = self
+            .control
+            .store()
+            .state("catalog")
+            .await
+            .unwrap()
+            .unwrap();
+        let forward = self.setup.open(Direction::Forward).await.unwrap();
+        let reverse = self.setup.open(Direction::Reverse).await.unwrap();
+        (
+            stored.phase.to_string(),
+            stored.fenced_until_ms > sqlkit::now_ms(),
+            capture::installed(&forward.source, &forward.mapping)
+                .await
+                .unwrap(),
+            capture::installed(&reverse.source, &reverse.mapping)
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// Asserts a refused or aborted move, naming `cause`, changed nothing.
+    async fn assert_refused(
+        &self,
+        answer: (u16, Value),
+        cause: &str,
+        before: &(String, bool, bool, bool),
+    ) {
+        let (status, body) = answer;
+        assert_eq!(status, 409, "{body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("nothing changed"), "{body}");
+        assert!(detail.contains(cause), "expected {cause:?} in {body}");
+        assert_eq!(&self.state().await, before, "{body}");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+db_test!(
+    every_refusal_and_abort_of_a_move_changes_nothing,
+    a_move_without_capture_is_refused
+);
+
+async fn a_move_without_capture_is_refused(db: TestDb) {
+    let f = Fixture::start(db).await;
+    let forward = f.setup.open(Direction::Forward).await.unwrap();
+    capture::uninstall(&forward.source, &forward.mapping)
+        .await
+        .unwrap();
+    let before = f.state().await;
+    assert_eq!(before, ("canary 100.00%".to_owned(), false, false, false));
+    f.assert_refused(f.cut_over().await, "capture is not installed", &before)
+        .await;
+}
+
+async fn every_refusal_and_abort_of_a_move_changes_nothing(db: TestDb) {
+    let mut f = Fixture::start(db).await;
+    let before = f.state().await;
+    assert_eq!(before, ("canary 100.00%".to_owned(), false, true, false));
+
+    // A plain phase change cannot move the writes, forced or not.
+    let (status, body) = f
+        .post(
+            "/carveouts/catalog/phase",
+            json!({"phase": "extracted", "reason": "shortcut", "force": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (409, Some("/problems/precheck-failed")),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("guarded procedure"),
+        "{body}"
+    );
+    assert_eq!(f.state().await, before);
+
+    // Wrong phase.
+    let rollback = f
+        .post("/carveouts/catalog/rollback", json!({"reason": "test"}))
+        .await;
+    f.assert_refused(rollback, "not extracted", &before).await;
+
+    // The new owner is not ready.
+    f.service.set_mode(Mode::Fail);
+    f.assert_refused(f.cut_over().await, "the new owner is not ready", &before)
+        .await;
+    f.service.set_mode(Mode::Ok);
+
+    // Drift: a row the service has and the monolith does not.
+    exec(&f.service_db, "INSERT INTO items VALUES (99, 'stray', 10)").await;
+    f.assert_refused(f.cut_over().await, "verify:", &before)
+        .await;
+    exec(&f.service_db, "DELETE FROM items WHERE item_id = 99").await;
+
+    // No relay runs.
+    f.forward.take().unwrap().stop().await;
+    f.assert_refused(f.cut_over().await, "no relay runs", &before)
+        .await;
+
+    // A relay holds the lease but applies nothing: lag over its bound refuses; within it, the
+    // drain cannot finish within the fence, and the move aborts with the fence lifted.
+    let sides = f.setup.open(Direction::Forward).await.unwrap();
+    let stuck = Relay::new(sides.source, sides.target, sides.mapping, "forward")
+        .await
+        .unwrap()
+        .with_lease(Duration::from_secs(60));
+    assert!(stuck.hold_lease().await.unwrap());
+    for id in 10..20 {
+        exec(
+            &f.monolith_db,
+            &format!("INSERT INTO src_items VALUES ({id}, 'x', 1)"),
+        )
+        .await;
+    }
+    f.assert_refused(f.cut_over().await, "sync lag is 10 change(s)", &before)
+        .await;
+    exec(&f.monolith_db, "DELETE FROM src_items WHERE id >= 10").await;
+    let relay = f
+        .setup
+        .open(Direction::Forward)
+        .await
+        .unwrap()
+        .relay()
+        .await
+        .unwrap();
+    stuck.release_lease().await.unwrap();
+    let mut catch_up = relay;
+    catch_up.drain().await.unwrap();
+    catch_up.release_lease().await.unwrap();
+    assert!(stuck.hold_lease().await.unwrap());
+    exec(
+        &f.monolith_db,
+        "INSERT INTO src_items VALUES (30, 'late', 3)",
+    )
+    .await;
+    let (status, body) = f.cut_over().await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not drain within the fence"),
+        "{body}"
+    );
+    assert_eq!(body["type"], "/problems/move-aborted");
+    assert_eq!(f.state().await, before, "{body}");
+    stuck.release_lease().await.unwrap();
+
+    f.forward = Some(Running::start(&f.setup, Direction::Forward));
+    f.settle().await;
+
+    // A live replica that never acknowledges the fence: the move gives up, fence lifted.
+    sqlx::query(
+        "INSERT INTO control_replicas (id, address, admin_address, version, started_at, heartbeat_ms, lease_ms, applied_epoch) \
+         VALUES ('stuck', '10.9.9.9:1', '10.9.9.9:2', 'x', 'x', $1, 60000, 0)",
+    )
+    .bind(sqlkit::now_ms())
+    .execute(f.control_db.pool())
+    .await
+    .unwrap();
+    let answer = f.cut_over().await;
+    f.assert_refused(answer, "did not apply the change", &before)
+        .await;
+    sqlx::query("DELETE FROM control_replicas WHERE id = 'stuck'")
+        .execute(f.control_db.pool())
+        .await
+        .unwrap();
+
+    // All guards pass: the writes move, the reverse capture is installed, the fence is down.
+    let (status, body) = f.cut_over().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(f.state().await, ("extracted".to_owned(), false, true, true));
+    let audit: Value = f
+        .http
+        .get(format!("{}/audit?carveout=catalog&limit=1", f.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        audit[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("cutover: test"),
+        "{audit}"
+    );
+    // And back, with a reverse relay running.
+    let reverse = Running::start(&f.setup, Direction::Reverse);
+    let (status, body) = f
+        .post(
+            "/carveouts/catalog/rollback",
+            json!({"reason": "test", "percent": 5}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(f.state().await.0, "canary 5.00%");
+    reverse.stop().await;
+    if let Some(forward) = f.forward.take() {
+        forward.stop().await;
+    }
+}

@@ -703,6 +703,33 @@ async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing(shop_db: e
     let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
     let (ok, out, err) = sync_cli(m, s, mapping, "install", &[]).await;
     assert!(ok, "{out}{err}");
+    // Every write the relay makes to the service is logged: a batch applied twice would log
+    // the same row state twice (every change here gives its row a state it never had before).
+    let service = sqlkit::Db::connect_unmigrated(s, &sqlkit::DbOptions::default())
+        .await
+        .unwrap();
+    let log = "CREATE TABLE applied_log (product_id BIGINT, price_mills BIGINT)";
+    let triggers = if s.starts_with("postgres") {
+        vec![
+            log.to_owned(),
+            "CREATE FUNCTION log_applied() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             INSERT INTO applied_log VALUES (NEW.product_id, NEW.price_mills); RETURN NULL; END $$"
+                .to_owned(),
+            "CREATE TRIGGER log_applied AFTER INSERT OR UPDATE ON products \
+             FOR EACH ROW EXECUTE FUNCTION log_applied()"
+                .to_owned(),
+        ]
+    } else {
+        let body = "BEGIN INSERT INTO applied_log VALUES (NEW.product_id, NEW.price_mills); END";
+        vec![
+            log.to_owned(),
+            format!("CREATE TRIGGER log_applied_i AFTER INSERT ON products {body}"),
+            format!("CREATE TRIGGER log_applied_u AFTER UPDATE ON products {body}"),
+        ]
+    };
+    for sql in triggers {
+        sqlx::raw_sql(&sql).execute(service.pool()).await.unwrap();
+    }
 
     // Writes keep coming while relay processes are killed (SIGKILL, no clean stop) at random
     // points, one after another.
@@ -740,7 +767,7 @@ async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing(shop_db: e
             i
         })
     };
-    for round in 0..5u64 {
+    for round in 0..20u64 {
         let mut child = std::process::Command::new(BIN)
             .args([
                 "sync",
@@ -761,8 +788,8 @@ async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing(shop_db: e
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // Pseudo-random kill points between 150 and 650 ms.
-        let wait = 150 + (round * 7919 + std::process::id() as u64) % 500;
+        // Pseudo-random kill points between 100 and 400 ms.
+        let wait = 100 + (round * 7919 + std::process::id() as u64) % 300;
         tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
         child.kill().unwrap();
         child.wait().unwrap();
@@ -797,6 +824,22 @@ async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing(shop_db: e
     let (_, out, _) = sync_cli(m, s, mapping, "status", &["--json"]).await;
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["lag_events"], 0, "{status}");
+    let twice: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT product_id, price_mills, CAST(COUNT(*) AS BIGINT) FROM applied_log \
+         GROUP BY product_id, price_mills HAVING COUNT(*) > 1",
+    )
+    .fetch_all(service.pool())
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "changes applied twice: {twice:?}");
+    let logged: i64 = sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM applied_log")
+        .fetch_one(service.pool())
+        .await
+        .unwrap();
+    assert!(
+        logged >= writes,
+        "{logged} applied writes for {writes} inserts"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

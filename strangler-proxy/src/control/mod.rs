@@ -437,10 +437,35 @@ impl ControlPlane {
         );
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // On PostgreSQL a change is pushed (LISTEN/NOTIFY) and applied at once; the poll stays,
+        // for a missed notification and on SQLite.
+        let mut listener = match self.store.listener().await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for control changes; polling only");
+                None
+            }
+        };
         // (since when it fails, when it was last reported)
         let mut outage: Option<(std::time::Instant, std::time::Instant)> = None;
         loop {
-            ticker.tick().await;
+            let notified = async {
+                match listener.as_mut() {
+                    // A lost connection is re-established by the next recv; the poll covers
+                    // what was missed meanwhile.
+                    Some(listener) => listener.recv().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ticker.tick() => {}
+                pushed = notified => {
+                    if let Err(err) = pushed {
+                        tracing::debug!(error = %err, "the control change listener failed; it reconnects");
+                        tokio::time::sleep(interval).await;
+                    }
+                }
+            }
             match (self.sync().await, &mut outage) {
                 (Ok(_), None) => {}
                 (Ok(_), Some((since, _))) => {

@@ -83,6 +83,8 @@ pub struct Verification {
 #[derive(Debug, Clone)]
 pub struct ControlStore {
     db: sqlkit::Db,
+    /// The PostgreSQL URL, to listen for changes (`None` on SQLite).
+    listen_url: Option<String>,
     /// An SQLite control database's file and its identity when opened: a file deleted or
     /// replaced under a running replica would take acknowledged changes with it.
     file: Option<(std::path::PathBuf, (u64, u64))>,
@@ -121,10 +123,23 @@ impl Replica {
     }
 }
 
+/// The PostgreSQL channel every change is announced on.
+pub const CHANNEL: &str = "strangler_control";
+
 async fn bump_epoch(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE control_epoch SET epoch = epoch + 1 WHERE id = 1")
-        .execute(&mut **tx)
-        .await?;
+    let epoch: i64 = sqlx::query_scalar(
+        "UPDATE control_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    // Replicas listening on PostgreSQL apply it at once; delivered when the change commits.
+    if tx.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(epoch.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
@@ -184,7 +199,12 @@ impl ControlStore {
             }
             None => None,
         };
-        Ok(ControlStore { db, file })
+        let listen_url = (db.backend() == sqlkit::Backend::Postgres).then(|| url.to_owned());
+        Ok(ControlStore {
+            db,
+            file,
+            listen_url,
+        })
     }
 
     /// Whether the control database can be used: its file (SQLite) is still the one opened,
@@ -246,6 +266,17 @@ impl ControlStore {
         }
         tx.commit().await?;
         Ok(known)
+    }
+
+    /// A listener of the changes announced on PostgreSQL (`None` on SQLite, where replicas
+    /// poll).
+    pub async fn listener(&self) -> Result<Option<sqlx::postgres::PgListener>, sqlx::Error> {
+        let Some(url) = &self.listen_url else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Some(listener))
     }
 
     /// The control epoch: bumped by every phase change and fence.

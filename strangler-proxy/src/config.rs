@@ -230,6 +230,12 @@ struct SyncSection {
     max_lag_seconds: f64,
     #[serde(default = "default_fence_ms")]
     fence_ms: u64,
+    #[serde(default = "default_retire_dwell_s")]
+    retire_dwell_s: u64,
+}
+
+fn default_retire_dwell_s() -> u64 {
+    86_400
 }
 
 fn default_max_lag_events() -> i64 {
@@ -255,6 +261,8 @@ pub struct SyncSpec {
     pub max_lag_seconds: f64,
     /// Longest the writes may be held during a move.
     pub fence: Duration,
+    /// How long the carve-out must have been `extracted`, with no roll-back, to be retired.
+    pub retire_dwell: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -558,6 +566,7 @@ impl Config {
                         max_lag_events: sync.max_lag_events,
                         max_lag_seconds: sync.max_lag_seconds,
                         fence: Duration::from_millis(sync.fence_ms),
+                        retire_dwell: Duration::from_secs(sync.retire_dwell_s),
                     })
                 }
             };

@@ -33,8 +33,19 @@ pub struct CutoverArgs {
     pub percent: Option<f64>,
 }
 
+/// What `strangler retire` needs.
+#[derive(Debug, Clone, Args)]
+pub struct RetireArgs {
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    pub reason: String,
+    /// Who you are, for an admin API without tokens.
+    #[arg(long)]
+    pub actor: Option<String>,
+}
+
 /// Runs a cut-over (`to_service`) or a roll-back, printing each step on stderr as the control
-/// plane reports it; returns the closing line.
+/// plane reports it; returns the steps and a closing line.
 pub async fn run(
     admin: &Admin,
     name: &str,
@@ -48,11 +59,32 @@ pub async fn run(
         percent: args.percent,
         actor: args.actor,
     };
+    procedure(admin, name, route, &body).await
+}
+
+/// Retires a carve-out (after its dwell in `extracted`), printing each step on stderr.
+pub async fn retire(admin: &Admin, name: &str, args: RetireArgs) -> anyhow::Result<String> {
+    let body = MoveBody {
+        reason: args.reason,
+        force: false,
+        percent: None,
+        actor: args.actor,
+    };
+    procedure(admin, name, "retire", &body).await
+}
+
+/// Asks the control plane to run `route` (`cutover`, `rollback`, `retire`) on `name`.
+async fn procedure(
+    admin: &Admin,
+    name: &str,
+    route: &str,
+    body: &MoveBody,
+) -> anyhow::Result<String> {
     // A move holds the writes for a while and verifies: give it more than a plain call.
     let request = admin
         .request(reqwest::Method::POST, &format!("/carveouts/{name}/{route}"))
         .timeout(std::time::Duration::from_secs(600))
-        .json(&body);
+        .json(body);
     let response = request.send().await?;
     let status = response.status();
     let answer: Value = response.json().await?;
@@ -75,9 +107,5 @@ pub async fn run(
         bail!("{detail}");
     }
     let report: MoveReport = serde_json::from_value(answer)?;
-    Ok(format!(
-        "{done}{} of {} done\n",
-        if to_service { "cut-over" } else { "roll-back" },
-        report.carveout
-    ))
+    Ok(format!("{done}{route} of {} done\n", report.carveout))
 }

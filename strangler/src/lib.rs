@@ -108,6 +108,15 @@ pub enum Command {
         #[command(flatten)]
         args: cutover::CutoverArgs,
     },
+    /// Retire a carve-out that has been `extracted` for its dwell: its reverse sync drained,
+    /// the phase set to `retired` (its final state audited), the reverse sync removed.
+    Retire {
+        /// The carve-out.
+        name: String,
+        /// Reason and actor.
+        #[command(flatten)]
+        args: cutover::RetireArgs,
+    },
     /// The whole carve-out on SQLite in one process: monolith, catalog service, proxy with its
     /// admin API, and the sync relays. Serves until Ctrl-C.
     Stack(stack::StackArgs),
@@ -399,6 +408,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Demo { seed_products, dbs } => stack::demo(seed_products, dbs).await,
         Command::Cutover { name, args } => cutover::run(&admin, &name, args, true).await,
         Command::Rollback { name, args } => cutover::run(&admin, &name, args, false).await,
+        Command::Retire { name, args } => cutover::retire(&admin, &name, args).await,
         Command::Mismatches { name } => {
             let path = format!("/carveouts/{name}/mismatches");
             let mismatches: Vec<Mismatch> = admin

@@ -426,6 +426,7 @@ impl Relay {
         let mut total = 0i64;
         let mut last_figures: Option<Instant> = None;
         let mut failures = 0u32;
+        let mut read_once = false;
         loop {
             if let Some(metrics) = &metrics {
                 if last_figures.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
@@ -444,6 +445,7 @@ impl Relay {
             };
             let pause = match step {
                 Ok(step) => {
+                    read_once |= !step.standby;
                     failures = 0;
                     if let Some(metrics) = &metrics {
                         metrics.step(&step);
@@ -452,6 +454,18 @@ impl Relay {
                     (step.applied == 0).then_some(interval)
                 }
                 Err(err) => {
+                    // Capture removed from the source after it ran (the carve-out was retired):
+                    // nothing more will ever come; stop instead of failing for good. (Before
+                    // capture is first installed, a relay waits for it.)
+                    if read_once
+                        && matches!(
+                            crate::capture::installed(&self.source, &self.mapping).await,
+                            Ok(false)
+                        )
+                    {
+                        tracing::info!(stream = %self.stream, "capture was removed from the source; the relay stops");
+                        break;
+                    }
                     failures += 1;
                     if let Some(metrics) = &metrics {
                         metrics.error();

@@ -11,6 +11,7 @@
 //! | `GET /carveouts/{name}/captures` | captured monolith exchanges (redacted), for contracts |
 //! | `POST /carveouts/{name}/cutover` | move the writes to the service, guarded `{"reason", "force"?, "actor"?}` (a carve-out with a data sync) |
 //! | `POST /carveouts/{name}/rollback` | move them back `{"reason", "percent"?, "actor"?}` |
+//! | `POST /carveouts/{name}/retire` | retire a synced carve-out after its dwell in `extracted` `{"reason", "actor"?}` |
 //! | `POST /carveouts/{name}/fence` | hold the carve-out's writes `{"hold_ms"}` (at most 30 s; a cut-over's write fence) |
 //! | `DELETE /carveouts/{name}/fence` | let them go |
 //! | `POST /carveouts/{name}/verifications` | report a contract verification `{"provider", "interactions", "failures", "actor"?}` |
@@ -97,6 +98,7 @@ pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
         .route("/carveouts/{name}/fence", post(fence).delete(unfence))
         .route("/carveouts/{name}/cutover", post(cut_over))
         .route("/carveouts/{name}/rollback", post(roll_back))
+        .route("/carveouts/{name}/retire", post(retire))
         .route(
             "/carveouts/{name}/verifications",
             get(verifications).post(report_verification),
@@ -416,7 +418,7 @@ async fn cut_over(
     Path(name): Path<String>,
     body: Result<Json<MoveBody>, JsonRejection>,
 ) -> Response {
-    move_writes(admin, operator, name, body, true).await
+    move_writes(admin, operator, name, body, Procedure::CutOver).await
 }
 
 async fn roll_back(
@@ -425,7 +427,24 @@ async fn roll_back(
     Path(name): Path<String>,
     body: Result<Json<MoveBody>, JsonRejection>,
 ) -> Response {
-    move_writes(admin, operator, name, body, false).await
+    move_writes(admin, operator, name, body, Procedure::RollBack).await
+}
+
+async fn retire(
+    State(admin): State<Admin>,
+    Extension(operator): Extension<Operator>,
+    Path(name): Path<String>,
+    body: Result<Json<MoveBody>, JsonRejection>,
+) -> Response {
+    move_writes(admin, operator, name, body, Procedure::Retire).await
+}
+
+/// Which guarded procedure a request runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Procedure {
+    CutOver,
+    RollBack,
+    Retire,
 }
 
 async fn move_writes(
@@ -433,7 +452,7 @@ async fn move_writes(
     operator: Operator,
     name: String,
     body: Result<Json<MoveBody>, JsonRejection>,
-    to_service: bool,
+    procedure: Procedure,
 ) -> Response {
     if let Some(response) = unknown(&admin, &name) {
         return response;
@@ -458,20 +477,28 @@ async fn move_writes(
         Ok(actor) => actor,
         Err(refusal) => return refusal,
     };
-    let movement = if to_service {
-        if body.percent.is_some() {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-body",
-                "percent belongs to a roll-back",
-            );
-        }
-        super::ownership::Move::CutOver
-    } else {
-        match Phase::from_parts("canary", Some(body.percent.unwrap_or(0.0))) {
-            Ok(phase) => super::ownership::Move::RollBack(phase),
-            Err(reason) => {
-                return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", &reason)
+    if body.percent.is_some() && procedure != Procedure::RollBack {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "percent belongs to a roll-back",
+        );
+    }
+    if body.force && procedure != Procedure::CutOver {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "force belongs to a cut-over (it passes the contract guard only)",
+        );
+    }
+    let movement = match procedure {
+        Procedure::CutOver | Procedure::Retire => super::ownership::Move::CutOver,
+        Procedure::RollBack => {
+            match Phase::from_parts("canary", Some(body.percent.unwrap_or(0.0))) {
+                Ok(phase) => super::ownership::Move::RollBack(phase),
+                Err(reason) => {
+                    return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", &reason)
+                }
             }
         }
     };
@@ -488,9 +515,14 @@ async fn move_writes(
     let moved = tokio::task::spawn_blocking(move || {
         handle.block_on(async move {
             let mut progress = |step: &str| tracing::info!(carveout = %carveout, "{step}");
-            control
-                .move_writes(&carveout, movement, request, &mut progress)
-                .await
+            match procedure {
+                Procedure::Retire => control.retire(&carveout, request, &mut progress).await,
+                _ => {
+                    control
+                        .move_writes(&carveout, movement, request, &mut progress)
+                        .await
+                }
+            }
         })
     })
     .await;

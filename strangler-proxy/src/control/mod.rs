@@ -541,6 +541,29 @@ impl ControlPlane {
             .carveouts()
             .iter()
             .any(|c| c.spec.name == carveout && c.spec.sync.is_some());
+        if from == Phase::Retired && to != Phase::Retired && !change.force {
+            return Err(TransitionError::Guarded {
+                carveout: carveout.to_owned(),
+                to,
+                reasons: format!(
+                    "{carveout} is retired; leaving it takes --force (audited){}",
+                    if synced {
+                        ", and its sync must be installed again first"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        if synced && !by_procedure && to == Phase::Retired {
+            return Err(TransitionError::Guarded {
+                carveout: carveout.to_owned(),
+                to,
+                reasons: format!(
+                    "{carveout} has a data sync, so it is retired only by `strangler retire {carveout} --reason ...` (after its dwell in extracted; it drains and removes the reverse sync)"
+                ),
+            });
+        }
         if synced && !by_procedure && ownership::moves_writes(from, to) {
             let command = if to.service_owns_writes() {
                 "cutover"

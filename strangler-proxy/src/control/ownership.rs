@@ -18,6 +18,13 @@
 //!
 //! Any failure after the fence is raised undoes what was done (capture installed here is
 //! removed, the phase is not flipped) and lifts the fence: the carve-out is as it was.
+//!
+//! **Retiring** ([`ControlPlane::retire`]): a carve-out `extracted` for at least its dwell (no
+//! roll-back since: a roll-back and a new cut-over start the dwell again), whose reverse sync
+//! verifies clean, has the reverse relay drained, the phase set to `retired` with the final
+//! state in the audit log, and the reverse capture removed (running reverse relays stop by
+//! themselves). The monolith's copy of the tables is no longer kept current. Leaving `retired`
+//! takes `force` (audited).
 
 use std::time::{Duration, Instant};
 
@@ -536,6 +543,149 @@ impl ControlPlane {
         })?;
         steps.step("ownership: every live replica applied it".to_owned());
         Ok(())
+    }
+}
+
+impl ControlPlane {
+    /// Retires `carveout` (see the module doc), reporting each step to `progress`.
+    pub async fn retire(
+        &self,
+        carveout: &str,
+        request: MoveRequest,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Vec<String>, MoveError> {
+        let mut steps = Steps {
+            done: Vec::new(),
+            progress,
+        };
+        let refused = |steps: Steps<'_>, why: String| {
+            steps.fail(
+                true,
+                format!("retiring {carveout} refused, nothing changed: {why}"),
+            )
+        };
+        let Some(spec) = self.sync_spec(carveout) else {
+            return Err(refused(
+                steps,
+                format!("{carveout} has no data sync configured: change its phase instead"),
+            ));
+        };
+        steps.step(format!("retiring {carveout}: guards"));
+        let reverse = match spec.setup.open(Direction::Reverse).await {
+            Ok(sides) => sides,
+            Err(err) => return Err(refused(steps, format!("{err:#}"))),
+        };
+        let state = match self.store.state(carveout).await {
+            Ok(Some(state)) => state,
+            Ok(None) => return Err(refused(steps, format!("no carve-out named {carveout}"))),
+            Err(err) => return Err(refused(steps, err.to_string())),
+        };
+        let mut failures = Vec::new();
+        if state.phase != Phase::Extracted {
+            failures.push(format!("{carveout} is in {}, not extracted", state.phase));
+        } else {
+            let since = time::OffsetDateTime::parse(
+                &state.updated_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map(|at| (time::OffsetDateTime::now_utc() - at).unsigned_abs())
+            .unwrap_or_default();
+            if since < spec.retire_dwell {
+                failures.push(format!(
+                    "{carveout} has been extracted for {} s, less than its dwell of {} s (sync.retire_dwell_s)",
+                    since.as_secs(),
+                    spec.retire_dwell.as_secs()
+                ));
+            }
+        }
+        let stream = reverse.stream();
+        match verify::verify_live(
+            &reverse.source,
+            &reverse.target,
+            &reverse.mapping,
+            Some(&stream),
+        )
+        .await
+        {
+            Ok(report) if report.clean() => {}
+            Ok(report) => failures.push(format!(
+                "verify of {stream}: {}",
+                report.summary().trim().replace('\n', "; ")
+            )),
+            Err(err) => failures.push(format!("verify of {stream}: {err:#}")),
+        }
+        if !failures.is_empty() {
+            return Err(refused(steps, failures.join("; ")));
+        }
+        steps.step(format!(
+            "  extracted for longer than {} s, {stream} verifies clean",
+            spec.retire_dwell.as_secs()
+        ));
+        // Drain what the reverse relay has not applied yet: the monolith's last copy is whole.
+        let drained = async {
+            let mut relay = strangler_sync::relay::Relay::new(
+                reverse.source.clone(),
+                reverse.target.clone(),
+                reverse.mapping.clone(),
+                "reverse",
+            )
+            .await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the reverse relay did not drain within 60 s"
+                );
+                let step = relay.step().await?;
+                if step.standby {
+                    if relay.lag().await?.0 == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                } else if step.applied == 0 && step.gap.is_none() {
+                    relay.release_lease().await?;
+                    break;
+                }
+            }
+            relay.cursor().await.map_err(anyhow::Error::from)
+        }
+        .await;
+        let cursor = match drained {
+            Ok(cursor) => cursor,
+            Err(err) => {
+                return Err(steps.fail(
+                    false,
+                    format!("retiring {carveout} aborted, nothing changed: {err:#}"),
+                ))
+            }
+        };
+        steps.step(format!(
+            "drain: the reverse relay applied every change (up to {cursor})"
+        ));
+        let change = PhaseChange {
+            to: Phase::Retired,
+            actor: request.actor.clone(),
+            reason: format!(
+                "retire: {} [final: the monolith's copy is current up to change {cursor} of {stream}; reverse sync removed]",
+                request.reason.trim()
+            ),
+            force: false,
+        };
+        let state = match self.change_phase(carveout, change, true).await {
+            Ok(state) => state,
+            Err(err) => return Err(steps.fail(false, format!("retiring {carveout} aborted, nothing changed: the phase change was refused: {err}"))),
+        };
+        steps.step(format!("phase: {carveout} is now {}", state.phase));
+        if let Err(err) = capture::uninstall(&reverse.source, &reverse.mapping).await {
+            return Err(steps.fail(
+                false,
+                format!("{carveout} is retired, but its reverse capture could not be removed: {err:#} (run `strangler sync uninstall {carveout} --direction reverse`)"),
+            ));
+        }
+        steps.step(format!(
+            "sync: {stream} capture removed; its relays stop by themselves"
+        ));
+        Ok(steps.done)
     }
 }
 

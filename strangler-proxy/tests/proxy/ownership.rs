@@ -89,6 +89,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start(db: TestDb) -> Fixture {
+        Fixture::start_with(db, "").await
+    }
+
+    /// [`Fixture::start`] with extra settings in the carve-out's `sync` table (`, key = value`).
+    async fn start_with(db: TestDb, sync_extra: &str) -> Fixture {
         let (service_test_db, control_test_db) = (twin(&db).await, twin(&db).await);
         let options = DbOptions::default();
         let monolith_db = Db::connect_unmigrated(&db.url, &options).await.unwrap();
@@ -129,7 +134,7 @@ impl Fixture {
             percent = 100
             require_contracts = false
             routes = [{{ path = "/catalog/*" }}]
-            sync = {{ mapping = {}, monolith_db = {}, service_db = {}, max_lag_events = 5, fence_ms = 1500 }}
+            sync = {{ mapping = {}, monolith_db = {}, service_db = {}, max_lag_events = 5, fence_ms = 1500{sync_extra} }}
             "#,
             monolith.url(),
             service.url(),
@@ -255,8 +260,78 @@ impl Drop for Fixture {
 
 db_test!(
     every_refusal_and_abort_of_a_move_changes_nothing,
-    a_move_without_capture_is_refused
+    a_move_without_capture_is_refused,
+    retiring_takes_the_dwell_and_removes_the_reverse_sync
 );
+
+async fn retiring_takes_the_dwell_and_removes_the_reverse_sync(db: TestDb) {
+    let f = Fixture::start_with(db, ", retire_dwell_s = 2").await;
+    let (status, body) = f.cut_over().await;
+    assert_eq!(status, 200, "{body}");
+    let reverse = Running::start(&f.setup, Direction::Reverse);
+    let extracted = ("extracted".to_owned(), false, true, true);
+    assert_eq!(f.state().await, extracted);
+    // Not by a plain phase change, forced or not.
+    let (status, body) = f
+        .post(
+            "/carveouts/catalog/phase",
+            json!({"phase": "retired", "reason": "done", "force": true}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("strangler retire"),
+        "{body}"
+    );
+    // Not before its dwell in extracted.
+    let retire = || f.post("/carveouts/catalog/retire", json!({"reason": "done"}));
+    f.assert_refused(retire().await, "less than its dwell", &extracted)
+        .await;
+    // After it: drained, retired with its final state audited, the reverse sync removed.
+    eventually(Duration::from_secs(10), "the dwell to pass", || async {
+        let (status, body) = retire().await;
+        assert!(
+            status == 200
+                || body["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("dwell"),
+            "{body}"
+        );
+        status == 200
+    })
+    .await;
+    assert_eq!(f.state().await, ("retired".to_owned(), false, true, false));
+    let audit: Value = f
+        .http
+        .get(format!("{}/audit?carveout=catalog&limit=1", f.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reason = audit[0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("retire: done [final:"), "{reason}");
+    // The running reverse relay stops by itself.
+    tokio::time::timeout(Duration::from_secs(10), reverse.task)
+        .await
+        .expect("the reverse relay stops once its capture is removed")
+        .unwrap();
+    // Leaving retired takes force.
+    let back = json!({"phase": "extracted", "reason": "undo"});
+    let (status, body) = f.post("/carveouts/catalog/phase", back.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("takes --force"),
+        "{body}"
+    );
+    let forced = json!({"phase": "extracted", "reason": "undo", "force": true});
+    assert_eq!(f.post("/carveouts/catalog/phase", forced).await.0, 200);
+}
 
 async fn a_move_without_capture_is_refused(db: TestDb) {
     let f = Fixture::start(db).await;

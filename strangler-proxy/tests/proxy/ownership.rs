@@ -79,6 +79,12 @@ struct Fixture {
     service: Stub,
     control: ControlPlane,
     control_db: Db,
+    /// The replica's configuration and its control database's URL, for more replicas.
+    text: String,
+    control_url: String,
+    monolith: Stub,
+    /// Replica A's data plane.
+    addr: std::net::SocketAddr,
     admin: String,
     http: reqwest::Client,
     forward: Option<Running>,
@@ -89,11 +95,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start(db: TestDb) -> Fixture {
-        Fixture::start_with(db, "").await
+        Fixture::start_with(db, "max_lag_events = 5, fence_ms = 1500").await
     }
 
-    /// [`Fixture::start`] with extra settings in the carve-out's `sync` table (`, key = value`).
-    async fn start_with(db: TestDb, sync_extra: &str) -> Fixture {
+    /// [`Fixture::start`] with these settings in the carve-out's `sync` table.
+    async fn start_with(db: TestDb, sync_settings: &str) -> Fixture {
         let (service_test_db, control_test_db) = (twin(&db).await, twin(&db).await);
         let options = DbOptions::default();
         let monolith_db = Db::connect_unmigrated(&db.url, &options).await.unwrap();
@@ -134,7 +140,7 @@ impl Fixture {
             percent = 100
             require_contracts = false
             routes = [{{ path = "/catalog/*" }}]
-            sync = {{ mapping = {}, monolith_db = {}, service_db = {}, max_lag_events = 5, fence_ms = 1500{sync_extra} }}
+            sync = {{ mapping = {}, monolith_db = {}, service_db = {}, {sync_settings} }}
             "#,
             monolith.url(),
             service.url(),
@@ -152,7 +158,9 @@ impl Fixture {
         };
         let config = Config::from_toml(&text, &args).unwrap();
         let replica = Replica::build(&config).await.unwrap();
+        let control_url = control_test_db.url.clone();
         let admin = format!("http://{}", replica.admin_addr());
+        let addr = replica.local_addr();
         let control = replica.control();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(replica.run_until(async {
@@ -169,6 +177,10 @@ impl Fixture {
             service,
             control,
             control_db,
+            text,
+            control_url,
+            monolith,
+            addr,
             admin,
             http: reqwest::Client::new(),
             forward: Some(forward),
@@ -190,6 +202,30 @@ impl Fixture {
             || async { relay.lag().await.unwrap().0 == 0 },
         )
         .await;
+    }
+
+    /// Another replica of the same configuration on `control_db`; returns its data plane's
+    /// address and a sender that stops it.
+    async fn replica(
+        &self,
+        control_db: &str,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let args = ProxyArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            control_db: control_db.to_owned(),
+            sync_interval_ms: 50,
+            routing_lease_ms: 500,
+            ..ProxyArgs::defaults()
+        };
+        let config = Config::from_toml(&self.text, &args).unwrap();
+        let replica = Replica::build(&config).await.unwrap();
+        let addr = replica.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(replica.run_until(async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -265,7 +301,11 @@ db_test!(
 );
 
 async fn retiring_takes_the_dwell_and_removes_the_reverse_sync(db: TestDb) {
-    let f = Fixture::start_with(db, ", retire_dwell_s = 2").await;
+    let f = Fixture::start_with(
+        db,
+        "max_lag_events = 5, fence_ms = 1500, retire_dwell_s = 2",
+    )
+    .await;
     let (status, body) = f.cut_over().await;
     assert_eq!(status, 200, "{body}");
     let reverse = Running::start(&f.setup, Direction::Reverse);
@@ -497,4 +537,173 @@ async fn every_refusal_and_abort_of_a_move_changes_nothing(db: TestDb) {
     if let Some(forward) = f.forward.take() {
         forward.stop().await;
     }
+}
+
+/// Writes through one replica until `stop`: each with a unique `x-write-id`; returns
+/// (id, status, when it was answered).
+fn writer(
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(String, u16, std::time::SystemTime)>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut answered = Vec::new();
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            n += 1;
+            let id = format!("{name}-{n}");
+            let status = http
+                .post(format!("http://{addr}/catalog/items"))
+                .header("x-write-id", &id)
+                .json(&json!({"n": n}))
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16());
+            answered.push((id, status, std::time::SystemTime::now()));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        answered
+    })
+}
+
+/// Three replicas under writes; one is cut off from the control database just before a
+/// cut-over. No write reaches the old owner after the flip, every acknowledged write reached
+/// exactly one owner once, and the cut-off replica refuses writes until it reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL: set TEST_DATABASE_URL and run with --ignored"]
+async fn a_replica_cut_off_from_the_control_database_never_writes_to_the_old_owner() {
+    // (A partition needs a network link to cut: SQLite's control file has none. Its outage,
+    // the file deleted under a replica, is `a_deleted_control_file_...` in control.rs.)
+    let f = Fixture::start_with(
+        TestDb::postgres().await,
+        "max_lag_events = 100, fence_ms = 5000",
+    )
+    .await;
+    let (b, _stop_b) = f.replica(&f.control_url).await;
+    let pg: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let link = crate::support::Link::start(pg).await;
+    let through_link = f
+        .control_url
+        .replace("127.0.0.1:5432", &link.addr.to_string())
+        .replace("localhost:5432", &link.addr.to_string());
+    assert_ne!(
+        through_link, f.control_url,
+        "the control database is reached at {pg}"
+    );
+    let (c, _stop_c) = f.replica(&through_link).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = [
+        writer("a", f.addr, stop.clone()),
+        writer("b", b, stop.clone()),
+        writer("c", c, stop.clone()),
+    ];
+    eventually(Duration::from_secs(5), "writes to flow", || async {
+        f.monolith.writes.lock().unwrap().len() > 30
+    })
+    .await;
+
+    link.sever();
+    let severed = std::time::SystemTime::now();
+    let (status, body) = f.cut_over().await;
+    assert_eq!(status, 200, "{body}");
+    let audit: Value = f
+        .http
+        .get(format!("{}/audit?carveout=catalog&limit=1", f.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let flipped_at = time::OffsetDateTime::parse(
+        audit[0]["at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let flipped: std::time::SystemTime = flipped_at.into();
+    // Writes keep coming after the flip; then the link is healed and C catches up.
+    let after_flip = f.service.writes.lock().unwrap().len();
+    eventually(
+        Duration::from_secs(5),
+        "writes to the new owner",
+        || async { f.service.writes.lock().unwrap().len() > after_flip + 30 },
+    )
+    .await;
+    link.heal();
+    let healed = std::time::SystemTime::now();
+    eventually(
+        Duration::from_secs(10),
+        "C to write to the new owner again",
+        || async {
+            f.service
+                .writes
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(at, id)| id.starts_with("c-") && *at > healed)
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut answered = Vec::new();
+    for w in writers {
+        answered.extend(w.await.unwrap());
+    }
+
+    let monolith = f.monolith.writes.lock().unwrap().clone();
+    let service = f.service.writes.lock().unwrap().clone();
+    // 1. The old owner took no write after the flip.
+    let late: Vec<_> = monolith.iter().filter(|(at, _)| *at > flipped).collect();
+    assert!(
+        late.is_empty(),
+        "the monolith took writes after the flip: {late:?}"
+    );
+    // 2. Every acknowledged write reached exactly one owner, once.
+    for (id, status, _) in &answered {
+        let times = monolith
+            .iter()
+            .chain(&service)
+            .filter(|(_, w)| w == id)
+            .count();
+        if (200..300).contains(status) {
+            assert_eq!(
+                times, 1,
+                "acknowledged write {id} reached an owner {times} time(s)"
+            );
+        }
+    }
+    // 3. C refused writes while cut off (after its lease ran out), and took them again after.
+    let refused_while_cut: Vec<_> = answered
+        .iter()
+        .filter(|(id, status, at)| {
+            id.starts_with("c-") && *status == 503 && *at > severed && *at < healed
+        })
+        .collect();
+    assert!(
+        !refused_while_cut.is_empty(),
+        "C never refused a write while cut off"
+    );
+    let c_acknowledged_cut_off = answered
+        .iter()
+        .filter(|(id, status, at)| {
+            id.starts_with("c-") && (200..300).contains(status) && *at > flipped && *at < healed
+        })
+        .count();
+    assert_eq!(
+        c_acknowledged_cut_off, 0,
+        "C acknowledged writes while cut off after the flip"
+    );
+    // No write failed otherwise: A and B were held by the fence, never refused.
+    let failed: Vec<_> = answered
+        .iter()
+        .filter(|(id, status, _)| !id.starts_with("c-") && !(200..300).contains(status))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "writes through A and B failed: {failed:?}"
+    );
 }

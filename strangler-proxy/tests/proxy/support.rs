@@ -38,6 +38,8 @@ pub struct Stub {
     mode: Arc<AtomicU8>,
     /// Extra JSON fields merged into every answer (to make two stubs differ).
     extra: Arc<std::sync::Mutex<Value>>,
+    /// Every write received (method other than GET and HEAD): when, and its `x-write-id`.
+    pub writes: Arc<std::sync::Mutex<Vec<(std::time::SystemTime, String)>>>,
     stop: Arc<tokio::sync::Notify>,
 }
 
@@ -51,6 +53,7 @@ impl Stub {
             hits: Arc::default(),
             mode: Arc::default(),
             extra: Arc::new(std::sync::Mutex::new(json!({}))),
+            writes: Arc::default(),
             stop: Arc::default(),
         };
         let app = axum::Router::new()
@@ -91,6 +94,18 @@ impl Stub {
 
 async fn answer(State(stub): State<Stub>, request: Request) -> Response {
     stub.hits.fetch_add(1, Ordering::SeqCst);
+    if !matches!(request.method().as_str(), "GET" | "HEAD") {
+        let id = request
+            .headers()
+            .get("x-write-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        stub.writes
+            .lock()
+            .unwrap()
+            .push((std::time::SystemTime::now(), id));
+    }
     match stub.mode.load(Ordering::SeqCst) {
         1 => return (StatusCode::INTERNAL_SERVER_ERROR, "stub failure").into_response(),
         2 => std::future::pending::<()>().await,
@@ -250,6 +265,54 @@ pub async fn catalog_proxy(phase: &str) -> (Stub, Stub, TestProxy) {
 }
 
 pub use e2e::eventually;
+
+/// A TCP link to `upstream` that a test can sever (every connection dropped, new ones refused)
+/// and heal: fault injection between a replica and its control database.
+#[derive(Clone)]
+pub struct Link {
+    pub addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Link {
+    pub async fn start(upstream: SocketAddr) -> Link {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let link = Link {
+            addr: listener.local_addr().unwrap(),
+            cut: Arc::default(),
+            open: Arc::default(),
+        };
+        let accepting = link.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if accepting.cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                accepting.open.lock().unwrap().push(pipe);
+            }
+        });
+        link
+    }
+
+    /// Drops every connection through the link and refuses new ones.
+    pub fn sever(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for pipe in self.open.lock().unwrap().drain(..) {
+            pipe.abort();
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
 
 /// Sends raw bytes and returns everything the proxy answers until it closes the connection
 /// (or 2 s pass, for a connection kept alive).

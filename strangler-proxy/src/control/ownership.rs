@@ -236,7 +236,9 @@ impl ControlPlane {
                 "fence: left to lapse within {} ms",
                 spec.fence.as_millis()
             ));
-            return Err(steps.fail(false, format!("{what} of {carveout}: {message}")));
+            let message = format!("{what} of {carveout}: {message}");
+            self.audit_give_up(carveout, &request, &message).await;
+            return Err(steps.fail(false, message));
         }
         let lifted = self.unfence(carveout).await;
         match &lifted {
@@ -257,10 +259,27 @@ impl ControlPlane {
                 ));
                 Ok(steps.done)
             }
-            Err(Failure::Undone(message) | Failure::AfterFlip(message)) => Err(steps.fail(
-                false,
-                format!("{what} of {carveout} aborted, nothing changed: {message}"),
-            )),
+            Err(Failure::Undone(message) | Failure::AfterFlip(message)) => {
+                let message = format!("{what} of {carveout} aborted, nothing changed: {message}");
+                self.audit_give_up(carveout, &request, &message).await;
+                Err(steps.fail(false, message))
+            }
+        }
+    }
+
+    /// Audits a move that held the writes and gave up (its phase, unchanged).
+    async fn audit_give_up(&self, carveout: &str, request: &MoveRequest, message: &str) {
+        let phase = match self.store.state(carveout).await {
+            Ok(Some(state)) => state.phase,
+            _ => return,
+        };
+        let reason = format!("{} [gave up: {message}]", request.reason.trim());
+        if let Err(err) = self
+            .store
+            .audit_event(carveout, &request.actor, phase, &reason)
+            .await
+        {
+            tracing::error!(error = %err, "could not audit a move that gave up");
         }
     }
 

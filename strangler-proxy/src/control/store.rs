@@ -279,6 +279,29 @@ impl ControlStore {
         Ok(Some(listener))
     }
 
+    /// Records an event in the audit log that changed no phase (a move that held the writes
+    /// and then gave up): from and to are both the carve-out's phase.
+    pub async fn audit_event(
+        &self,
+        carveout: &str,
+        actor: &str,
+        phase: Phase,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO control_audit (at, carveout, actor, from_phase, to_phase, reason, forced) \
+             VALUES ($1, $2, $3, $4, $4, $5, 0)",
+        )
+        .bind(sqlkit::now())
+        .bind(carveout)
+        .bind(actor)
+        .bind(phase.to_string())
+        .bind(reason)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
     /// The control epoch: bumped by every phase change and fence.
     pub async fn epoch(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT epoch FROM control_epoch WHERE id = 1")

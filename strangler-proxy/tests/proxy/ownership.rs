@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 use sqlkit::{Db, DbOptions};
 use strangler_proxy::app::Replica;
 use strangler_proxy::config::{Config, ProxyArgs};
+use strangler_proxy::control::ownership::{Move, MoveRequest};
 use strangler_proxy::control::ControlPlane;
+use strangler_proxy::phase::Phase;
 use strangler_sync::capture;
 use strangler_sync::relay::Relay;
 use strangler_sync::sides::{Direction, SyncSetup};
@@ -502,6 +504,49 @@ async fn every_refusal_and_abort_of_a_move_changes_nothing(db: TestDb) {
         .execute(f.control_db.pool())
         .await
         .unwrap();
+
+    // The flip itself refused (a guard of the control plane says no at the last step): the
+    // reverse capture installed for it is removed again, the fence lifted. Called as a library,
+    // with a progress callback.
+    struct NoExtracted;
+    #[async_trait::async_trait]
+    impl strangler_proxy::control::PhaseGuard for NoExtracted {
+        async fn check(&self, _: &str, _: Phase, to: Phase) -> Result<(), String> {
+            if to == Phase::Extracted {
+                Err("extracted is closed today".to_owned())
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let guarded = f
+        .control
+        .clone()
+        .with_guard(std::sync::Arc::new(NoExtracted));
+    let mut reported = Vec::new();
+    let mut progress = |step: &str| reported.push(step.to_owned());
+    let request = MoveRequest {
+        actor: "test".to_owned(),
+        reason: "test".to_owned(),
+        force: false,
+    };
+    let refused = guarded
+        .move_writes("catalog", Move::CutOver, request, &mut progress)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message.contains("the flip was refused")
+            && refused.message.contains("closed today"),
+        "{refused:?}"
+    );
+    assert!(
+        reported
+            .iter()
+            .any(|s| s.starts_with("sync: reverse capture ready")),
+        "{reported:?}"
+    );
+    assert_eq!(reported, refused.steps);
+    assert_eq!(f.state().await, before);
 
     // All guards pass: the writes move, the reverse capture is installed, the fence is down.
     let (status, body) = f.cut_over().await;

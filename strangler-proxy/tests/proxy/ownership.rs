@@ -485,6 +485,53 @@ async fn every_refusal_and_abort_of_a_move_changes_nothing(db: TestDb) {
     assert_eq!(f.state().await, before, "{body}");
     stuck.release_lease().await.unwrap();
 
+    // Drift that only the re-verify under the fence can see: a change in flight during the
+    // guards (a relay holds the lease for a short while and applies nothing), which the
+    // service corrupts as the drain applies it.
+    let corrupt = if f.service_db.backend() == sqlkit::Backend::Postgres {
+        "CREATE FUNCTION corrupt() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         UPDATE items SET title = 'corrupt' WHERE item_id = NEW.item_id; RETURN NULL; END $$; \
+         CREATE TRIGGER corrupt AFTER INSERT ON items FOR EACH ROW \
+         WHEN (NEW.item_id = 777) EXECUTE FUNCTION corrupt()"
+    } else {
+        "CREATE TRIGGER corrupt AFTER INSERT ON items WHEN NEW.item_id = 777 \
+         BEGIN UPDATE items SET title = 'corrupt' WHERE item_id = 777; END"
+    };
+    exec(&f.service_db, corrupt).await;
+    let sides = f.setup.open(Direction::Forward).await.unwrap();
+    let brief = Relay::new(sides.source, sides.target, sides.mapping, "forward")
+        .await
+        .unwrap()
+        .with_lease(Duration::from_millis(800));
+    assert!(brief.hold_lease().await.unwrap());
+    exec(
+        &f.monolith_db,
+        "INSERT INTO src_items VALUES (777, 'fine', 7)",
+    )
+    .await;
+    let (status, body) = f.cut_over().await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("re-verify under the fence"),
+        "{body}"
+    );
+    assert_eq!(f.state().await, before, "{body}");
+    let drop_corrupt = if f.service_db.backend() == sqlkit::Backend::Postgres {
+        "DROP TRIGGER corrupt ON items"
+    } else {
+        "DROP TRIGGER corrupt"
+    };
+    exec(&f.service_db, drop_corrupt).await;
+    // Mended by a new change of the key.
+    exec(
+        &f.monolith_db,
+        "UPDATE src_items SET name = 'fine again' WHERE id = 777",
+    )
+    .await;
+
     f.forward = Some(Running::start(&f.setup, Direction::Forward));
     f.settle().await;
 

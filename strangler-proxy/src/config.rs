@@ -845,6 +845,32 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_section_is_read_with_its_defaults() {
+        let text = FULL.replace(
+            "require_contracts = false",
+            "require_contracts = false\nsync = { mapping = \"m.toml\", monolith_db = \"shop.db\", service_db = \"c.db\" }",
+        );
+        let config = Config::from_toml(&text, &args()).unwrap();
+        let sync = config.carveouts[0].sync.as_ref().unwrap();
+        assert_eq!(sync.setup.carveout, "catalog");
+        assert_eq!(sync.setup.monolith_db, "shop.db");
+        assert_eq!(
+            (sync.max_lag_events, sync.fence),
+            (1000, Duration::from_millis(5000))
+        );
+        assert_eq!(sync.retire_dwell, Duration::from_secs(86_400));
+        let bad = text.replace(
+            "service_db = \"c.db\"",
+            "service_db = \"c.db\", fence_ms = 0",
+        );
+        let err = format!("{:#}", Config::from_toml(&bad, &args()).unwrap_err());
+        assert!(
+            err.contains("fence_ms must be between 1 and 30000"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_example_file_is_valid() {
         let example = ProxyArgs {
             config: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("strangler.example.toml")),

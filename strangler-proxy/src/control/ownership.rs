@@ -212,6 +212,7 @@ impl ControlPlane {
                     " as far as possible"
                 }
             );
+            self.audit_give_up(carveout, &request, &message).await;
             return Err(steps.fail(false, message));
         }
         steps.step(format!(

@@ -547,6 +547,22 @@ async fn every_refusal_and_abort_of_a_move_changes_nothing(db: TestDb) {
     let answer = f.cut_over().await;
     f.assert_refused(answer, "did not apply the change", &before)
         .await;
+    // The give-up is audited: writes were held meanwhile.
+    let audit: Value = f
+        .http
+        .get(format!("{}/audit?carveout=catalog&limit=1", f.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reason = audit[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("[gave up:") && reason.contains("did not apply"),
+        "{audit}"
+    );
+    assert_eq!(audit[0]["from"], audit[0]["to"], "{audit}");
     sqlx::query("DELETE FROM control_replicas WHERE id = 'stuck'")
         .execute(f.control_db.pool())
         .await

@@ -418,7 +418,7 @@ async fn cut_over(
     Path(name): Path<String>,
     body: Result<Json<MoveBody>, JsonRejection>,
 ) -> Response {
-    move_writes(admin, operator, name, body, Procedure::CutOver).await
+    run_procedure(admin, operator, name, body, Asked::CutOver).await
 }
 
 async fn roll_back(
@@ -427,7 +427,7 @@ async fn roll_back(
     Path(name): Path<String>,
     body: Result<Json<MoveBody>, JsonRejection>,
 ) -> Response {
-    move_writes(admin, operator, name, body, Procedure::RollBack).await
+    run_procedure(admin, operator, name, body, Asked::RollBack).await
 }
 
 async fn retire(
@@ -436,23 +436,29 @@ async fn retire(
     Path(name): Path<String>,
     body: Result<Json<MoveBody>, JsonRejection>,
 ) -> Response {
-    move_writes(admin, operator, name, body, Procedure::Retire).await
+    run_procedure(admin, operator, name, body, Asked::Retire).await
 }
 
-/// Which guarded procedure a request runs.
+/// Which guarded procedure a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Procedure {
+enum Asked {
     CutOver,
     RollBack,
     Retire,
 }
 
-async fn move_writes(
+/// A guarded procedure, ready to run.
+enum Procedure {
+    Move(super::ownership::Move),
+    Retire,
+}
+
+async fn run_procedure(
     admin: Admin,
     operator: Operator,
     name: String,
     body: Result<Json<MoveBody>, JsonRejection>,
-    procedure: Procedure,
+    asked: Asked,
 ) -> Response {
     if let Some(response) = unknown(&admin, &name) {
         return response;
@@ -477,30 +483,29 @@ async fn move_writes(
         Ok(actor) => actor,
         Err(refusal) => return refusal,
     };
-    if body.percent.is_some() && procedure != Procedure::RollBack {
+    if body.percent.is_some() && asked != Asked::RollBack {
         return problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-body",
             "percent belongs to a roll-back",
         );
     }
-    if body.force && procedure != Procedure::CutOver {
+    if body.force && asked != Asked::CutOver {
         return problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-body",
             "force belongs to a cut-over (it passes the contract guard only)",
         );
     }
-    let movement = match procedure {
-        Procedure::CutOver | Procedure::Retire => super::ownership::Move::CutOver,
-        Procedure::RollBack => {
-            match Phase::from_parts("canary", Some(body.percent.unwrap_or(0.0))) {
-                Ok(phase) => super::ownership::Move::RollBack(phase),
-                Err(reason) => {
-                    return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", &reason)
-                }
+    let procedure = match asked {
+        Asked::CutOver => Procedure::Move(super::ownership::Move::CutOver),
+        Asked::Retire => Procedure::Retire,
+        Asked::RollBack => match Phase::from_parts("canary", Some(body.percent.unwrap_or(0.0))) {
+            Ok(phase) => Procedure::Move(super::ownership::Move::RollBack(phase)),
+            Err(reason) => {
+                return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", &reason)
             }
-        }
+        },
     };
     let request = super::ownership::MoveRequest {
         actor,
@@ -517,7 +522,7 @@ async fn move_writes(
             let mut progress = |step: &str| tracing::info!(carveout = %carveout, "{step}");
             match procedure {
                 Procedure::Retire => control.retire(&carveout, request, &mut progress).await,
-                _ => {
+                Procedure::Move(movement) => {
                     control
                         .move_writes(&carveout, movement, request, &mut progress)
                         .await

@@ -593,8 +593,10 @@ impl ControlPlane {
                 reasons: failures.join("; "),
             });
         }
-        // Force overrides the ordering rule and the forcible guards; the audit log says which.
-        let forced = (skips || !failures.is_empty()) && change.force;
+        // Force overrides the ordering rule, leaving `retired` and the forcible guards; the
+        // audit log says which.
+        let leaves_retired = from == Phase::Retired && to != Phase::Retired;
+        let forced = (skips || leaves_retired || !failures.is_empty()) && change.force;
         let mut reason = change.reason.trim().to_owned();
         if !failures.is_empty() {
             reason.push_str(&format!(" [forced past: {}]", failures.join("; ")));

@@ -532,18 +532,15 @@ impl ControlPlane {
                     .to_owned(),
             ));
         }
-        let mut reason = format!(
-            "{}: {}",
-            movement.name().replace('-', ""),
-            request.reason.trim()
-        );
-        if !forced_past.is_empty() {
-            reason.push_str(&format!(" [forced past: {forced_past}]"));
-        }
+        // A contract guard forced past is appended to the reason by the control plane's gate.
         let change = PhaseChange {
             to: movement.target(),
             actor: request.actor.clone(),
-            reason,
+            reason: format!(
+                "{}: {}",
+                movement.name().replace('-', ""),
+                request.reason.trim()
+            ),
             force: !forced_past.is_empty(),
         };
         let flipped = self.change_phase(carveout, change, true).await;

@@ -373,6 +373,19 @@ async fn retiring_takes_the_dwell_and_removes_the_reverse_sync(db: TestDb) {
     );
     let forced = json!({"phase": "extracted", "reason": "undo", "force": true});
     assert_eq!(f.post("/carveouts/catalog/phase", forced).await.0, 200);
+    let audit: Value = f
+        .http
+        .get(format!("{}/audit?carveout=catalog&limit=1", f.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        audit[0]["forced"], true,
+        "leaving retired is audited as forced: {audit}"
+    );
 }
 
 async fn a_move_without_capture_is_refused(db: TestDb) {

@@ -385,14 +385,7 @@ impl ControlPlane {
             ));
         }
         let mut forced_past = String::new();
-        let contracts_required = self
-            .proxy
-            .routing()
-            .carveouts()
-            .iter()
-            .find(|c| c.spec.name == carveout)
-            .is_none_or(|c| c.spec.require_contracts);
-        if movement == Move::CutOver && contracts_required {
+        if movement == Move::CutOver && super::requires_contracts(&self.proxy, carveout) {
             let contracts = match self.store.verifications(carveout, 1).await?.first() {
                 Some(v) if v.passed => None,
                 Some(v) => Some(format!(

@@ -244,6 +244,18 @@ impl Fixture {
         )
     }
 
+    /// The newest entry of the carve-out's audit log, as a one-element array.
+    async fn last_audit(&self) -> Value {
+        self.http
+            .get(format!("{}/audit?carveout=catalog&limit=1", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     async fn cut_over(&self) -> (u16, Value) {
         self.post("/carveouts/catalog/cutover", json!({"reason": "test"}))
             .await
@@ -347,15 +359,7 @@ async fn retiring_takes_the_dwell_and_removes_the_reverse_sync(db: TestDb) {
     })
     .await;
     assert_eq!(f.state().await, ("retired".to_owned(), false, true, false));
-    let audit: Value = f
-        .http
-        .get(format!("{}/audit?carveout=catalog&limit=1", f.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = f.last_audit().await;
     let reason = audit[0]["reason"].as_str().unwrap();
     assert!(reason.starts_with("retire: done [final:"), "{reason}");
     // The running reverse relay stops by itself.
@@ -373,15 +377,7 @@ async fn retiring_takes_the_dwell_and_removes_the_reverse_sync(db: TestDb) {
     );
     let forced = json!({"phase": "extracted", "reason": "undo", "force": true});
     assert_eq!(f.post("/carveouts/catalog/phase", forced).await.0, 200);
-    let audit: Value = f
-        .http
-        .get(format!("{}/audit?carveout=catalog&limit=1", f.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = f.last_audit().await;
     assert_eq!(
         audit[0]["forced"], true,
         "leaving retired is audited as forced: {audit}"
@@ -561,15 +557,7 @@ async fn every_refusal_and_abort_of_a_move_changes_nothing(db: TestDb) {
     f.assert_refused(answer, "did not apply the change", &before)
         .await;
     // The give-up is audited: writes were held meanwhile.
-    let audit: Value = f
-        .http
-        .get(format!("{}/audit?carveout=catalog&limit=1", f.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = f.last_audit().await;
     let reason = audit[0]["reason"].as_str().unwrap();
     assert!(
         reason.contains("[gave up:") && reason.contains("did not apply"),
@@ -628,15 +616,7 @@ async fn every_refusal_and_abort_of_a_move_changes_nothing(db: TestDb) {
     let (status, body) = f.cut_over().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(f.state().await, ("extracted".to_owned(), false, true, true));
-    let audit: Value = f
-        .http
-        .get(format!("{}/audit?carveout=catalog&limit=1", f.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = f.last_audit().await;
     assert!(
         audit[0]["reason"]
             .as_str()
@@ -731,15 +711,7 @@ async fn a_replica_cut_off_from_the_control_database_never_writes_to_the_old_own
     let severed = std::time::SystemTime::now();
     let (status, body) = f.cut_over().await;
     assert_eq!(status, 200, "{body}");
-    let audit: Value = f
-        .http
-        .get(format!("{}/audit?carveout=catalog&limit=1", f.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = f.last_audit().await;
     let flipped_at = time::OffsetDateTime::parse(
         audit[0]["at"].as_str().unwrap(),
         &time::format_description::well_known::Rfc3339,

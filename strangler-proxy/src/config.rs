@@ -6,6 +6,7 @@
 //! ```toml
 //! [proxy]
 //! override_header = true          # accept X-Strangler-Target: monolith|service on reads
+//! served_by_header = "x-strangler-served-by"  # names the side that answered ("" for none)
 //! header_timeout_ms = 10000       # a request head must arrive within this (idle keep-alive too)
 //! body_idle_timeout_ms = 30000    # a body (either way) may pause this long between bytes
 //! max_connections = 10000         # client connections at once; past it, accepting waits
@@ -124,6 +125,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 struct ProxySection {
     override_header: bool,
+    served_by_header: String,
     header_timeout_ms: u64,
     body_idle_timeout_ms: u64,
     max_connections: usize,
@@ -139,6 +141,7 @@ impl Default for ProxySection {
     fn default() -> Self {
         ProxySection {
             override_header: false,
+            served_by_header: "x-strangler-served-by".to_owned(),
             header_timeout_ms: 10_000,
             body_idle_timeout_ms: 30_000,
             max_connections: 10_000,
@@ -399,6 +402,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// Whether `X-Strangler-Target` is honoured.
     pub override_header: bool,
+    /// The response header naming the upstream that served a request (`None`: not added).
+    pub served_by_header: Option<http::HeaderName>,
     /// Largest request body.
     pub max_body_bytes: u64,
     /// Largest request head.
@@ -602,6 +607,14 @@ impl Config {
         if proxy.max_header_bytes < 8192 {
             bail!("max_header_bytes must be at least 8192");
         }
+        let served_by_header = match proxy.served_by_header.trim() {
+            "" => None,
+            name => Some(
+                http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(
+                    |_| anyhow::anyhow!("served_by_header {name:?} is not a header name"),
+                )?,
+            ),
+        };
         if proxy.header_timeout_ms == 0 || proxy.body_idle_timeout_ms == 0 {
             bail!("header_timeout_ms and body_idle_timeout_ms must be at least 1");
         }
@@ -634,6 +647,7 @@ impl Config {
             carveouts,
             routes,
             override_header: proxy.override_header,
+            served_by_header,
             max_body_bytes: proxy.max_body_bytes,
             max_header_bytes: proxy.max_header_bytes,
             header_timeout: Duration::from_millis(proxy.header_timeout_ms),

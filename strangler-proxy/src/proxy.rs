@@ -54,6 +54,7 @@ pub struct Routing {
     upstreams: Vec<Arc<Upstream>>,
     unrouted: RouteMetrics,
     override_header: bool,
+    served_by_header: Option<HeaderName>,
     max_body_bytes: u64,
     body_idle_timeout: std::time::Duration,
     trusted_proxies: Arc<[ipnet::IpNet]>,
@@ -87,6 +88,7 @@ impl Routing {
                 .collect(),
             unrouted: metrics.route("-"),
             override_header: config.override_header,
+            served_by_header: config.served_by_header.clone(),
             max_body_bytes: config.max_body_bytes,
             body_idle_timeout: config.body_idle_timeout,
             trusted_proxies: config.trusted_proxies.clone().into(),
@@ -179,6 +181,7 @@ impl Routing {
             upstreams: self.upstreams.clone(),
             unrouted: self.unrouted.clone(),
             override_header: self.override_header,
+            served_by_header: self.served_by_header.clone(),
             max_body_bytes: self.max_body_bytes,
             body_idle_timeout: self.body_idle_timeout,
             trusted_proxies: Arc::clone(&self.trusted_proxies),
@@ -505,6 +508,16 @@ impl Proxy {
             }
         };
         strip_hop_by_hop(response.headers_mut());
+        if let Some(name) = &routing.served_by_header {
+            let served = if target == Target::Monolith {
+                monolith
+            } else {
+                upstream
+            };
+            response
+                .headers_mut()
+                .insert(name.clone(), served.name_value().clone());
+        }
         span.record("target", target.as_str());
         span.record("status", response.status().as_u16());
         metrics.record(

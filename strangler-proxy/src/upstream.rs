@@ -113,6 +113,8 @@ struct Instance {
 /// One upstream with its connection pool.
 pub struct Upstream {
     spec: UpstreamSpec,
+    /// Its name as a header value (the side that served a response).
+    name_value: http::HeaderValue,
     client: Client<HttpConnector, ProxyBody>,
     next: AtomicUsize,
     instances: Vec<Instance>,
@@ -150,6 +152,8 @@ impl Upstream {
             })
             .collect();
         Upstream {
+            name_value: http::HeaderValue::from_str(&spec.name)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("upstream")),
             budget: RetryBudget::new(spec.retry),
             retries: metrics.retries(&spec.name),
             spec,
@@ -184,6 +188,11 @@ impl Upstream {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Its name, as a header value.
+    pub fn name_value(&self) -> &http::HeaderValue {
+        &self.name_value
     }
 
     /// The next instance in round-robin order whose breaker admits a call.

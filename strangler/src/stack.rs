@@ -177,6 +177,7 @@ impl Stack {
             name = "catalog"
             upstream = "catalog"
             phase = "monolith"
+            sticky = {{ header = "X-User-Id" }}
             routes = [{{ path = "/catalog/*" }}]
             shadow = {{ ignore = ["/created_at", "/updated_at", "/items/*/created_at", "/items/*/updated_at"], headers = ["content-type"] }}
             {sync}

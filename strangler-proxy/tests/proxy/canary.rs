@@ -81,3 +81,42 @@ async fn raising_the_percent_never_moves_a_caller_back() {
     }
     assert_eq!(previous.len(), 2_000, "at 100% everyone is on the service");
 }
+
+#[tokio::test]
+async fn every_proxied_answer_names_the_side_that_served_it() {
+    let (_monolith, _service, proxy) =
+        crate::support::catalog_proxy("phase = \"canary\"\npercent = 50").await;
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..40 {
+        let response = proxy
+            .http
+            .get(proxy.url("/catalog/products/1"))
+            .header("x-user-id", format!("user-{user}"))
+            .send()
+            .await
+            .unwrap();
+        let named = response.headers()["x-strangler-served-by"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: serde_json::Value = response.json().await.unwrap();
+        let expected = match body["served_by"].as_str().unwrap() {
+            "service" => "catalog",
+            other => other,
+        };
+        assert_eq!(named, expected);
+        seen.insert(named);
+    }
+    assert_eq!(seen.len(), 2, "a 50 % canary splits 40 callers: {seen:?}");
+    proxy.shutdown().await;
+
+    // Off when the setting is empty.
+    let monolith = crate::support::Stub::start("monolith").await;
+    let service = crate::support::Stub::start("service").await;
+    let text = crate::support::catalog_config("phase = \"monolith\"", "")
+        .replace("override_header = true", "served_by_header = \"\"");
+    let quiet = crate::support::TestProxy::start(&text, &monolith, &service).await;
+    let response = quiet.http.get(quiet.url("/orders/1")).send().await.unwrap();
+    assert!(response.headers().get("x-strangler-served-by").is_none());
+    quiet.shutdown().await;
+}

@@ -1286,20 +1286,28 @@ async fn the_stack_starts_with_one_command() {
             .lines()
             .map_while(Result::ok)
         {
-            if let Some(rest) = line.trim().strip_prefix("proxy") {
-                let _ = found.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
+            for (name, label) in [("proxy", "proxy"), ("admin", "admin API")] {
+                if let Some(rest) = line.trim().strip_prefix(label) {
+                    let _ = found.send((
+                        name,
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    ));
+                }
             }
         }
     });
-    let proxy = tokio::task::spawn_blocking(move || {
-        address
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the stack never said where its proxy listens")
+    let (proxy, admin) = tokio::task::spawn_blocking(move || {
+        let mut seen = std::collections::HashMap::new();
+        while seen.len() < 2 {
+            let (name, url) = address
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the stack never said where its proxy and admin API listen");
+            seen.insert(name, url);
+        }
+        (seen["proxy"].clone(), seen["admin"].clone())
     })
     .await
     .unwrap();
@@ -1310,6 +1318,40 @@ async fn the_stack_starts_with_one_command() {
         .await
         .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 3, "{page}");
+    // A canary you can see from one machine: split by X-User-Id, each answer naming its side.
+    let http = reqwest::Client::new();
+    for phase in [
+        serde_json::json!({"phase": "shadow", "reason": "test"}),
+        serde_json::json!({"phase": "canary", "percent": 50, "reason": "test"}),
+    ] {
+        let changed = http
+            .post(format!("{admin}/carveouts/catalog/phase"))
+            .json(&phase)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(changed.status(), 200);
+    }
+    let mut sides = std::collections::HashSet::new();
+    for user in 0..40 {
+        let answer = http
+            .get(format!("{proxy}/catalog/products?limit=1"))
+            .header("x-user-id", format!("user-{user}"))
+            .send()
+            .await
+            .unwrap();
+        sides.insert(
+            answer.headers()["x-strangler-served-by"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        sides.len(),
+        2,
+        "40 users from one address, one side: {sides:?}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     for db in ["shop.db", "catalog.db", "control.db"] {

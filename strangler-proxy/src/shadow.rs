@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -24,8 +23,8 @@ use crate::upstream::{Replay, Upstream};
 /// One recorded mismatch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Mismatch {
-    /// When it was seen (Unix milliseconds).
-    pub at_ms: u64,
+    /// When it was seen (RFC 3339, UTC, as every time the toolkit shows).
+    pub at: String,
     /// The request method.
     pub method: String,
     /// The request path and query.
@@ -167,13 +166,10 @@ impl Shadower {
             let differences = job.comparator.compare(&expected, &actual);
             if !differences.is_empty() {
                 job.metrics.shadow_mismatched.inc();
-                let at_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
                 store.push(
                     &job.carveout,
                     Mismatch {
-                        at_ms,
+                        at: sqlkit::now(),
                         method: job.request.method.to_string(),
                         path: job.request.uri.to_string(),
                         differences,

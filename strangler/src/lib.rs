@@ -277,9 +277,15 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// A request to `path` of the admin API, with the token.
+    /// A request to `path` of the admin API, with the token. An admin URL without a scheme
+    /// (`127.0.0.1:9001`) is taken as `http://`.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let url = format!("{}{path}", self.args.admin_url.trim_end_matches('/'));
+        let base = self.args.admin_url.trim_end_matches('/');
+        let url = if base.contains("://") {
+            format!("{base}{path}")
+        } else {
+            format!("http://{base}{path}")
+        };
         let request = self.http.request(method, url);
         match &self.args.admin_token {
             Some(token) => request.bearer_auth(token),
@@ -695,7 +701,7 @@ fn mismatch_text(name: &str, mismatches: &[Mismatch]) -> String {
     }
     let mut out = String::new();
     for m in mismatches {
-        let _ = writeln!(out, "{} {} (at {} ms)", m.method, m.path, m.at_ms);
+        let _ = writeln!(out, "{} {} (at {})", m.method, m.path, m.at);
         for d in &m.differences {
             let _ = writeln!(
                 out,

@@ -379,6 +379,7 @@ async fn set_phase(
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request")
                 }
                 TransitionError::Skips { .. } => (StatusCode::CONFLICT, "transition-refused"),
+                TransitionError::NoChange { .. } => (StatusCode::CONFLICT, "no-change"),
                 TransitionError::Guarded { .. } => (StatusCode::CONFLICT, "precheck-failed"),
                 TransitionError::Conflict(_) => (StatusCode::CONFLICT, "concurrent-change"),
                 TransitionError::Store(err) => return internal(err),
@@ -589,6 +590,11 @@ async fn audit(
             "invalid-query",
             "limit must be between 1 and 1000",
         );
+    }
+    if let Some(name) = &query.carveout {
+        if let Some(response) = unknown(&admin, name) {
+            return response;
+        }
     }
     match admin
         .control

@@ -131,7 +131,7 @@ pub enum TransitionError {
     #[error("{0}")]
     Invalid(String),
     /// The change skips phases and was not forced.
-    #[error("{carveout} cannot go from {from} to {to} in one step (monolith → shadow → canary → extracted → retired, one step at a time); pass force to override")]
+    #[error("{carveout} cannot go from {from} to {to} in one step (monolith → shadow → canary → extracted → retired, one step at a time); pass --force (force in the admin API) to override")]
     Skips {
         /// The carve-out.
         carveout: String,
@@ -149,6 +149,14 @@ pub enum TransitionError {
         to: Phase,
         /// What failed, `; `-separated.
         reasons: String,
+    },
+    /// The carve-out is in that phase already.
+    #[error("{carveout} is {phase} already; nothing to change")]
+    NoChange {
+        /// The carve-out.
+        carveout: String,
+        /// Its phase.
+        phase: Phase,
     },
     /// Another change landed first.
     #[error("{0} was changed by someone else meanwhile; read it again and retry")]
@@ -531,6 +539,12 @@ impl ControlPlane {
             .ok_or_else(|| TransitionError::UnknownCarveOut(carveout.to_owned()))?;
         let from = current.phase;
         let to = change.to;
+        if from == to {
+            return Err(TransitionError::NoChange {
+                carveout: carveout.to_owned(),
+                phase: from,
+            });
+        }
         let skips = from.rank().abs_diff(to.rank()) > 1;
         if skips && !change.force {
             return Err(TransitionError::Skips {

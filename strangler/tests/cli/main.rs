@@ -261,6 +261,35 @@ async fn errors_are_one_clear_line_and_a_failing_exit() {
     .await;
     assert!(!ok);
     assert!(err.contains("--reason"), "{err}");
+    // An unknown carve-out is an error everywhere.
+    let (ok, _, err) = cli(&running.admin, TOKEN, &["audit", "nope"]).await;
+    assert!(!ok);
+    assert!(err.contains("no carve-out named nope"), "{err}");
+    // A change to the phase it is in already is refused, and not audited.
+    let (ok, _, err) = cli(
+        &running.admin,
+        TOKEN,
+        &["phase", "set", "catalog", "monolith", "--reason", "again"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("catalog is monolith already"), "{err}");
+    let (_, audit, _) = cli(&running.admin, TOKEN, &["--json", "audit", "catalog"]).await;
+    assert_eq!(audit.trim(), "[]");
+    // A skip names the flag that overrides it.
+    let (ok, _, err) = cli(
+        &running.admin,
+        TOKEN,
+        &["phase", "set", "catalog", "extracted", "--reason", "skip"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("pass --force"), "{err}");
+    // The admin URL works without its scheme.
+    let bare = running.admin.trim_start_matches("http://").to_owned();
+    let (ok, out, err) = cli(&bare, TOKEN, &["carveouts", "list"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("NAME"), "{out}");
 }
 
 /// A monolith with the provider-state hook, on port 0.

@@ -37,8 +37,9 @@ pub struct ServeConfig {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "SHOP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Database: an SQLite file path (created if missing) or a postgres:// URL.
-    #[arg(long, env = "DATABASE_URL", default_value = "shop.db")]
+    /// Database: an SQLite file path (created if missing) or a postgres:// URL
+    /// (SHOP_DATABASE_URL; the generic DATABASE_URL when that is unset).
+    #[arg(long, env = "SHOP_DATABASE_URL", default_value_t = default_database_url())]
     pub database_url: String,
     /// Largest pool of database connections.
     #[arg(long, env = "SHOP_DB_MAX_CONNECTIONS", default_value_t = 16)]
@@ -80,6 +81,12 @@ pub struct ServeConfig {
     pub provider_states: bool,
 }
 
+/// The database when neither `--database-url` nor `SHOP_DATABASE_URL` names one: the generic
+/// `DATABASE_URL`, else `shop.db`.
+fn default_database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "shop.db".to_owned())
+}
+
 impl ServeConfig {
     /// The defaults, as if no flag or variable were given.
     pub fn defaults() -> Self {
@@ -101,8 +108,9 @@ pub struct SeedConfig {
     /// How many customers to add.
     #[arg(long, default_value_t = 100)]
     pub customers: u64,
-    /// Database: an SQLite file path (created if missing) or a postgres:// URL.
-    #[arg(long, env = "DATABASE_URL", default_value = "shop.db")]
+    /// Database: an SQLite file path (created if missing) or a postgres:// URL
+    /// (SHOP_DATABASE_URL; the generic DATABASE_URL when that is unset).
+    #[arg(long, env = "SHOP_DATABASE_URL", default_value_t = default_database_url())]
     pub database_url: String,
     /// Hide the progress bars.
     #[arg(long)]

@@ -337,3 +337,34 @@ async fn a_monolith_killed_mid_saga_settles_every_order_when_restarted(db: e2e::
         assert_eq!(problem["order_status"], "payment_failed", "{problem}");
     }
 }
+
+#[test]
+fn the_database_comes_from_shop_database_url_then_database_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shop, generic) = (
+        dir.path().join("shop-var.db"),
+        dir.path().join("generic.db"),
+    );
+    let seed = |envs: &[(&str, &std::path::Path)]| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["seed", "--products", "1", "--customers", "1", "--quiet"])
+            .env_remove("SHOP_DATABASE_URL")
+            .env_remove("DATABASE_URL")
+            .current_dir(dir.path());
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        let output = command.output().expect("run monolith seed");
+        assert!(output.status.success(), "{output:?}");
+    };
+    seed(&[("DATABASE_URL", &generic)]);
+    assert!(generic.exists(), "DATABASE_URL is the fallback");
+    seed(&[("SHOP_DATABASE_URL", &shop), ("DATABASE_URL", &generic)]);
+    assert!(shop.exists(), "SHOP_DATABASE_URL wins");
+    seed(&[]);
+    assert!(
+        dir.path().join("shop.db").exists(),
+        "shop.db without either"
+    );
+}

@@ -116,5 +116,8 @@ async fn sighup_reloads_valid_files_and_keeps_the_old_one_otherwise() {
     .await;
     assert_eq!(served_by("/other/1").await, "service");
     let log = std::fs::read_to_string(&log).unwrap();
-    assert!(!log.contains('\u{1b}'), "a log file gets no colour codes: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log file gets no colour codes: {log}"
+    );
 }

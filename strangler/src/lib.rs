@@ -130,6 +130,11 @@ pub enum Command {
         #[command(flatten)]
         dbs: stack::StackDbs,
     },
+    /// Print a completion script for a shell (`strangler completions bash > ~/.local/share/bash-completion/completions/strangler`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// The data sync of a carve-out: install, backfill, run, status, verify, repair.
     Sync {
         /// What to do.
@@ -410,6 +415,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Contract { command } => contract(command, &admin, json).await,
         Command::Sync { command } => sync::run(command, json).await,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "strangler",
+                &mut script,
+            );
+            Ok(String::from_utf8_lossy(&script).into_owned())
+        }
         Command::Stack(args) => stack::stack(args).await,
         Command::Demo { seed_products, dbs } => stack::demo(seed_products, dbs).await,
         Command::Cutover { name, args } => cutover::run(&admin, &name, args, true).await,

@@ -285,6 +285,17 @@ async fn errors_are_one_clear_line_and_a_failing_exit() {
     .await;
     assert!(!ok);
     assert!(err.contains("pass --force"), "{err}");
+    // Completion scripts for the shells.
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = cli(&running.admin, TOKEN, &["completions", shell]).await;
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("cutover") && out.contains("replicas"),
+            "{shell}: {out}"
+        );
+    }
+    let (ok, _, err) = cli(&running.admin, TOKEN, &["completions", "tcsh"]).await;
+    assert!(!ok && err.contains("possible values"), "{err}");
     // The admin URL works without its scheme.
     let bare = running.admin.trim_start_matches("http://").to_owned();
     let (ok, out, err) = cli(&bare, TOKEN, &["carveouts", "list"]).await;

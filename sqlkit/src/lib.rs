@@ -88,6 +88,20 @@ impl Db {
         let (url, backend) = normalize_url(url)?;
         let connect_options = AnyConnectOptions::from_str(&url)
             .with_context(|| format!("invalid database URL {}", redact(&url)))?;
+        if backend == Backend::Postgres {
+            // One direct connection first: a pool reports an unreachable server only as a
+            // timeout, after it, without the cause.
+            use sqlx::Connection as _;
+            match sqlx::AnyConnection::connect_with(&connect_options).await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                }
+                Err(err) => anyhow::bail!(
+                    "cannot connect to {}: {err} (is PostgreSQL running and reachable there? check the URL)",
+                    redact(&url)
+                ),
+            }
+        }
         let pool = pool_options(options, backend, false)
             .connect_with(connect_options.clone())
             .await
@@ -314,6 +328,22 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("shop.db"), "shop.db");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_is_named_with_its_cause() {
+        let err = Db::connect_unmigrated(
+            "postgres://someone:secret@127.0.0.1:1/shop",
+            &DbOptions::default(),
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("cannot connect to postgres://someone:"), "{text}");
+        assert!(!text.contains("secret"), "the password is not printed: {text}");
+        assert!(text.to_lowercase().contains("refused"), "the cause is named: {text}");
+        assert!(!text.contains("timed out"), "{text}");
     }
 
     #[test]

@@ -340,9 +340,18 @@ mod tests {
         .map(|_| ())
         .unwrap_err();
         let text = format!("{err:#}");
-        assert!(text.contains("cannot connect to postgres://someone:"), "{text}");
-        assert!(!text.contains("secret"), "the password is not printed: {text}");
-        assert!(text.to_lowercase().contains("refused"), "the cause is named: {text}");
+        assert!(
+            text.contains("cannot connect to postgres://someone:"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("secret"),
+            "the password is not printed: {text}"
+        );
+        assert!(
+            text.to_lowercase().contains("refused"),
+            "the cause is named: {text}"
+        );
         assert!(!text.contains("timed out"), "{text}");
     }
 

@@ -130,7 +130,14 @@ impl SyncArgs {
 
 /// Opens both databases and checks the mapping against them.
 pub async fn open(args: &SyncArgs) -> anyhow::Result<Sides> {
-    args.setup().open(args.direction).await
+    let setup = args.setup();
+    anyhow::ensure!(
+        setup.mapping.exists(),
+        "no mapping file for {} at {} (pass --mapping FILE, or write that file: see sync/mappings/catalog.toml)",
+        args.carveout,
+        setup.mapping.display()
+    );
+    setup.open(args.direction).await
 }
 
 /// Runs a sync command and returns what to print.

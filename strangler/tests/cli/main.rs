@@ -657,6 +657,26 @@ async fn the_catalog_syncs_from_the_command_line() {
         "{out}{err}"
     );
 
+    // A carve-out without a mapping file says how to give one.
+    let (ok, _, err) = cli(
+        "http://127.0.0.1:9",
+        "x",
+        &[
+            "sync",
+            "status",
+            "orders",
+            "--monolith-db",
+            &shop_db.url,
+            "--service-db",
+            &service_db.url,
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("no mapping file for orders") && err.contains("--mapping"),
+        "{err}"
+    );
     // A mapping that does not fit is refused before anything runs.
     let bad = dir.path().join("bad.toml");
     std::fs::write(

@@ -253,11 +253,20 @@ pub enum CarveoutsCommand {
 /// `strangler phase ...`.
 #[derive(Debug, Subcommand)]
 pub enum PhaseCommand {
-    /// Move a carve-out to a phase: monolith, shadow, canary (with --percent), extracted, retired.
+    /// Move a carve-out to a phase, one step at a time.
+    ///
+    /// Examples:
+    ///   strangler phase set catalog shadow --reason "compare before the canary"
+    ///   strangler phase set catalog canary --percent 10 --reason "first 10 %"
+    ///
+    /// A carve-out with a data sync moves into and out of `extracted` only by `strangler
+    /// cutover` / `strangler rollback`, and to `retired` only by `strangler retire`.
+    #[command(verbatim_doc_comment)]
     Set {
         /// The carve-out.
         name: String,
         /// The new phase.
+        #[arg(value_parser = ["monolith", "shadow", "canary", "extracted", "retired"])]
         phase: String,
         /// The canary share, 0 to 100 (0.01 steps).
         #[arg(long)]

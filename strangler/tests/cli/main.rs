@@ -285,6 +285,18 @@ async fn errors_are_one_clear_line_and_a_failing_exit() {
     .await;
     assert!(!ok);
     assert!(err.contains("pass --force"), "{err}");
+    // A phase that does not exist is refused before anything is sent, listing the phases.
+    let (ok, _, err) = cli(
+        &running.admin,
+        TOKEN,
+        &["phase", "set", "catalog", "live", "--reason", "x"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("possible values: monolith, shadow, canary, extracted, retired"),
+        "{err}"
+    );
     // Completion scripts for the shells.
     for shell in ["bash", "zsh", "fish"] {
         let (ok, out, err) = cli(&running.admin, TOKEN, &["completions", shell]).await;

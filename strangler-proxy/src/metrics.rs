@@ -274,7 +274,39 @@ struct TargetMetrics {
     latency: Histogram,
 }
 
+/// What one replica counted of a carve-out's traffic since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Traffic {
+    /// Answered by the monolith: all, and 5xx.
+    pub monolith: (u64, u64),
+    /// Answered by the service: all, and 5xx.
+    pub service: (u64, u64),
+    /// Reads the service failed that the monolith answered.
+    pub fallbacks: u64,
+    /// Shadow comparisons made.
+    pub shadow_compared: u64,
+    /// Of those, mismatches.
+    pub shadow_mismatched: u64,
+}
+
 impl RouteMetrics {
+    /// The counts so far.
+    pub fn traffic(&self) -> Traffic {
+        let side = |t: &TargetMetrics| {
+            (
+                t.requests.iter().map(Counter::get).sum(),
+                t.requests[4].get(),
+            )
+        };
+        Traffic {
+            monolith: side(&self.monolith),
+            service: side(&self.service),
+            fallbacks: self.fallbacks.get(),
+            shadow_compared: self.shadow_compared.get(),
+            shadow_mismatched: self.shadow_mismatched.get(),
+        }
+    }
+
     /// Records one answered request.
     pub fn record(&self, target: Target, status: u16, seconds: f64) {
         let handles = match target {

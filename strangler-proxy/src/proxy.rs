@@ -34,6 +34,13 @@ use crate::upstream::{Replay, Upstream, UpstreamError};
 
 static OVERRIDE_HEADER: HeaderName = HeaderName::from_static("x-strangler-target");
 
+impl CarveOut {
+    /// What this replica counted of the carve-out's traffic.
+    pub fn traffic(&self) -> crate::metrics::Traffic {
+        self.metrics.traffic()
+    }
+}
+
 /// A carve-out with its live phase.
 #[derive(Debug, Clone)]
 pub struct CarveOut {

@@ -21,6 +21,7 @@ use strangler_proxy::capture::Capture;
 use strangler_proxy::control::admin::{
     CarveOutView, PhaseRequest, ReplicaView, VerificationReport,
 };
+use strangler_proxy::control::status::Status;
 use strangler_proxy::control::store::{AuditEntry, Verification};
 use strangler_proxy::shadow::Mismatch;
 
@@ -82,6 +83,15 @@ pub enum Command {
         /// How many entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// One view of a carve-out (all of them without a name): phase and fence, traffic per side,
+    /// shadow comparisons, data sync, contracts, replicas.
+    Status {
+        /// The carve-out (default: every one).
+        name: Option<String>,
+        /// Show it again every 2 s until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
     },
     /// The proxy replicas sharing the control database: address, version, heartbeat, the
     /// control epoch each has applied, and whether it is live (its lease holds).
@@ -412,6 +422,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 audit_table(&entries)
             })
         }
+        Command::Status { name, watch } => loop {
+            let names = match &name {
+                Some(name) => vec![name.clone()],
+                None => admin
+                    .call::<Vec<CarveOutView>>(admin.request(reqwest::Method::GET, "/carveouts"))
+                    .await?
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect(),
+            };
+            let mut statuses = Vec::new();
+            for name in &names {
+                let path = format!("/carveouts/{name}/status");
+                statuses.push(
+                    admin
+                        .call::<Status>(admin.request(reqwest::Method::GET, &path))
+                        .await?,
+                );
+            }
+            let shown = if json {
+                to_json(&statuses)?
+            } else {
+                statuses.iter().map(status_text).collect()
+            };
+            if !watch {
+                break Ok(shown);
+            }
+            print!("{shown}\n");
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = tokio::signal::ctrl_c() => break Ok(String::new()),
+            }
+        },
         Command::Replicas => {
             let replicas: Vec<ReplicaView> = admin
                 .call(admin.request(reqwest::Method::GET, "/replicas"))
@@ -688,6 +731,83 @@ fn audit_table(entries: &[AuditEntry]) -> String {
         &["WHEN", "CARVE-OUT", "FROM", "TO", "BY", "FORCED", "REASON"],
         &rows,
     )
+}
+
+fn status_text(status: &Status) -> String {
+    let rate = |part: u64, all: u64| {
+        if all == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1} %", part as f64 * 100.0 / all as f64)
+        }
+    };
+    let t = &status.traffic;
+    let mut out = format!(
+        "{}  {}{}\n",
+        status.name,
+        status.phase,
+        status
+            .fenced_until
+            .as_ref()
+            .map(|until| format!("  (writes held until {until})"))
+            .unwrap_or_default()
+    );
+    out.push_str(&format!(
+        "  traffic (this replica): monolith {} request(s), {} 5xx ({}); service {} request(s), {} 5xx ({}); {} fallback(s)\n",
+        t.monolith.0,
+        t.monolith.1,
+        rate(t.monolith.1, t.monolith.0),
+        t.service.0,
+        t.service.1,
+        rate(t.service.1, t.service.0),
+        t.fallbacks
+    ));
+    out.push_str(&format!(
+        "  shadow: {} compared, {} mismatched ({})\n",
+        t.shadow_compared,
+        t.shadow_mismatched,
+        rate(t.shadow_mismatched, t.shadow_compared)
+    ));
+    match &status.sync {
+        None => out.push_str("  sync: none configured\n"),
+        Some(sync) => {
+            out.push_str(&format!(
+                "  sync: {}, capture {}, relay {}, lag {} change(s) / {:.1} s, {} parked key(s)\n",
+                sync.direction,
+                if sync.capture_installed {
+                    "installed"
+                } else {
+                    "NOT installed"
+                },
+                if sync.relay_running {
+                    "running"
+                } else {
+                    "NOT running"
+                },
+                sync.lag.0,
+                sync.lag.1,
+                sync.parked
+            ));
+            if let Some(error) = &sync.error {
+                out.push_str(&format!("    (could not read all of it: {error})\n"));
+            }
+        }
+    }
+    match &status.contracts {
+        None => out.push_str("  contracts: no verification on record\n"),
+        Some(c) => out.push_str(&format!(
+            "  contracts: {} at {} ({} of {} interaction(s) failed)\n",
+            if c.passed { "green" } else { "RED" },
+            c.at,
+            c.failures,
+            c.interactions
+        )),
+    }
+    out.push_str(&format!(
+        "  replicas: {} live of {} registered\n",
+        status.replicas.0, status.replicas.1
+    ));
+    out
 }
 
 fn replica_table(replicas: &[ReplicaView]) -> String {

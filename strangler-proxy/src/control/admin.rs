@@ -7,6 +7,7 @@
 //! | `GET /carveouts/{name}` | one carve-out |
 //! | `POST /carveouts/{name}/phase` | `{"phase", "percent"?, "reason", "force"?, "actor"?}` |
 //! | `GET /audit?carveout=&limit=` | audit entries, newest first |
+//! | `GET /carveouts/{name}/status` | one view: phase, fence, traffic per side, shadow, data sync, contracts, replicas |
 //! | `GET /carveouts/{name}/mismatches` | the latest shadow mismatches |
 //! | `GET /carveouts/{name}/captures` | captured monolith exchanges (redacted), for contracts |
 //! | `POST /carveouts/{name}/cutover` | move the writes to the service, guarded `{"reason", "force"?, "actor"?}` (a carve-out with a data sync) |
@@ -94,6 +95,7 @@ pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
         .route("/carveouts/{name}", get(show))
         .route("/carveouts/{name}/phase", post(set_phase))
         .route("/carveouts/{name}/mismatches", get(mismatches))
+        .route("/carveouts/{name}/status", get(status))
         .route("/carveouts/{name}/captures", get(captures))
         .route("/carveouts/{name}/fence", post(fence).delete(unfence))
         .route("/carveouts/{name}/cutover", post(cut_over))
@@ -623,6 +625,18 @@ fn unknown(admin: &Admin, name: &str) -> Option<Response> {
             &format!("no carve-out named {name}"),
         )
     })
+}
+
+async fn status(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    match admin.control.status(&name).await {
+        Ok(Some(status)) => Json(status).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("no carve-out named {name}"),
+        ),
+        Err(err) => internal(&err),
+    }
 }
 
 async fn mismatches(State(admin): State<Admin>, Path(name): Path<String>) -> Response {

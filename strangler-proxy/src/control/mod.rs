@@ -31,6 +31,7 @@
 
 pub mod admin;
 pub mod ownership;
+pub mod status;
 pub mod store;
 
 use std::sync::Arc;

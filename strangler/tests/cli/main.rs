@@ -204,6 +204,23 @@ async fn operators_inspect_and_flip_carveouts() {
     assert!(ok);
     assert_eq!(out, "no shadow mismatches recorded for catalog\n");
 
+    // One view of the carve-out.
+    let (ok, out, err) = cli(admin, TOKEN, &["status", "catalog"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("catalog  retired\n"), "{out}");
+    assert!(out.contains("sync: none configured"), "{out}");
+    assert!(
+        out.contains("contracts: no verification on record"),
+        "{out}"
+    );
+    assert!(out.contains("replicas: 1 live of 1 registered"), "{out}");
+    let (ok, out, _) = cli(admin, TOKEN, &["--json", "status"]).await;
+    assert!(ok);
+    let all: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(all[0]["phase"], "retired", "{all}");
+    let (ok, _, err) = cli(admin, TOKEN, &["status", "nope"]).await;
+    assert!(!ok && err.contains("no carve-out named nope"), "{err}");
+
     // The replica sharing the control database, live, with the epoch it applied.
     let (ok, out, err) = cli(admin, TOKEN, &["replicas"]).await;
     assert!(ok, "{err}");
@@ -1210,6 +1227,21 @@ async fn cutover_and_rollback_under_load_lose_no_write(shop_db: e2e::TestDb) {
     assert!(err.contains("every live replica applied it"), "{err}");
     assert!(err.contains("fence: released after"), "{err}");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // The status says so: the reverse direction runs, with its relay.
+    let (ok, out, err) = cli(admin, TOKEN, &["--json", "status", "catalog"]).await;
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let status = &status[0];
+    assert_eq!(status["phase"], "extracted", "{status}");
+    assert_eq!(status["sync"]["direction"], "reverse", "{status}");
+    assert_eq!(status["sync"]["capture_installed"], true, "{status}");
+    assert_eq!(status["sync"]["relay_running"], true, "{status}");
+    assert_eq!(status["contracts"]["passed"], true, "{status}");
+    assert!(
+        status["traffic"]["monolith"][0].as_u64() > Some(0),
+        "{status}"
+    );
 
     // The service owns the writes now; the reverse relay keeps the monolith current. A second
     // cut-over is refused (the carve-out is not in canary) and changes nothing.

@@ -449,7 +449,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
             if !watch {
                 break Ok(shown);
             }
-            print!("{shown}\n");
+            println!("{shown}");
             tokio::select! {
                 () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
                 _ = tokio::signal::ctrl_c() => break Ok(String::new()),

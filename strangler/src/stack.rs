@@ -190,6 +190,14 @@ impl Stack {
             ..strangler_proxy::config::ProxyArgs::defaults()
         };
         let config = strangler_proxy::config::Config::from_toml(&text, &proxy_args)?;
+        // Written down, so `strangler sync ...` finds the carve-out's databases and mapping
+        // without repeating them (it reads .strangler-stack/strangler.toml by default).
+        let file = args.dir.join("strangler.toml");
+        std::fs::write(
+            &file,
+            text.lines().map(str::trim).collect::<Vec<_>>().join("\n"),
+        )
+        .with_context(|| format!("cannot write {}", file.display()))?;
         let replica = strangler_proxy::app::Replica::build(&config)
             .await
             .context("the proxy")?;

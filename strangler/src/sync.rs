@@ -19,15 +19,19 @@ pub use strangler_sync::sides::{Direction, Sides};
 pub struct SyncArgs {
     /// The carve-out.
     pub carveout: String,
-    /// The mapping file (default: sync/mappings/<carveout>.toml).
+    /// The mapping file (default: the configuration's, else sync/mappings/<carveout>.toml).
     #[arg(long)]
     pub mapping: Option<PathBuf>,
-    /// The monolith's database (SQLite path or postgres:// URL).
+    /// The monolith's database (SQLite path or postgres:// URL); default: the configuration's.
     #[arg(long, env = "STRANGLER_MONOLITH_DB")]
-    pub monolith_db: String,
-    /// The service's database.
+    pub monolith_db: Option<String>,
+    /// The service's database; default: the configuration's.
     #[arg(long, env = "STRANGLER_SERVICE_DB")]
-    pub service_db: String,
+    pub service_db: Option<String>,
+    /// The proxy's configuration file, whose carve-out `sync` names the databases and the
+    /// mapping (default: ./strangler.toml, else the stack's .strangler-stack/strangler.toml).
+    #[arg(long, env = "STRANGLER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Which way: forward (monolith → service) or reverse.
     #[arg(long, default_value = "forward")]
     pub direction: Direction,
@@ -114,23 +118,86 @@ pub enum SyncCommand {
 }
 
 impl SyncArgs {
-    /// The carve-out's sync as these arguments name it.
-    pub fn setup(&self) -> strangler_sync::sides::SyncSetup {
-        strangler_sync::sides::SyncSetup {
+    /// The carve-out's sync as these arguments name it: each flag given wins; what is missing
+    /// comes from the proxy configuration's `sync` of the carve-out.
+    pub fn setup(&self) -> anyhow::Result<strangler_sync::sides::SyncSetup> {
+        let configured = match (&self.monolith_db, &self.service_db, &self.mapping) {
+            (Some(_), Some(_), Some(_)) => None,
+            // Both databases given: a configuration only fills in the mapping, if it can.
+            (Some(_), Some(_), None) => configured_sync(self.config.as_deref(), &self.carveout)
+                .ok()
+                .flatten(),
+            _ => configured_sync(self.config.as_deref(), &self.carveout)?,
+        };
+        let from_config =
+            |pick: fn(&strangler_sync::sides::SyncSetup) -> String| configured.as_ref().map(pick);
+        let missing = || {
+            anyhow::anyhow!(
+                "no databases for {}: pass --monolith-db and --service-db, or --config FILE (STRANGLER_CONFIG) whose carve-out {} has a sync section (the stack writes .strangler-stack/strangler.toml)",
+                self.carveout,
+                self.carveout
+            )
+        };
+        Ok(strangler_sync::sides::SyncSetup {
             carveout: self.carveout.clone(),
             mapping: self
                 .mapping
                 .clone()
+                .or_else(|| configured.as_ref().map(|c| c.mapping.clone()))
                 .unwrap_or_else(|| PathBuf::from(format!("sync/mappings/{}.toml", self.carveout))),
-            monolith_db: self.monolith_db.clone(),
-            service_db: self.service_db.clone(),
-        }
+            monolith_db: self
+                .monolith_db
+                .clone()
+                .or_else(|| from_config(|c| c.monolith_db.clone()))
+                .ok_or_else(missing)?,
+            service_db: self
+                .service_db
+                .clone()
+                .or_else(|| from_config(|c| c.service_db.clone()))
+                .ok_or_else(missing)?,
+        })
     }
+}
+
+/// The `sync` of `carveout` in the proxy configuration: `file`, else ./strangler.toml, else the
+/// stack's .strangler-stack/strangler.toml. `None` when there is no such file; an error when
+/// the named file cannot be read or has no sync for the carve-out.
+fn configured_sync(
+    file: Option<&std::path::Path>,
+    carveout: &str,
+) -> anyhow::Result<Option<strangler_sync::sides::SyncSetup>> {
+    let found = match file {
+        Some(file) => Some(file.to_path_buf()),
+        None => ["strangler.toml", ".strangler-stack/strangler.toml"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists()),
+    };
+    let Some(path) = found else {
+        return Ok(None);
+    };
+    let args = strangler_proxy::config::ProxyArgs {
+        config: Some(path.clone()),
+        ..strangler_proxy::config::ProxyArgs::defaults()
+    };
+    let config = strangler_proxy::config::Config::load(&args)?;
+    let spec = config
+        .carveouts
+        .iter()
+        .find(|c| c.name == carveout)
+        .with_context(|| format!("{} has no carve-out {carveout}", path.display()))?;
+    let sync = spec.sync.as_ref().with_context(|| {
+        format!(
+            "carve-out {carveout} in {} has no sync section (mapping, monolith_db, service_db)",
+            path.display()
+        )
+    })?;
+    Ok(Some(sync.setup.clone()))
 }
 
 /// Opens both databases and checks the mapping against them.
 pub async fn open(args: &SyncArgs) -> anyhow::Result<Sides> {
-    let setup = args.setup();
+    let setup = args.setup()?;
     anyhow::ensure!(
         setup.mapping.exists(),
         "no mapping file for {} at {} (pass --mapping FILE, or write that file: see sync/mappings/catalog.toml)",

@@ -1456,6 +1456,32 @@ async fn the_stack_starts_with_one_command() {
         2,
         "40 users from one address, one side: {sides:?}"
     );
+    // The sync commands find the stack's databases in the configuration it wrote.
+    let config = dir.path().join("strangler.toml");
+    let (ok, out, err) = cli(
+        &admin,
+        "x",
+        &[
+            "sync",
+            "status",
+            "catalog",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.starts_with("catalog:forward: capture installed"),
+        "{out}"
+    );
+    // Without flags or a configuration, the error says what to pass.
+    let (ok, _, err) = cli(&admin, "x", &["sync", "status", "catalog"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("no databases for catalog") && err.contains("--config"),
+        "{err}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     for db in ["shop.db", "catalog.db", "control.db"] {

@@ -13,8 +13,13 @@
 //!   dot segments and encoded slashes are refused ([`has_dot_segment`]).
 //! - W3C `traceparent`: a valid one keeps its trace id and gets this hop as parent; an absent or
 //!   invalid one starts a new trace. `X-Request-Id` is set when absent.
-//! - Request smuggling: a request with both `Content-Length` and `Transfer-Encoding`, several
-//!   differing `Content-Length`s, or a `Transfer-Encoding` other than `chunked`, is refused.
+//! - Request smuggling: several differing `Content-Length`s, or a `Transfer-Encoding` other than
+//!   `chunked`, is refused. A request with both `Content-Length` and a chunked
+//!   `Transfer-Encoding` reaches the proxy over HTTP/1 without the `Content-Length`: hyper's
+//!   parser drops it (RFC 9112 §6.3: the transfer coding wins) and closes the connection after
+//!   the response, so the request is forwarded as the chunked message it is, unambiguously.
+//!   Refusing it outright (400, as Envoy does) needs framing of our own, below hyper's parser;
+//!   [`check_framing`] refuses the combination wherever it still appears.
 
 use std::net::IpAddr;
 

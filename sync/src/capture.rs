@@ -35,6 +35,21 @@ fn postgres_ddl() -> Vec<String> {
 /// The tables a relay and a backfill need in their target: the checkpoints, the backfill
 /// progress, and the loop-prevention flag.
 pub(crate) async fn ensure_target_tables(db: &Db) -> Result<(), sqlx::Error> {
+    // Already there (the usual case): a read, no DDL. A write transaction here would contend
+    // with a running relay's batches (on SQLite, fail at once as "database is locked").
+    let newest = match db.backend() {
+        Backend::Sqlite => {
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM sqlite_master WHERE type = 'table' AND name = 'sync_parked'"
+        }
+        Backend::Postgres => {
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_tables WHERE tablename = 'sync_parked' \
+             AND schemaname = ANY (current_schemas(false))"
+        }
+    };
+    let found: i64 = sqlx::query_scalar(newest).fetch_one(db.pool()).await?;
+    if found > 0 {
+        return Ok(());
+    }
     let mut tx = db.pool().begin().await?;
     lock_ddl(db, &mut tx).await?;
     for sql in [

@@ -66,6 +66,29 @@ impl Running {
         Running { stop, task }
     }
 
+    /// [`Running::start`], returning once the relay holds its stream's lease.
+    async fn start_held(setup: &SyncSetup, direction: Direction) -> Running {
+        let running = Running::start(setup, direction);
+        let sides = setup.open(direction).await.unwrap();
+        let stream = sides.stream();
+        // A read of the lease table, not a relay of our own: setting one up may write.
+        eventually(
+            Duration::from_secs(10),
+            "the relay to hold its lease",
+            || async {
+                sqlx::query("SELECT expires_ms FROM sync_leases WHERE stream = $1")
+                    .bind(&stream)
+                    .fetch_optional(sides.target.pool())
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            },
+        )
+        .await;
+        running
+    }
+
     async fn stop(self) {
         self.stop.send_replace(true);
         self.task.await.unwrap();
@@ -171,7 +194,7 @@ impl Fixture {
         let control_db = Db::connect_unmigrated(&control_test_db.url, &options)
             .await
             .unwrap();
-        let forward = Running::start(&setup, Direction::Forward);
+        let forward = Running::start_held(&setup, Direction::Forward).await;
         let fixture = Fixture {
             monolith_db,
             service_db,
@@ -541,7 +564,7 @@ async fn every_refusal_and_abort_of_a_move_changes_nothing(db: TestDb) {
     )
     .await;
 
-    f.forward = Some(Running::start(&f.setup, Direction::Forward));
+    f.forward = Some(Running::start_held(&f.setup, Direction::Forward).await);
     f.settle().await;
 
     // A live replica that never acknowledges the fence: the move gives up, fence lifted.
@@ -625,7 +648,7 @@ async fn every_refusal_and_abort_of_a_move_changes_nothing(db: TestDb) {
         "{audit}"
     );
     // And back, with a reverse relay running.
-    let reverse = Running::start(&f.setup, Direction::Reverse);
+    let reverse = Running::start_held(&f.setup, Direction::Reverse).await;
     let (status, body) = f
         .post(
             "/carveouts/catalog/rollback",

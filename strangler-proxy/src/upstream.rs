@@ -113,6 +113,8 @@ struct Instance {
 /// One upstream with its connection pool.
 pub struct Upstream {
     spec: UpstreamSpec,
+    /// Its name, shared with the calls in flight (a reference count, no copy per request).
+    shared_name: Arc<str>,
     /// Its name as a header value (the side that served a response).
     name_value: http::HeaderValue,
     client: Client<HttpConnector, ProxyBody>,
@@ -152,6 +154,7 @@ impl Upstream {
             })
             .collect();
         Upstream {
+            shared_name: Arc::from(spec.name.as_str()),
             name_value: http::HeaderValue::from_str(&spec.name)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("upstream")),
             budget: RetryBudget::new(spec.retry),
@@ -271,7 +274,7 @@ impl Upstream {
         // Upstream connections are HTTP/1.1 whatever the client spoke.
         *request.version_mut() = http::Version::HTTP_11;
         let timeout = self.spec.request_timeout;
-        let upstream = self.spec.name.clone();
+        let name = Arc::clone(&self.shared_name);
         let call = self.client.request(request);
         async move {
             match tokio::time::timeout(timeout, call).await {
@@ -281,7 +284,7 @@ impl Upstream {
                         && headers.contains_key(http::header::CONTENT_LENGTH)
                     {
                         return Err(UpstreamError::BadResponse {
-                            upstream,
+                            upstream: name.to_string(),
                             reason: "both Content-Length and Transfer-Encoding",
                         });
                     }
@@ -292,14 +295,19 @@ impl Upstream {
                         return Err(UpstreamError::Client(fault.clone()));
                     }
                     if err.is_connect() {
-                        return Err(UpstreamError::Connect { upstream });
+                        return Err(UpstreamError::Connect {
+                            upstream: name.to_string(),
+                        });
                     }
                     Err(UpstreamError::Protocol {
-                        upstream,
+                        upstream: name.to_string(),
                         source: err,
                     })
                 }
-                Err(_) => Err(UpstreamError::Timeout { upstream, timeout }),
+                Err(_) => Err(UpstreamError::Timeout {
+                    upstream: name.to_string(),
+                    timeout,
+                }),
             }
         }
     }

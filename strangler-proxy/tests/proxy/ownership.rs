@@ -315,7 +315,7 @@ impl Fixture {
         before: &(String, bool, bool, bool),
     ) {
         let (status, body) = answer;
-        assert_eq!(status, 409, "{body}");
+        assert_eq!(status, 409, "expected a refusal naming {cause:?}: {body}");
         let detail = body["detail"].as_str().unwrap_or_default();
         assert!(detail.contains("nothing changed"), "{body}");
         assert!(detail.contains(cause), "expected {cause:?} in {body}");

@@ -17,6 +17,7 @@ pub mod accounts;
 pub mod app;
 pub mod boundaries;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;

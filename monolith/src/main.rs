@@ -1,9 +1,7 @@
 //! The `monolith` binary: parses the configuration and hands over to the library.
 
 use clap::Parser;
-use monolith::app::{shutdown_signal, Application};
-use monolith::config::{Cli, Command};
-use monolith::db::{Db, DbOptions};
+use monolith::config::Cli;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -20,38 +18,11 @@ async fn main() -> std::process::ExitCode {
         .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Seed(config)) => seed(config).await,
-        Some(Command::Serve(config)) => serve(config).await,
-        None => serve(cli.serve).await,
-    };
-    match result {
+    match monolith::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-async fn serve(config: monolith::config::ServeConfig) -> anyhow::Result<()> {
-    let app = Application::build(&config).await?;
-    // Printed on stdout so scripts and tests can find the port when listening on port 0.
-    println!("listening on http://{}", app.local_addr());
-    app.run_until(shutdown_signal()).await
-}
-
-async fn seed(config: monolith::config::SeedConfig) -> anyhow::Result<()> {
-    let db = Db::connect(&config.database_url, &DbOptions::default()).await?;
-    let report =
-        monolith::seed::seed(&db, config.products, config.customers, !config.quiet).await?;
-    println!(
-        "seeded {} products (with stock) and {} customers into {} in {:.2?}",
-        report.products,
-        report.customers,
-        monolith::db::redact(&config.database_url),
-        report.elapsed
-    );
-    db.close().await;
-    Ok(())
 }

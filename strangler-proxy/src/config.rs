@@ -35,6 +35,8 @@
 //! shadow = { ignore = ["/updated_at"], headers = ["content-type"], in_canary = false }
 //! # Its data sync: with one, its writes move only by `strangler cutover` / `rollback`.
 //! sync = { mapping = "sync/mappings/catalog.toml", monolith_db = "shop.db", service_db = "catalog.db" }
+//! # Its contracts and the service instance to verify them on (`strangler contract verify catalog`).
+//! contracts = { dir = "contracts/catalog", provider = "http://127.0.0.1:8082", state_url = "http://127.0.0.1:8082/_contracts/provider-states" }
 //! ```
 //!
 //! Everything is validated before use ([`Config::load`]): unknown keys, malformed URLs,
@@ -219,6 +221,28 @@ struct CarveOutSection {
     require_contracts: bool,
     capture: Option<CaptureSection>,
     sync: Option<SyncSection>,
+    contracts: Option<ContractsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContractsSection {
+    dir: PathBuf,
+    provider: String,
+    state_url: Option<String>,
+}
+
+/// Where a carve-out's contracts are and which instance of its service verifies them (one
+/// whose provider-state hook may rewrite its data: not the one serving traffic). The proxy
+/// itself does not use it; `strangler contract verify NAME` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractsSpec {
+    /// The pact files (a folder or one file).
+    pub dir: PathBuf,
+    /// The base URL of the instance to verify.
+    pub provider: String,
+    /// Its provider-state hook, if the contracts name states.
+    pub state_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -387,6 +411,8 @@ pub struct CarveOutSpec {
     pub capture: Option<crate::capture::CaptureSpec>,
     /// Its data sync, if it has one: then its writes move only by the guarded procedure.
     pub sync: Option<SyncSpec>,
+    /// Its contracts, for `strangler contract verify NAME`.
+    pub contracts: Option<ContractsSpec>,
 }
 
 /// The validated configuration.
@@ -575,8 +601,29 @@ impl Config {
                     })
                 }
             };
+            let contracts = match section.contracts {
+                None => None,
+                Some(c) => {
+                    for url in std::iter::once(&c.provider).chain(&c.state_url) {
+                        let uri: Uri = url.parse().map_err(|e| {
+                            anyhow::anyhow!(
+                                "carve-out {name}: contracts: {url:?} is not a URL: {e}"
+                            )
+                        })?;
+                        if uri.scheme().is_none() || uri.host().is_none() {
+                            bail!("carve-out {name}: contracts: {url:?} is not an http:// URL");
+                        }
+                    }
+                    Some(ContractsSpec {
+                        dir: c.dir,
+                        provider: c.provider,
+                        state_url: c.state_url,
+                    })
+                }
+            };
             carveouts.push(CarveOutSpec {
                 sync,
+                contracts,
                 name,
                 upstream,
                 phase,

@@ -17,6 +17,7 @@
 pub mod app;
 pub mod body;
 pub mod capture;
+pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod control;

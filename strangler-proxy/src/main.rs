@@ -1,9 +1,7 @@
 //! The `strangler-proxy` binary: parses the configuration and serves.
 
 use clap::Parser;
-use strangler_proxy::app::Replica;
-use strangler_proxy::config::{Config, ProxyArgs};
-use strangler_proxy::control::ControlPlane;
+use strangler_proxy::config::ProxyArgs;
 use tracing_subscriber::EnvFilter;
 
 // Many small, short-lived allocations per request (headers, futures): mimalloc serves them
@@ -24,89 +22,11 @@ fn main() -> std::process::ExitCode {
         .log_internal_errors(false)
         .init();
     let args = ProxyArgs::parse();
-    match run(&args) {
+    match strangler_proxy::cli::main(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-fn run(args: &ProxyArgs) -> anyhow::Result<()> {
-    let config = Config::load(args)?;
-    // As many workers as CPUs this process may use (1 when pinned to one core).
-    let workers = config
-        .workers
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1);
-    // On one CPU a single-threaded runtime keeps a request, its client connection and its
-    // server connection on one thread: no cross-thread wake-ups.
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()?
-    };
-    strangler_proxy::server::raise_fd_limit(config.max_connections);
-    runtime.block_on(async {
-        let replica = Replica::build(&config).await?;
-        // Printed on stdout so scripts and tests can find the ports when listening on port 0.
-        println!(
-            "listening on http://{} (admin http://{})",
-            replica.local_addr(),
-            replica.admin_addr()
-        );
-        tokio::spawn(reload_on_sighup(args.clone(), replica.control()));
-        replica.run_until(shutdown_signal()).await
-    })
-}
-
-/// SIGHUP reloads the configuration file; an invalid file keeps the running configuration.
-async fn reload_on_sighup(args: ProxyArgs, control: ControlPlane) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        tracing::warn!("cannot listen for SIGHUP; reloading is off");
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        match Config::load(&args) {
-            Ok(config) => match control.reload(&config).await {
-                Ok(()) => tracing::info!("reloaded the configuration"),
-                Err(err) => {
-                    tracing::error!(error = %err, "reloaded the routes, but the control database failed")
-                }
-            },
-            Err(err) => {
-                tracing::error!(
-                    error = format!("{err:#}"),
-                    "the new configuration is invalid; keeping the running one"
-                );
-            }
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }

@@ -185,6 +185,7 @@ async fn main() {
         admin_listen: any,
         monolith_listen: any,
         service_listen: any,
+        contracts_listen: any,
         seed_products: 1000,
         dbs: StackDbs::default(),
     };

@@ -4,6 +4,7 @@
 //! non-zero exit; a red verification prints its report and exits non-zero.
 
 pub mod cutover;
+pub mod project;
 pub mod stack;
 pub mod sync;
 
@@ -25,16 +26,15 @@ use strangler_proxy::control::status::Status;
 use strangler_proxy::control::store::{AuditEntry, Verification};
 use strangler_proxy::shadow::Mismatch;
 
-/// Operate a strangler-fig migration: inspect carve-outs and move them through their phases.
+/// Operate a strangler-fig migration: run the stack, inspect carve-outs and move them through
+/// their phases, sync their data, record and verify their contracts. One binary for all of it:
+/// `strangler monolith`, `strangler proxy` and `strangler catalog-service` serve the parts.
 #[derive(Debug, Parser)]
 #[command(name = "strangler", version)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-    /// Where to reach the proxy.
-    #[command(flatten)]
-    pub admin: AdminArgs,
 }
 
 /// How to reach the admin API.
@@ -56,6 +56,11 @@ pub struct AdminArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+}
+
+/// How to print.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct Output {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -69,12 +74,24 @@ pub enum Command {
         /// list or show.
         #[command(subcommand)]
         command: CarveoutsCommand,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How to print.
+        #[command(flatten)]
+        out: Output,
     },
     /// Change a carve-out's phase.
     Phase {
         /// set.
         #[command(subcommand)]
         command: PhaseCommand,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How to print.
+        #[command(flatten)]
+        out: Output,
     },
     /// The audit log of phase changes, newest first.
     Audit {
@@ -83,6 +100,12 @@ pub enum Command {
         /// How many entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How to print.
+        #[command(flatten)]
+        out: Output,
     },
     /// One view of a carve-out (all of them without a name): phase and fence, traffic per side,
     /// shadow comparisons, data sync, contracts, replicas.
@@ -92,31 +115,56 @@ pub enum Command {
         /// Show it again every 2 s until Ctrl-C.
         #[arg(long)]
         watch: bool,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How to print.
+        #[command(flatten)]
+        out: Output,
     },
     /// The proxy replicas sharing the control database: address, version, heartbeat, the
     /// control epoch each has applied, and whether it is live (its lease holds).
-    Replicas,
+    Replicas {
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How to print.
+        #[command(flatten)]
+        out: Output,
+    },
     /// The latest shadow mismatches of a carve-out.
     Mismatches {
         /// The carve-out.
         name: String,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How to print.
+        #[command(flatten)]
+        out: Output,
     },
     /// Move a carve-out's writes to its service (canary → extracted), guarded: pre-checks, a
     /// write fence, the relay drained, a re-verify, ownership and sync direction flipped.
     Cutover {
         /// The carve-out.
         name: String,
-        /// Databases, bounds, reason.
+        /// Reason, actor.
         #[command(flatten)]
         args: cutover::CutoverArgs,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// The mirror of a cut-over: writes back to the monolith (extracted → canary).
     Rollback {
         /// The carve-out.
         name: String,
-        /// Databases, bounds, reason.
+        /// Reason, actor, the canary share to return to.
         #[command(flatten)]
         args: cutover::CutoverArgs,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Retire a carve-out that has been `extracted` for its dwell: its reverse sync drained,
     /// the phase set to `retired` (its final state audited), the reverse sync removed.
@@ -126,6 +174,9 @@ pub enum Command {
         /// Reason and actor.
         #[command(flatten)]
         args: cutover::RetireArgs,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// The whole carve-out on SQLite in one process: monolith, catalog service, proxy with its
     /// admin API, and the sync relays. Serves until Ctrl-C.
@@ -150,6 +201,9 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: sync::SyncCommand,
+        /// How to print.
+        #[command(flatten)]
+        out: Output,
     },
     /// Contract tests: record contracts from the monolith, verify a provider against them.
     Contract {
@@ -157,6 +211,26 @@ pub enum Command {
         #[command(subcommand)]
         command: ContractCommand,
     },
+    /// Serve the shop monolith (what the `monolith` binary does): `strangler monolith serve`,
+    /// `strangler monolith seed`.
+    Monolith(monolith::config::Cli),
+    /// Serve the strangler-fig proxy (what the `strangler-proxy` binary does).
+    Proxy(strangler_proxy::config::ProxyArgs),
+    /// Serve the extracted catalog service (what the `catalog-service` binary does).
+    CatalogService(catalog_service::config::Config),
+}
+
+impl Command {
+    /// Whether the command serves until stopped (its logs are a server's: info and up).
+    pub fn serves(&self) -> bool {
+        matches!(
+            self,
+            Command::Monolith(_)
+                | Command::Proxy(_)
+                | Command::CatalogService(_)
+                | Command::Stack(_)
+        )
+    }
 }
 
 /// `strangler contract ...`.
@@ -164,14 +238,26 @@ pub enum Command {
 pub enum ContractCommand {
     /// Replay each interaction of the contracts against a provider and match its responses.
     /// Exits non-zero on any failure, and when there was nothing to verify.
+    ///
+    /// Examples:
+    ///   strangler contract verify catalog
+    ///   strangler contract verify --contracts contracts/catalog --provider http://127.0.0.1:8082
+    ///
+    /// With a carve-out, its `contracts` section in the proxy configuration names the pact
+    /// files and the instance to verify (flags override it), and the outcome is reported to
+    /// the admin API: going to `extracted` needs the latest verification green.
+    #[command(verbatim_doc_comment)]
     Verify {
-        /// A directory of pact files (or one file).
+        /// The carve-out whose contracts to verify and report.
+        carveout: Option<String>,
+        /// A directory of pact files (or one file); default: the carve-out's.
         #[arg(long)]
-        contracts: PathBuf,
-        /// The provider's base URL.
+        contracts: Option<PathBuf>,
+        /// The provider's base URL; default: the carve-out's.
         #[arg(long)]
-        provider: String,
-        /// The provider-state hook: POSTed {state, params, action} before each interaction.
+        provider: Option<String>,
+        /// The provider-state hook: POSTed {state, params, action} before each interaction;
+        /// default: the carve-out's.
         #[arg(long)]
         state_url: Option<String>,
         /// Also call the hook with action "teardown" after each interaction.
@@ -183,10 +269,19 @@ pub enum ContractCommand {
         /// Timeout of each request (ms).
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
-        /// Report the outcome to the admin API for this carve-out: going to `extracted` needs
-        /// its latest verification green.
+        /// Do not report the outcome to the admin API.
         #[arg(long)]
-        carveout: Option<String>,
+        no_report: bool,
+        /// The proxy configuration naming the carve-out's contracts (default: ./strangler.toml,
+        /// else the stack's .strangler-stack/strangler.toml).
+        #[arg(long, env = "STRANGLER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How to print.
+        #[command(flatten)]
+        out: Output,
         /// Who you are, for an admin API without tokens (with a token, the audit log records the
         /// operator the token belongs to, and another name is refused).
         #[arg(long)]
@@ -206,22 +301,35 @@ pub enum ContractCommand {
         /// The provider's name in the contract (default: the carve-out's).
         #[arg(long)]
         provider_name: Option<String>,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Record contracts from a provider (the monolith) with a script of requests, learning
     /// which fields are noise by replaying them.
+    ///
+    /// Examples:
+    ///   strangler contract record --script contracts/catalog/catalog.script.toml --out catalog.json
+    ///   strangler contract record --script my.script.toml --out my.json \
+    ///     --provider http://127.0.0.1:8080 --second http://127.0.0.1:8180 \
+    ///     --state-url http://127.0.0.1:8080/_contracts/provider-states
+    ///
+    /// Without --provider, it records from this repository's shop: two monoliths started in
+    /// process on fresh databases, with their provider-state hooks.
+    #[command(verbatim_doc_comment)]
     Record {
         /// The script (TOML): consumer, provider and the requests.
         #[arg(long)]
         script: PathBuf,
-        /// The provider to record from.
+        /// The provider to record from (default: two fresh in-process shop monoliths).
         #[arg(long)]
-        provider: String,
+        provider: Option<String>,
         /// A second, independent instance to replay against once (finds per-instance noise
         /// such as creation times).
-        #[arg(long)]
+        #[arg(long, requires = "provider")]
         second: Option<String>,
         /// The provider-state hook.
-        #[arg(long)]
+        #[arg(long, requires = "provider")]
         state_url: Option<String>,
         /// Wait this long before replaying (ms), so second-resolution timestamps move.
         #[arg(long)]
@@ -317,6 +425,11 @@ impl Admin {
         }
     }
 
+    /// GETs `path` and reads its JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(self.request(reqwest::Method::GET, path)).await
+    }
+
     /// Sends a request and reads its JSON answer; an error answer becomes an error with the
     /// problem's detail.
     pub async fn call<T: DeserializeOwned>(
@@ -345,39 +458,38 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// A client of the admin API these arguments name.
+    pub fn new(args: &AdminArgs) -> anyhow::Result<Admin> {
+        Ok(Admin {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()?,
+            args: args.clone(),
+        })
+    }
+}
+
 /// Runs a parsed command and returns what to print.
 pub async fn run(cli: Cli) -> anyhow::Result<String> {
-    let admin = Admin {
-        http: reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?,
-        args: cli.admin.clone(),
-    };
-    let json = cli.admin.json;
     match cli.command {
         Command::Carveouts {
             command: CarveoutsCommand::List,
+            admin,
+            out,
         } => {
-            let list: Vec<CarveOutView> = admin
-                .call(admin.request(reqwest::Method::GET, "/carveouts"))
-                .await?;
-            Ok(if json {
-                to_json(&list)?
-            } else {
-                carveout_table(&list)
-            })
+            let list: Vec<CarveOutView> = Admin::new(&admin)?.get("/carveouts").await?;
+            print_as(out, &list, |l| carveout_table(l))
         }
         Command::Carveouts {
             command: CarveoutsCommand::Show { name },
+            admin,
+            out,
         } => {
-            let one: CarveOutView = admin
-                .call(admin.request(reqwest::Method::GET, &format!("/carveouts/{name}")))
+            let one: CarveOutView = Admin::new(&admin)?
+                .get(&format!("/carveouts/{name}"))
                 .await?;
-            Ok(if json {
-                to_json(&one)?
-            } else {
-                carveout_details(&one)
-            })
+            print_as(out, &one, carveout_details)
         }
         Command::Phase {
             command:
@@ -389,6 +501,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                     force,
                     actor,
                 },
+            admin,
+            out,
         } => {
             let body = PhaseRequest {
                 phase,
@@ -397,76 +511,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
                 force,
                 actor,
             };
+            let admin = Admin::new(&admin)?;
             let request = admin
                 .request(reqwest::Method::POST, &format!("/carveouts/{name}/phase"))
                 .json(&body);
             let changed: CarveOutView = admin.call(request).await?;
-            Ok(if json {
-                to_json(&changed)?
-            } else {
-                format!("{} is now {}\n", changed.name, phase_text(&changed))
+            print_as(out, &changed, |c| {
+                format!("{} is now {}\n", c.name, phase_text(c))
             })
         }
-        Command::Audit { name, limit } => {
+        Command::Audit {
+            name,
+            limit,
+            admin,
+            out,
+        } => {
             let mut path = format!("/audit?limit={limit}");
             if let Some(name) = &name {
                 path.push_str("&carveout=");
                 path.push_str(name);
             }
-            let entries: Vec<AuditEntry> = admin
-                .call(admin.request(reqwest::Method::GET, &path))
-                .await?;
-            Ok(if json {
-                to_json(&entries)?
-            } else {
-                audit_table(&entries)
-            })
+            let entries: Vec<AuditEntry> = Admin::new(&admin)?.get(&path).await?;
+            print_as(out, &entries, |e| audit_table(e))
         }
-        Command::Status { name, watch } => loop {
-            let names = match &name {
-                Some(name) => vec![name.clone()],
-                None => admin
-                    .call::<Vec<CarveOutView>>(admin.request(reqwest::Method::GET, "/carveouts"))
-                    .await?
-                    .into_iter()
-                    .map(|c| c.name)
-                    .collect(),
-            };
-            let mut statuses = Vec::new();
-            for name in &names {
-                let path = format!("/carveouts/{name}/status");
-                statuses.push(
-                    admin
-                        .call::<Status>(admin.request(reqwest::Method::GET, &path))
-                        .await?,
-                );
-            }
-            let shown = if json {
-                to_json(&statuses)?
-            } else {
-                statuses.iter().map(status_text).collect()
-            };
-            if !watch {
-                break Ok(shown);
-            }
-            println!("{shown}");
-            tokio::select! {
-                () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                _ = tokio::signal::ctrl_c() => break Ok(String::new()),
-            }
-        },
-        Command::Replicas => {
-            let replicas: Vec<ReplicaView> = admin
-                .call(admin.request(reqwest::Method::GET, "/replicas"))
-                .await?;
-            Ok(if json {
-                to_json(&replicas)?
-            } else {
-                replica_table(&replicas)
-            })
+        Command::Status {
+            name,
+            watch,
+            admin,
+            out,
+        } => status(&Admin::new(&admin)?, name, watch, out).await,
+        Command::Replicas { admin, out } => {
+            let replicas: Vec<ReplicaView> = Admin::new(&admin)?.get("/replicas").await?;
+            print_as(out, &replicas, |r| replica_table(r))
         }
-        Command::Contract { command } => contract(command, &admin, json).await,
-        Command::Sync { command } => sync::run(command, json).await,
+        Command::Mismatches { name, admin, out } => {
+            let path = format!("/carveouts/{name}/mismatches");
+            let mismatches: Vec<Mismatch> = Admin::new(&admin)?.get(&path).await?;
+            print_as(out, &mismatches, |m| mismatch_text(&name, m))
+        }
+        Command::Contract { command } => contract(command).await,
+        Command::Sync { command, out } => sync::run(command, out.json).await,
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(
@@ -479,38 +563,117 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Stack(args) => stack::stack(args).await,
         Command::Demo { seed_products, dbs } => stack::demo(seed_products, dbs).await,
-        Command::Cutover { name, args } => cutover::run(&admin, &name, args, true).await,
-        Command::Rollback { name, args } => cutover::run(&admin, &name, args, false).await,
-        Command::Retire { name, args } => cutover::retire(&admin, &name, args).await,
-        Command::Mismatches { name } => {
-            let path = format!("/carveouts/{name}/mismatches");
-            let mismatches: Vec<Mismatch> = admin
-                .call(admin.request(reqwest::Method::GET, &path))
-                .await?;
-            Ok(if json {
-                to_json(&mismatches)?
-            } else {
-                mismatch_text(&name, &mismatches)
-            })
+        Command::Cutover { name, args, admin } => {
+            cutover::run(&Admin::new(&admin)?, &name, args, true).await
+        }
+        Command::Rollback { name, args, admin } => {
+            cutover::run(&Admin::new(&admin)?, &name, args, false).await
+        }
+        Command::Retire { name, args, admin } => {
+            cutover::retire(&Admin::new(&admin)?, &name, args).await
+        }
+        Command::Monolith(cli) => monolith::cli::run(cli).await.map(|()| String::new()),
+        Command::Proxy(args) => strangler_proxy::cli::serve(&args)
+            .await
+            .map(|()| String::new()),
+        Command::CatalogService(config) => catalog_service::cli::run(config)
+            .await
+            .map(|()| String::new()),
+    }
+}
+
+/// JSON with `--json`, else the text `show` makes of it.
+fn print_as<T: serde::Serialize>(
+    out: Output,
+    value: &T,
+    show: impl FnOnce(&T) -> String,
+) -> anyhow::Result<String> {
+    if out.json {
+        to_json(value)
+    } else {
+        Ok(show(value))
+    }
+}
+
+/// `strangler status`: one carve-out, or every one; again every 2 s with `--watch`.
+async fn status(
+    admin: &Admin,
+    name: Option<String>,
+    watch: bool,
+    out: Output,
+) -> anyhow::Result<String> {
+    loop {
+        let names = match &name {
+            Some(name) => vec![name.clone()],
+            None => admin
+                .get::<Vec<CarveOutView>>("/carveouts")
+                .await?
+                .into_iter()
+                .map(|c| c.name)
+                .collect(),
+        };
+        let mut statuses = Vec::new();
+        for name in &names {
+            statuses.push(
+                admin
+                    .get::<Status>(&format!("/carveouts/{name}/status"))
+                    .await?,
+            );
+        }
+        let shown = print_as(out, &statuses, |s| s.iter().map(status_text).collect())?;
+        if !watch {
+            return Ok(shown);
+        }
+        println!("{shown}");
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(String::new()),
         }
     }
 }
 
-async fn contract(command: ContractCommand, admin: &Admin, json: bool) -> anyhow::Result<String> {
+async fn contract(command: ContractCommand) -> anyhow::Result<String> {
     match command {
         ContractCommand::Verify {
+            carveout,
             contracts,
             provider,
             state_url,
             teardown,
             junit,
             timeout_ms,
-            carveout,
+            no_report,
+            config,
+            admin,
+            out,
             actor,
         } => {
+            let configured = match &carveout {
+                // Both given: the configuration is not needed.
+                Some(_) if contracts.is_some() && provider.is_some() => None,
+                Some(name) => {
+                    project::carveout(config.as_deref(), name)?.and_then(|(_, spec)| spec.contracts)
+                }
+                None => None,
+            };
+            let missing = |what: &str| {
+                match &carveout {
+                Some(name) => anyhow::anyhow!(
+                    "no {what} for {name}: pass --{what}, or give the carve-out a contracts section in the proxy configuration (--config FILE; the stack writes .strangler-stack/strangler.toml)"
+                ),
+                None => anyhow::anyhow!(
+                    "pass --{what} (or a carve-out whose contracts section in the proxy configuration names it)"
+                ),
+            }
+            };
+            let contracts = contracts
+                .or_else(|| configured.as_ref().map(|c| c.dir.clone()))
+                .ok_or_else(|| missing("contracts"))?;
             let options = VerifyOptions {
-                provider,
-                state_url,
+                provider: provider
+                    .or_else(|| configured.as_ref().map(|c| c.provider.clone()))
+                    .ok_or_else(|| missing("provider"))?,
+                state_url: state_url.or_else(|| configured.and_then(|c| c.state_url)),
                 teardown,
                 timeout: Duration::from_millis(timeout_ms),
             };
@@ -519,24 +682,21 @@ async fn contract(command: ContractCommand, admin: &Admin, json: bool) -> anyhow
                 std::fs::write(&path, report.junit())
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
-            let mut output = if json {
-                to_json(&report)?
-            } else {
-                report.render()
-            };
-            if let Some(name) = carveout {
+            let mut output = print_as(out, &report, contracts::verify::Report::render)?;
+            if let Some(name) = carveout.filter(|_| !no_report) {
                 let body = VerificationReport {
                     provider: report.provider.clone(),
                     interactions: i64::try_from(report.outcomes.len())?,
                     failures: i64::try_from(report.failures())?,
                     actor,
                 };
+                let admin = Admin::new(&admin)?;
                 let path = format!("/carveouts/{name}/verifications");
                 let recorded: Verification = admin
                     .call(admin.request(reqwest::Method::POST, &path).json(&body))
                     .await
-                    .context("the verification ran but could not be reported")?;
-                if !json {
+                    .context("the verification ran but could not be reported (--no-report to skip reporting)")?;
+                if !out.json {
                     let _ = writeln!(
                         output,
                         "reported to the admin API for carve-out {name} ({})",
@@ -555,10 +715,10 @@ async fn contract(command: ContractCommand, admin: &Admin, json: bool) -> anyhow
             script_out,
             consumer,
             provider_name,
+            admin,
         } => {
-            let path = format!("/carveouts/{name}/captures");
-            let captures: Vec<Capture> = admin
-                .call(admin.request(reqwest::Method::GET, &path))
+            let captures: Vec<Capture> = Admin::new(&admin)?
+                .get(&format!("/carveouts/{name}/captures"))
                 .await?;
             if captures.is_empty() {
                 bail!(
@@ -600,15 +760,22 @@ async fn contract(command: ContractCommand, admin: &Admin, json: bool) -> anyhow
             timeout_ms,
         } => {
             let script = Script::load(&script)?;
-            let options = RecordOptions {
-                provider,
-                second,
-                state_url,
-                second_state_url: None,
-                time_step: time_step_ms.map(Duration::from_millis),
-                timeout: Duration::from_millis(timeout_ms),
+            let timeout = Duration::from_millis(timeout_ms);
+            let time_step = time_step_ms.map(Duration::from_millis);
+            let (pact, noise) = match provider {
+                Some(provider) => {
+                    let options = RecordOptions {
+                        provider,
+                        second,
+                        state_url,
+                        second_state_url: None,
+                        time_step,
+                        timeout,
+                    };
+                    contracts::record::record(&script, &options).await?
+                }
+                None => record_from_the_shop(&script, time_step, timeout).await?,
             };
-            let (pact, noise) = contracts::record::record(&script, &options).await?;
             pact.save(&out)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             let mut text = format!(
@@ -627,6 +794,47 @@ async fn contract(command: ContractCommand, admin: &Admin, json: bool) -> anyhow
             Ok(text)
         }
     }
+}
+
+/// Records `script` from two monoliths of this repository's shop, started in process on fresh
+/// SQLite files with their provider-state hooks, and stopped afterwards.
+async fn record_from_the_shop(
+    script: &Script,
+    time_step: Option<Duration>,
+    timeout: Duration,
+) -> anyhow::Result<(contracts::pact::Pact, Vec<contracts::record::Noise>)> {
+    let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let mut urls = Vec::new();
+    let mut stops = Vec::new();
+    for name in ["first.db", "second.db"] {
+        let shop = monolith::app::Application::build(&monolith::config::ServeConfig {
+            listen: "127.0.0.1:0".parse()?,
+            database_url: dir.path().join(name).display().to_string(),
+            provider_states: true,
+            ..monolith::config::ServeConfig::defaults()
+        })
+        .await
+        .context("cannot start a monolith to record from")?;
+        urls.push(format!("http://{}", shop.local_addr()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        tokio::spawn(shop.run_until(async move {
+            let _ = stopped.await;
+        }));
+    }
+    let options = RecordOptions {
+        provider: urls[0].clone(),
+        second: Some(urls[1].clone()),
+        state_url: Some(format!("{}{}", urls[0], monolith::http::states::PATH)),
+        second_state_url: Some(format!("{}{}", urls[1], monolith::http::states::PATH)),
+        time_step,
+        timeout,
+    };
+    let recorded = contracts::record::record(script, &options).await;
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    recorded
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {

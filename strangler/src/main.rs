@@ -1,16 +1,28 @@
 //! The `strangler` binary.
 
 use clap::Parser;
+use strangler::Command;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
-    // The libraries' warnings (a parked change, a failed relay step) on stderr; RUST_LOG for
-    // more. Colour only on a terminal.
+// `strangler proxy` serves as the `strangler-proxy` binary does, with its allocator (see
+// BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    let cli = strangler::Cli::parse();
+    // A server logs what it does (info and up); an operator command only its libraries'
+    // warnings (a parked change, a failed relay step). RUST_LOG for more. Colour only on a
+    // terminal.
     use std::io::IsTerminal as _;
+    let filter = if cli.command.serves() {
+        "info,sqlx=warn"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
         // A closed stderr must not take the process down (the default reports the failed
@@ -18,8 +30,26 @@ async fn main() -> std::process::ExitCode {
         .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = strangler::Cli::parse();
-    match strangler::run(cli).await {
+    let result = match cli.command {
+        // The proxy builds the runtime its configuration asks for.
+        Command::Proxy(args) => strangler_proxy::cli::main(&args).map(|()| String::new()),
+        command => {
+            let runtime = if command.serves() {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            };
+            match runtime {
+                Ok(runtime) => runtime.block_on(strangler::run(strangler::Cli { command })),
+                Err(err) => Err(err.into()),
+            }
+        }
+    };
+    match result {
         Ok(output) => {
             print!("{output}");
             std::process::ExitCode::SUCCESS

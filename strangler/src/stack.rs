@@ -40,6 +40,10 @@ pub struct StackArgs {
     /// The catalog service's address.
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub service_listen: SocketAddr,
+    /// A second catalog service, on its own database with its provider-state hook, for
+    /// verifying contracts (the hook rewrites data, so not the instance serving traffic).
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    pub contracts_listen: SocketAddr,
     /// Products to seed the monolith with, when its catalog is empty.
     #[arg(long, default_value_t = 200)]
     pub seed_products: u64,
@@ -73,6 +77,8 @@ pub struct Stack {
     pub monolith: String,
     /// The catalog service's base URL.
     pub service: String,
+    /// The base URL of the catalog service that contracts are verified on.
+    pub contracts: String,
     monolith_db: String,
     service_db: String,
     mapping: PathBuf,
@@ -101,17 +107,17 @@ fn serve<F>(
     });
 }
 
-/// The mapping file next to the binary's source, or in the current folder.
-fn mapping_file() -> PathBuf {
-    let local = PathBuf::from("sync/mappings/catalog.toml");
-    if local.exists() {
+/// A file of this repository, as an absolute path (so the configuration the stack writes
+/// works from any folder): under the current folder when it is the repository's root, else
+/// where the binary was built from.
+fn repository_file(relative: &str) -> PathBuf {
+    let local = PathBuf::from(relative);
+    let found = if local.exists() {
         local
     } else {
-        PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../sync/mappings/catalog.toml"
-        ))
-    }
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(relative)
+    };
+    std::path::absolute(&found).unwrap_or(found)
 }
 
 impl Stack {
@@ -119,7 +125,10 @@ impl Stack {
     pub async fn start(args: &StackArgs) -> anyhow::Result<Stack> {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("cannot create {}", args.dir.display()))?;
-        let path = |name: &str| args.dir.join(name).display().to_string();
+        // Absolute, so the configuration the stack writes works from any folder.
+        let dir = std::path::absolute(&args.dir)
+            .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+        let path = |name: &str| dir.join(name).display().to_string();
         let pick = |url: &Option<String>, file: &str| url.clone().unwrap_or_else(|| path(file));
         let (monolith_db, service_db, control_db) = (
             pick(&args.dbs.monolith, "shop.db"),
@@ -144,21 +153,29 @@ impl Stack {
             })
         });
 
-        let catalog = catalog_service::Service::build(&catalog_service::config::Config {
-            listen: args.service_listen,
-            database_url: service_db.clone(),
-            provider_states: false,
-        })
-        .await
-        .context("the catalog service")?;
-        let service = url(catalog.local_addr());
-        serve(&mut stop, |rx| {
-            catalog.run_until(async move {
-                let _ = rx.await;
+        // The service serving traffic, and one whose provider-state hook may rewrite its data.
+        let mut catalogs = Vec::new();
+        for (listen, database_url, provider_states) in [
+            (args.service_listen, service_db.clone(), false),
+            (args.contracts_listen, path("catalog-contracts.db"), true),
+        ] {
+            let catalog = catalog_service::Service::build(&catalog_service::config::Config {
+                listen,
+                database_url,
+                provider_states,
             })
-        });
+            .await
+            .context("the catalog service")?;
+            catalogs.push(url(catalog.local_addr()));
+            serve(&mut stop, |rx| {
+                catalog.run_until(async move {
+                    let _ = rx.await;
+                })
+            });
+        }
+        let (service, contracts) = (catalogs[0].clone(), catalogs[1].clone());
 
-        let mapping = mapping_file();
+        let mapping = repository_file("sync/mappings/catalog.toml");
         let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
         // The carve-out's data sync, so the control plane can move its writes (guarded).
         let sync = format!(
@@ -166,6 +183,13 @@ impl Stack {
             quoted(&mapping.display().to_string()),
             quoted(&monolith_db),
             quoted(&service_db),
+        );
+        // Its contracts, verified on the second catalog service.
+        let contracts_section = format!(
+            "contracts = {{ dir = {}, provider = {}, state_url = {} }}",
+            quoted(&repository_file("contracts/catalog").display().to_string()),
+            quoted(&contracts),
+            quoted(&format!("{contracts}{}", catalog_service::states::PATH)),
         );
         let text = format!(
             r#"
@@ -180,7 +204,9 @@ impl Stack {
             sticky = {{ header = "X-User-Id" }}
             routes = [{{ path = "/catalog/*" }}]
             shadow = {{ ignore = ["/created_at", "/updated_at", "/items/*/created_at", "/items/*/updated_at"], headers = ["content-type"] }}
+            capture = {{ sample_percent = 100 }}
             {sync}
+            {contracts_section}
             "#
         );
         let proxy_args = strangler_proxy::config::ProxyArgs {
@@ -213,6 +239,7 @@ impl Stack {
             admin,
             monolith,
             service,
+            contracts,
             monolith_db,
             service_db,
             mapping,
@@ -278,15 +305,9 @@ impl Stack {
 
     /// A client of the stack's admin API.
     pub fn admin_client(&self) -> anyhow::Result<Admin> {
-        Ok(Admin {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()?,
-            args: AdminArgs {
-                admin_url: self.admin.clone(),
-                admin_token: None,
-                json: false,
-            },
+        Admin::new(&AdminArgs {
+            admin_url: self.admin.clone(),
+            admin_token: None,
         })
     }
 
@@ -307,13 +328,14 @@ pub async fn stack(args: StackArgs) -> anyhow::Result<String> {
     let stack = Stack::start(&args).await?;
     let _ = writeln!(
         std::io::stderr(),
-        "the stack is up (databases in {}):\n  proxy          {}   <- send traffic here\n  admin API      {}   (strangler --admin-url {} ...)\n  monolith       {}\n  catalog        {}\n  sync relays    forward and reverse, running\nCtrl-C stops it.",
+        "the stack is up (databases and its strangler.toml in {}):\n  proxy          {}   <- send traffic here\n  admin API      {}   (strangler ... --admin-url {})\n  monolith       {}\n  catalog        {}\n  contracts      {}   (a catalog service to verify contracts on)\n  sync relays    forward and reverse, running\nCtrl-C stops it.",
         args.dir.display(),
         stack.proxy,
         stack.admin,
         stack.admin,
         stack.monolith,
-        stack.service
+        stack.service,
+        stack.contracts
     );
     tokio::signal::ctrl_c().await?;
     stack.stop();
@@ -342,6 +364,7 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
         admin_listen: any,
         monolith_listen: any,
         service_listen: any,
+        contracts_listen: any,
         seed_products,
         dbs,
     };
@@ -431,42 +454,24 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
         say(&format!("4. phase canary {percent} %: that share of callers (sticky by X-User-Id) reads from the service; writes stay with the monolith"));
     }
 
-    // Contracts: verified against a scratch copy of the service (the hook rewrites its data).
-    let scratch_dir = dir.join("contracts");
-    std::fs::create_dir_all(&scratch_dir)?;
-    let scratch = catalog_service::Service::build(&catalog_service::config::Config {
-        listen: any,
-        database_url: scratch_dir.join("catalog.db").display().to_string(),
-        provider_states: true,
-    })
-    .await?;
-    let scratch_url = url(scratch.local_addr());
-    let (scratch_stop, scratch_stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(scratch.run_until(async move {
-        let _ = scratch_stopped.await;
-    }));
-    let contracts_dir = {
-        let local = PathBuf::from("contracts/catalog");
-        if local.exists() {
-            local
-        } else {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../contracts/catalog"))
-        }
-    };
+    // Contracts: verified on the stack's second catalog service (the hook rewrites its data).
     let report = contracts::verify::verify_path(
-        &contracts_dir,
+        &repository_file("contracts/catalog"),
         &contracts::verify::VerifyOptions {
-            state_url: Some(format!("{scratch_url}{}", catalog_service::states::PATH)),
-            ..contracts::verify::VerifyOptions::new(scratch_url.clone())
+            state_url: Some(format!(
+                "{}{}",
+                stack.contracts,
+                catalog_service::states::PATH
+            )),
+            ..contracts::verify::VerifyOptions::new(stack.contracts.clone())
         },
     )
     .await?;
-    let _ = scratch_stop.send(());
     let _: Value = admin
         .call(
             admin
                 .request(reqwest::Method::POST, "/carveouts/catalog/verifications")
-                .json(&json!({"provider": scratch_url, "interactions": report.outcomes.len(), "failures": report.failures(), "actor": "demo"})),
+                .json(&json!({"provider": stack.contracts, "interactions": report.outcomes.len(), "failures": report.failures(), "actor": "demo"})),
         )
         .await?;
     say(&format!(

@@ -159,40 +159,23 @@ impl SyncArgs {
     }
 }
 
-/// The `sync` of `carveout` in the proxy configuration: `file`, else ./strangler.toml, else the
-/// stack's .strangler-stack/strangler.toml. `None` when there is no such file; an error when
-/// the named file cannot be read or has no sync for the carve-out.
+/// The `sync` of `carveout` in the project's configuration ([`crate::project`]). `None` when
+/// there is no such file; an error when the named file cannot be read or has no sync for the
+/// carve-out.
 fn configured_sync(
     file: Option<&std::path::Path>,
     carveout: &str,
 ) -> anyhow::Result<Option<strangler_sync::sides::SyncSetup>> {
-    let found = match file {
-        Some(file) => Some(file.to_path_buf()),
-        None => ["strangler.toml", ".strangler-stack/strangler.toml"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists()),
-    };
-    let Some(path) = found else {
+    let Some((path, spec)) = crate::project::carveout(file, carveout)? else {
         return Ok(None);
     };
-    let args = strangler_proxy::config::ProxyArgs {
-        config: Some(path.clone()),
-        ..strangler_proxy::config::ProxyArgs::defaults()
-    };
-    let config = strangler_proxy::config::Config::load(&args)?;
-    let spec = config
-        .carveouts
-        .iter()
-        .find(|c| c.name == carveout)
-        .with_context(|| format!("{} has no carve-out {carveout}", path.display()))?;
-    let sync = spec.sync.as_ref().with_context(|| {
+    let sync = spec.sync.with_context(|| {
         format!(
             "carve-out {carveout} in {} has no sync section (mapping, monolith_db, service_db)",
             path.display()
         )
     })?;
-    Ok(Some(sync.setup.clone()))
+    Ok(Some(sync.setup))
 }
 
 /// Opens both databases and checks the mapping against them.

@@ -3,6 +3,7 @@
 //! (`products` with `product_id`, `title`, `summary`, `price_mills` and `price_currency`, and a
 //! `product_search` table kept by triggers).
 
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod problem;

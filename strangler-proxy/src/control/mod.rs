@@ -57,7 +57,7 @@ pub trait PhaseGuard: Send + Sync {
 }
 
 /// The contract gate: a carve-out that requires contracts goes to `extracted` only when the
-/// latest contract verification reported for it (`strangler contract verify --carveout`) is
+/// latest contract verification reported for it (`strangler contract verify NAME`) is
 /// green: something was verified and nothing failed.
 struct ContractGate {
     store: ControlStore,
@@ -80,7 +80,7 @@ impl PhaseGuard for ContractGate {
             .map_err(|e| format!("cannot read the contract verifications: {e}"))?;
         match latest.first() {
             None => Err(format!(
-                "no contract verification of {carveout} is on record (run `strangler contract verify --carveout {carveout} ...` against the service)"
+                "no contract verification of {carveout} is on record (run `strangler contract verify {carveout}` against the service)"
             )),
             Some(v) if !v.passed => Err(format!(
                 "the latest contract verification of {carveout} ({}, against {}) is red: {} of {} interactions failed",

@@ -3,6 +3,8 @@
 // A panic is how a test reports an unexpected error.
 #![allow(clippy::unwrap_used)]
 
+mod readme;
+
 use std::process::Command;
 
 use serde_json::Value;
@@ -71,11 +73,13 @@ async fn replica_with(text: &str) -> Running {
 /// Runs the CLI; returns (success, stdout, stderr).
 async fn cli(admin: &str, token: &str, args: &[&str]) -> (bool, String, String) {
     let mut command = Command::new(BIN);
+    // The admin flags apply to the commands that call the admin API only: given by their
+    // variables here, so that every command takes them.
     command
-        .args(["--admin-url", admin, "--admin-token", token])
         .args(args)
-        .env_remove("STRANGLER_ADMIN_URL")
-        .env_remove("STRANGLER_ADMIN_TOKEN");
+        .env("STRANGLER_ADMIN_URL", admin)
+        .env("STRANGLER_ADMIN_TOKEN", token)
+        .env_remove("STRANGLER_CONFIG");
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()
@@ -165,7 +169,7 @@ async fn operators_inspect_and_flip_carveouts() {
     .await;
     assert!(ok, "{err}");
 
-    let (ok, out, _) = cli(admin, TOKEN, &["--json", "carveouts", "show", "catalog"]).await;
+    let (ok, out, _) = cli(admin, TOKEN, &["carveouts", "show", "catalog", "--json"]).await;
     assert!(ok);
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -189,7 +193,7 @@ async fn operators_inspect_and_flip_carveouts() {
             && lines[1].contains("yes"),
         "{out}"
     );
-    let (ok, out, _) = cli(admin, TOKEN, &["--json", "audit"]).await;
+    let (ok, out, _) = cli(admin, TOKEN, &["audit", "--json"]).await;
     assert!(ok);
     assert_eq!(
         serde_json::from_str::<Value>(&out)
@@ -214,7 +218,7 @@ async fn operators_inspect_and_flip_carveouts() {
         "{out}"
     );
     assert!(out.contains("replicas: 1 live of 1 registered"), "{out}");
-    let (ok, out, _) = cli(admin, TOKEN, &["--json", "status"]).await;
+    let (ok, out, _) = cli(admin, TOKEN, &["status", "--json"]).await;
     assert!(ok);
     let all: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(all[0]["phase"], "retired", "{all}");
@@ -231,7 +235,7 @@ async fn operators_inspect_and_flip_carveouts() {
         "{out}"
     );
     assert!(row.ends_with("yes"), "{out}");
-    let (ok, out, _) = cli(admin, TOKEN, &["--json", "replicas"]).await;
+    let (ok, out, _) = cli(admin, TOKEN, &["replicas", "--json"]).await;
     assert!(ok);
     let listed: Value = serde_json::from_str(&out).unwrap();
     assert!(listed[0]["applied_epoch"].as_i64() > Some(1), "{listed}");
@@ -291,7 +295,7 @@ async fn errors_are_one_clear_line_and_a_failing_exit() {
     .await;
     assert!(!ok);
     assert!(err.contains("catalog is monolith already"), "{err}");
-    let (_, audit, _) = cli(&running.admin, TOKEN, &["--json", "audit", "catalog"]).await;
+    let (_, audit, _) = cli(&running.admin, TOKEN, &["audit", "catalog", "--json"]).await;
     assert_eq!(audit.trim(), "[]");
     // A skip names the flag that overrides it.
     let (ok, _, err) = cli(
@@ -374,7 +378,6 @@ async fn contract_verification_gates_the_cut_over() {
             &url,
             "--state-url",
             &state_url,
-            "--carveout",
             "catalog",
             "--junit",
             junit_arg,
@@ -406,7 +409,6 @@ async fn contract_verification_gates_the_cut_over() {
             "http://127.0.0.1:9",
             "--state-url",
             &state_url,
-            "--carveout",
             "catalog",
         ],
     )
@@ -1229,7 +1231,7 @@ async fn cutover_and_rollback_under_load_lose_no_write(shop_db: e2e::TestDb) {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     // The status says so: the reverse direction runs, with its relay.
-    let (ok, out, err) = cli(admin, TOKEN, &["--json", "status", "catalog"]).await;
+    let (ok, out, err) = cli(admin, TOKEN, &["status", "catalog", "--json"]).await;
     assert!(ok, "{err}");
     let status: Value = serde_json::from_str(&out).unwrap();
     let status = &status[0];
@@ -1361,60 +1363,9 @@ async fn the_demo_walks_every_phase_under_traffic_without_a_failed_request(shop_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stack_starts_with_one_command() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args([
-            "stack",
-            "--dir",
-            dir.path().to_str().unwrap(),
-            "--seed-products",
-            "10",
-        ])
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args([
-            "--monolith-listen",
-            "127.0.0.1:0",
-            "--service-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    // Read stderr to the end on a thread of its own: a closed pipe would fail the stack's
-    // later writes.
-    let (found, address) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            for (name, label) in [("proxy", "proxy"), ("admin", "admin API")] {
-                if let Some(rest) = line.trim().strip_prefix(label) {
-                    let _ = found.send((
-                        name,
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    ));
-                }
-            }
-        }
-    });
-    let (proxy, admin) = tokio::task::spawn_blocking(move || {
-        let mut seen = std::collections::HashMap::new();
-        while seen.len() < 2 {
-            let (name, url) = address
-                .recv_timeout(std::time::Duration::from_secs(60))
-                .expect("the stack never said where its proxy and admin API listen");
-            seen.insert(name, url);
-        }
-        (seen["proxy"].clone(), seen["admin"].clone())
-    })
-    .await
-    .unwrap();
+    let stack_dir = dir.path().join(".strangler-stack");
+    let (stack, urls) = readme::start_stack(dir.path(), &dir.path().join("stack.log"));
+    let (proxy, admin) = (urls["proxy"].clone(), urls["admin API"].clone());
     let page: serde_json::Value = reqwest::get(format!("{proxy}/catalog/products?limit=3"))
         .await
         .unwrap()
@@ -1457,7 +1408,7 @@ async fn the_stack_starts_with_one_command() {
         "40 users from one address, one side: {sides:?}"
     );
     // The sync commands find the stack's databases in the configuration it wrote.
-    let config = dir.path().join("strangler.toml");
+    let config = stack_dir.join("strangler.toml");
     let (ok, out, err) = cli(
         &admin,
         "x",
@@ -1482,10 +1433,14 @@ async fn the_stack_starts_with_one_command() {
         err.contains("no databases for catalog") && err.contains("--config"),
         "{err}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
-    for db in ["shop.db", "catalog.db", "control.db"] {
-        assert!(dir.path().join(db).exists(), "{db}");
+    drop(stack);
+    for db in [
+        "shop.db",
+        "catalog.db",
+        "control.db",
+        "catalog-contracts.db",
+    ] {
+        assert!(stack_dir.join(db).exists(), "{db}");
     }
 }
 

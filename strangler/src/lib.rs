@@ -996,6 +996,10 @@ fn status_text(status: &Status) -> String {
                 sync.lag.1,
                 sync.parked
             ));
+            out.push_str(&format!(
+                "    last verify: {}\n",
+                sync::last_verify_text(sync.last_verify.as_ref())
+            ));
             if let Some(error) = &sync.error {
                 out.push_str(&format!("    (could not read all of it: {error})\n"));
             }

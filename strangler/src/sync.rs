@@ -178,6 +178,21 @@ fn configured_sync(
     Ok(Some(sync.setup))
 }
 
+/// A remembered verify in one line (`clean at ...: N row(s) compared, ...`).
+pub fn last_verify_text(last: Option<&verify::LastVerify>) -> String {
+    match last {
+        None => "none yet (strangler sync verify NAME)".to_owned(),
+        Some(v) => format!(
+            "{} at {}: {} row(s) compared, {} drifted, {} parked",
+            if v.clean { "clean" } else { "NOT clean" },
+            v.at,
+            v.rows_compared,
+            v.drifted,
+            v.parked
+        ),
+    }
+}
+
 /// Opens both databases and checks the mapping against them.
 pub async fn open(args: &SyncArgs) -> anyhow::Result<Sides> {
     let setup = args.setup()?;
@@ -337,6 +352,7 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                 (0, Duration::ZERO)
             };
             let parked = parked::list(&target, Some(relay.stream())).await?;
+            let last_verify = verify::last(&target, relay.stream()).await?;
             Ok(if json {
                 serde_json::to_string_pretty(&json!({
                     "stream": relay.stream(),
@@ -345,6 +361,7 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                     "lag_events": events,
                     "lag_seconds": age.as_secs_f64(),
                     "parked": parked,
+                    "last_verify": last_verify,
                 }))? + "\n"
             } else {
                 let mut out = format!(
@@ -358,6 +375,10 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                     age.as_secs_f64(),
                     parked.len()
                 );
+                out.push_str(&format!(
+                    "  last verify: {}\n",
+                    last_verify_text(last_verify.as_ref())
+                ));
                 for p in &parked {
                     out.push_str(&format!(
                         "  parked: --table {} --key '{}' (change {}, latest {}, since {}, {} attempt(s)): {}\n",
@@ -386,6 +407,8 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
                 std::time::Duration::from_millis(settle_ms),
             )
             .await?;
+            // For `strangler status` and the record.
+            verify::remember(&sides.target, &stream, &result).await?;
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_string_pretty(&result)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;
@@ -445,6 +468,7 @@ pub async fn run(command: SyncCommand, json: bool) -> anyhow::Result<String> {
             let before = verify::verify(&sides.source, &sides.target, &sides.mapping).await?;
             let fixed = verify::repair(&sides.target, &sides.mapping, &before).await?;
             let after = verify::verify(&sides.source, &sides.target, &sides.mapping).await?;
+            verify::remember(&sides.target, &sides.stream(), &after).await?;
             let output = format!("repaired {fixed} row(s)\n{}", after.summary());
             if after.clean() {
                 Ok(output)

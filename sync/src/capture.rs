@@ -39,10 +39,10 @@ pub(crate) async fn ensure_target_tables(db: &Db) -> Result<(), sqlx::Error> {
     // with a running relay's batches (on SQLite, fail at once as "database is locked").
     let newest = match db.backend() {
         Backend::Sqlite => {
-            "SELECT CAST(COUNT(*) AS BIGINT) FROM sqlite_master WHERE type = 'table' AND name = 'sync_parked'"
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM sqlite_master WHERE type = 'table' AND name = 'sync_verifications'"
         }
         Backend::Postgres => {
-            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_tables WHERE tablename = 'sync_parked' \
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_tables WHERE tablename = 'sync_verifications' \
              AND schemaname = ANY (current_schemas(false))"
         }
     };
@@ -64,6 +64,9 @@ pub(crate) async fn ensure_target_tables(db: &Db) -> Result<(), sqlx::Error> {
          pk_key TEXT NOT NULL, first_seq BIGINT NOT NULL, seq BIGINT NOT NULL, op TEXT NOT NULL, \
          pk TEXT NOT NULL, image TEXT, error TEXT NOT NULL, parked_at TEXT NOT NULL, \
          attempts BIGINT NOT NULL, PRIMARY KEY (stream, tbl, pk_key))",
+        "CREATE TABLE IF NOT EXISTS sync_verifications (stream TEXT PRIMARY KEY, at TEXT NOT NULL, \
+         clean BIGINT NOT NULL, rows_compared BIGINT NOT NULL, drifted BIGINT NOT NULL, \
+         parked BIGINT NOT NULL)",
     ] {
         sqlx::query(sql).execute(&mut *tx).await?;
     }

@@ -839,6 +839,69 @@ pub async fn verify(source: &Db, target: &Db, mapping: &Mapping) -> anyhow::Resu
     verify_live(source, target, mapping, None).await
 }
 
+/// The outcome of the latest verify of a stream, kept with the stream's other state in its
+/// target database, for `strangler status` and the control plane's guards to show.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct LastVerify {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Rows were compared and none drifted.
+    pub clean: bool,
+    /// Source rows compared.
+    pub rows_compared: i64,
+    /// Drifted keys.
+    pub drifted: i64,
+    /// Parked keys at the time.
+    pub parked: i64,
+}
+
+/// Remembers `report` as the latest verify of `stream` (in the target's sync tables).
+pub async fn remember(target: &Db, stream: &str, report: &Report) -> Result<(), sqlx::Error> {
+    crate::capture::ensure_target_tables(target).await?;
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut upsert = target.statement(
+        "INSERT INTO sync_verifications (stream, at, clean, rows_compared, drifted, parked) VALUES (",
+    );
+    upsert
+        .bind(stream.to_owned())
+        .push(", ")
+        .bind(sqlkit::now())
+        .push(", ")
+        .bind(i64::from(report.clean()))
+        .push(", ")
+        .bind(i64::try_from(report.rows_compared).unwrap_or(i64::MAX))
+        .push(", ")
+        .bind(count(report.drift.len()))
+        .push(", ")
+        .bind(count(report.parked.len()))
+        .push(
+            ") ON CONFLICT (stream) DO UPDATE SET at = excluded.at, clean = excluded.clean, \
+             rows_compared = excluded.rows_compared, drifted = excluded.drifted, \
+             parked = excluded.parked",
+        );
+    upsert.query()?.execute(target.pool()).await?;
+    Ok(())
+}
+
+/// The latest verify of `stream` remembered in `target`, if any.
+pub async fn last(target: &Db, stream: &str) -> Result<Option<LastVerify>, sqlx::Error> {
+    crate::capture::ensure_target_tables(target).await?;
+    let mut select = target.statement(
+        "SELECT at, clean, rows_compared, drifted, parked FROM sync_verifications WHERE stream = ",
+    );
+    select.bind(stream.to_owned());
+    let Some(row) = select.query()?.fetch_optional(target.pool()).await? else {
+        return Ok(None);
+    };
+    Ok(Some(LastVerify {
+        at: row.try_get(0)?,
+        clean: row.try_get::<i64, _>(1)? != 0,
+        rows_compared: row.try_get(2)?,
+        drifted: row.try_get(3)?,
+        parked: row.try_get(4)?,
+    }))
+}
+
 /// Compares every mapped table while changes may be flowing: keys whose change sits between
 /// the relay's checkpoint (read with the target) and the log's end (read with the source) are
 /// counted as in flight, not as drift. `stream` names the relay (`catalog:forward`); without it

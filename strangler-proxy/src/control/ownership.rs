@@ -378,6 +378,7 @@ impl ControlPlane {
             Some(&stream),
         )
         .await?;
+        verify::remember(&draining.target, &stream, &report).await?;
         if !report.clean() {
             failures.push(format!(
                 "verify: {}",
@@ -609,7 +610,7 @@ impl ControlPlane {
             }
         }
         let stream = reverse.stream();
-        match verify::verify_live(
+        let verified = match verify::verify_live(
             &reverse.source,
             &reverse.target,
             &reverse.mapping,
@@ -617,6 +618,13 @@ impl ControlPlane {
         )
         .await
         {
+            Ok(report) => verify::remember(&reverse.target, &stream, &report)
+                .await
+                .map(|()| report)
+                .map_err(anyhow::Error::from),
+            Err(err) => Err(err),
+        };
+        match verified {
             Ok(report) if report.clean() => {}
             Ok(report) => failures.push(format!(
                 "verify of {stream}: {}",

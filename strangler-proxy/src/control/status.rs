@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use strangler_sync::sides::Direction;
-use strangler_sync::{capture, parked};
+use strangler_sync::{capture, parked, verify};
 
 use super::ControlPlane;
 use crate::metrics::Traffic;
@@ -41,6 +41,9 @@ pub struct SyncStatus {
     pub lag: (i64, f64),
     /// Keys whose change the target refused.
     pub parked: usize,
+    /// The latest verify of that direction (by `strangler sync verify`, a repair, or a move's
+    /// guards), if any.
+    pub last_verify: Option<strangler_sync::verify::LastVerify>,
     /// What could not be read, if anything (the rest is then partial).
     pub error: Option<String>,
 }
@@ -120,6 +123,7 @@ async fn sync_status(spec: &crate::config::SyncSpec, direction: Direction) -> Sy
         relay_running: false,
         lag: (0, 0.0),
         parked: 0,
+        last_verify: None,
         error: None,
     };
     let read = async {
@@ -128,6 +132,7 @@ async fn sync_status(spec: &crate::config::SyncSpec, direction: Direction) -> Sy
         status.parked = parked::list(&sides.target, Some(&sides.stream()))
             .await?
             .len();
+        status.last_verify = verify::last(&sides.target, &sides.stream()).await?;
         let relay = sides.relay().await?;
         status.relay_running = relay.lease_held_by_another().await?;
         if status.capture_installed {

@@ -682,11 +682,19 @@ async fn the_catalog_syncs_from_the_command_line() {
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(drift["drift"][0]["kind"], "different", "{drift}");
     assert_eq!(drift["drift"][0]["actual"]["title"], "tampered", "{drift}");
+    // Remembered: sync status shows the latest verify.
+    let (_, out, _) = sync_cli(m, s, mapping, "status", &[]).await;
+    assert!(
+        out.contains("last verify: NOT clean at ") && out.contains("1 drifted"),
+        "{out}"
+    );
     let (ok, out, err) = sync_cli(m, s, mapping, "repair", &[]).await;
     assert!(
         ok && out.contains("repaired 1 row(s)") && out.contains("no drift"),
         "{out}{err}"
     );
+    let (_, out, _) = sync_cli(m, s, mapping, "status", &[]).await;
+    assert!(out.contains("last verify: clean at "), "{out}");
 
     // A carve-out without a mapping file says how to give one.
     let (ok, _, err) = cli(

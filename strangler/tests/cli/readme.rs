@@ -399,6 +399,10 @@ async fn every_command_of_the_readme_runs_as_written_against_the_stack() {
     // The contract verification it reported is green.
     let status = get(format!("{admin}/carveouts/catalog/status")).await;
     assert_eq!(status["contracts"]["passed"], true, "{status}");
+    // And the data sync's latest verify, clean.
+    let verified = &status["sync"]["last_verify"];
+    assert_eq!(verified["clean"], true, "{status}");
+    assert!(verified["rows_compared"].as_i64() > Some(0), "{status}");
     // The order placed through the proxy, once.
     let orders = get(format!("{}/orders?customer_id=1", urls["proxy"])).await;
     assert_eq!(

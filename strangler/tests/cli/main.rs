@@ -254,6 +254,41 @@ async fn errors_are_one_clear_line_and_a_failing_exit() {
     let (ok, _, err) = cli(&running.admin, TOKEN, &["carveouts", "show", "nope"]).await;
     assert!(!ok);
     assert!(err.contains("no carve-out named nope"), "{err}");
+    // Flags only where they apply: the admin flags and --json are refused on commands that
+    // do not use them, and accepted on either side of a carve-out command's subcommand.
+    for args in [
+        &[
+            "sync",
+            "status",
+            "catalog",
+            "--admin-url",
+            "http://127.0.0.1:9",
+        ][..],
+        &["completions", "bash", "--json"],
+        &[
+            "contract",
+            "record",
+            "--script",
+            "x.toml",
+            "--out",
+            "y.json",
+            "--admin-token",
+            "t",
+        ],
+        &["stack", "--json"],
+    ] {
+        let (ok, _, err) = cli(&running.admin, TOKEN, args).await;
+        assert!(!ok, "{args:?}");
+        assert!(err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+    let (ok, out, err) = cli(
+        "http://127.0.0.1:9",
+        TOKEN,
+        &["carveouts", "--admin-url", &running.admin, "list", "--json"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.trim_start().starts_with('['), "{out}");
     let (ok, _, err) = cli(
         &running.admin,
         TOKEN,

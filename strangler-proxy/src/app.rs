@@ -73,6 +73,9 @@ impl Replica {
     /// and the sync loop stop.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let sync = tokio::spawn(self.control.clone().sync_forever(self.config.sync_interval));
+        // Measurements for rollouts, and the rollout controller while this replica holds its
+        // lease.
+        let rollouts = tokio::spawn(self.control.clone().rollouts_forever());
         let router = admin::router(self.control.clone(), self.config.admin_tokens.clone());
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = tokio::spawn(async move {
@@ -84,6 +87,7 @@ impl Replica {
         });
         let served = self.server.run_until(shutdown).await;
         sync.abort();
+        rollouts.abort();
         if let Err(err) = self.control.deregister().await {
             tracing::warn!(error = %err, "could not leave the list of replicas; it expires with its lease");
         }

@@ -35,6 +35,9 @@
 //! shadow = { ignore = ["/updated_at"], headers = ["content-type"], in_canary = false }
 //! # Its data sync: with one, its writes move only by `strangler cutover` / `rollback`.
 //! sync = { mapping = "sync/mappings/catalog.toml", monolith_db = "shop.db", service_db = "catalog.db" }
+//! # Its automatic rollout (`strangler rollout start catalog`): steps, each held until its checks
+//! # pass for its dwell with enough traffic; back to the safe phase when they fail.
+//! rollout = { steps = ["shadow 10m", "canary 1% 5m", "5%", "25%", "50%", "100%"], interval_ms = 1000 }
 //! # Its contracts and the service instance to verify them on (`strangler contract verify catalog`).
 //! contracts = { dir = "contracts/catalog", provider = "http://127.0.0.1:8082", state_url = "http://127.0.0.1:8082/_contracts/provider-states" }
 //! ```
@@ -222,6 +225,7 @@ struct CarveOutSection {
     capture: Option<CaptureSection>,
     sync: Option<SyncSection>,
     contracts: Option<ContractsSection>,
+    rollout: Option<crate::rollout::PlanSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,6 +417,8 @@ pub struct CarveOutSpec {
     pub sync: Option<SyncSpec>,
     /// Its contracts, for `strangler contract verify NAME`.
     pub contracts: Option<ContractsSpec>,
+    /// Its rollout plan, for `strangler rollout start NAME`.
+    pub rollout: Option<crate::rollout::Plan>,
 }
 
 /// The validated configuration.
@@ -621,9 +627,16 @@ impl Config {
                     })
                 }
             };
+            let rollout = section
+                .rollout
+                .as_ref()
+                .map(crate::rollout::Plan::from_section)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("carve-out {name}: rollout: {e}"))?;
             carveouts.push(CarveOutSpec {
                 sync,
                 contracts,
+                rollout,
                 name,
                 upstream,
                 phase,

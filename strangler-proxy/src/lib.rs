@@ -14,6 +14,7 @@
 //! - [`control`]: phases in a shared control database, the audit log, the admin API;
 //! - [`app`]: one replica, all of the above served together.
 
+pub mod analysis;
 pub mod app;
 pub mod body;
 pub mod capture;
@@ -27,6 +28,7 @@ pub mod phase;
 mod problem;
 pub mod proxy;
 pub mod resilience;
+pub mod rollout;
 pub mod routes;
 pub mod server;
 pub mod shadow;

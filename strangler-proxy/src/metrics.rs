@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::analysis::{Counts, Latency};
 use crate::phase::Target;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,6 +57,9 @@ struct PhaseLabels {
     phase: String,
 }
 
+/// The analysis's latency histograms by carve-out and target.
+type AnalysisLatencies = std::collections::HashMap<(String, Target), Arc<Latency>>;
+
 /// Every metric family of the proxy.
 #[derive(Clone)]
 pub struct Metrics {
@@ -70,6 +74,9 @@ pub struct Metrics {
     phase: Family<PhaseLabels, Gauge>,
     breaker_open: Family<InstanceLabels, Gauge>,
     retries: Family<UpstreamOnly, Counter>,
+    /// The analysis's latency histograms, by carve-out and target (kept across reloads, as
+    /// the families' handles are).
+    analysis: Arc<std::sync::Mutex<AnalysisLatencies>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -165,6 +172,7 @@ impl Metrics {
             phase,
             breaker_open,
             retries,
+            analysis: Arc::default(),
         }
     }
 
@@ -215,6 +223,13 @@ impl Metrics {
                     carveout: carveout.to_owned(),
                     target: target.as_str().to_owned(),
                 })
+                .clone(),
+            analysis: self
+                .analysis
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((carveout.to_owned(), target))
+                .or_default()
                 .clone(),
         };
         let labels = CarveOutLabels {
@@ -272,6 +287,7 @@ pub struct RouteMetrics {
 struct TargetMetrics {
     requests: [Counter; 5],
     latency: Histogram,
+    analysis: Arc<Latency>,
 }
 
 /// What one replica counted of a carve-out's traffic since it started.
@@ -316,5 +332,22 @@ impl RouteMetrics {
         let class = usize::from((status / 100).clamp(1, 5) - 1);
         handles.requests[class].inc();
         handles.latency.observe(seconds);
+        handles.analysis.observe(seconds * 1000.0);
+    }
+
+    /// What the rollout analysis reads: the counts so far, with latency histograms.
+    pub fn counts(&self) -> Counts {
+        let traffic = self.traffic();
+        Counts {
+            monolith_requests: traffic.monolith.0,
+            monolith_errors: traffic.monolith.1,
+            service_requests: traffic.service.0,
+            service_errors: traffic.service.1,
+            fallbacks: traffic.fallbacks,
+            shadow_compared: traffic.shadow_compared,
+            shadow_mismatched: traffic.shadow_mismatched,
+            monolith_latency: self.monolith.analysis.snapshot(),
+            service_latency: self.service.analysis.snapshot(),
+        }
     }
 }

@@ -39,6 +39,11 @@ impl CarveOut {
     pub fn traffic(&self) -> crate::metrics::Traffic {
         self.metrics.traffic()
     }
+
+    /// What the rollout analysis reads of it here: counts and latency histograms so far.
+    pub fn counts(&self) -> crate::analysis::Counts {
+        self.metrics.counts()
+    }
 }
 
 /// A carve-out with its live phase.

@@ -102,6 +102,11 @@ pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
         .route("/carveouts/{name}/rollback", post(roll_back))
         .route("/carveouts/{name}/retire", post(retire))
         .route(
+            "/carveouts/{name}/rollout",
+            get(rollout_show).post(rollout_start),
+        )
+        .route("/carveouts/{name}/rollout/{action}", post(rollout_act))
+        .route(
             "/carveouts/{name}/verifications",
             get(verifications).post(report_verification),
         )
@@ -374,20 +379,144 @@ async fn set_phase(
             shown.epoch = admin.control.store().epoch().await.ok();
             Json(shown).into_response()
         }
-        Err(err) => {
-            let (status, slug) = match &err {
-                TransitionError::UnknownCarveOut(_) => (StatusCode::NOT_FOUND, "not-found"),
-                TransitionError::Invalid(_) => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request")
-                }
-                TransitionError::Skips { .. } => (StatusCode::CONFLICT, "transition-refused"),
-                TransitionError::NoChange { .. } => (StatusCode::CONFLICT, "no-change"),
-                TransitionError::Guarded { .. } => (StatusCode::CONFLICT, "precheck-failed"),
-                TransitionError::Conflict(_) => (StatusCode::CONFLICT, "concurrent-change"),
-                TransitionError::Store(err) => return internal(err),
-            };
-            problem(status, slug, &err.to_string())
+        Err(err) => transition_problem(&err),
+    }
+}
+
+/// A refused phase change as a problem.
+fn transition_problem(err: &TransitionError) -> Response {
+    let (status, slug) = match err {
+        TransitionError::UnknownCarveOut(_) => (StatusCode::NOT_FOUND, "not-found"),
+        TransitionError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        TransitionError::Skips { .. } => (StatusCode::CONFLICT, "transition-refused"),
+        TransitionError::NoChange { .. } => (StatusCode::CONFLICT, "no-change"),
+        TransitionError::Guarded { .. } => (StatusCode::CONFLICT, "precheck-failed"),
+        TransitionError::Conflict(_) => (StatusCode::CONFLICT, "concurrent-change"),
+        TransitionError::Store(err) => return internal(err),
+    };
+    problem(status, slug, &err.to_string())
+}
+
+/// The body of `POST /carveouts/{name}/rollout`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStart {
+    /// The plan, as a carve-out's `rollout` section is written (default: the configuration's).
+    pub plan: Option<crate::rollout::PlanSection>,
+    /// Who asks (see `POST /carveouts/{name}/phase`).
+    pub actor: Option<String>,
+}
+
+/// The body of `POST /carveouts/{name}/rollout/{pause,resume,abort,approve}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutCommand {
+    /// Why (recorded in the rollout's history, and in the audit log for an abort).
+    #[serde(default)]
+    pub reason: String,
+    /// Who asks (see `POST /carveouts/{name}/phase`).
+    pub actor: Option<String>,
+}
+
+fn rollout_problem(err: &super::rollout::RolloutError) -> Response {
+    use super::rollout::RolloutError;
+    match err {
+        RolloutError::UnknownCarveOut(_) | RolloutError::NoRollout(_) => {
+            problem(StatusCode::NOT_FOUND, "not-found", &err.to_string())
         }
+        RolloutError::NoPlan(_) | RolloutError::Invalid(_) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-plan",
+            &err.to_string(),
+        ),
+        RolloutError::State(_) => problem(StatusCode::CONFLICT, "rollout-state", &err.to_string()),
+        RolloutError::Transition(err) => transition_problem(err),
+        RolloutError::Store(err) => internal(err),
+    }
+}
+
+async fn rollout_show(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    if let Some(response) = unknown(&admin, &name) {
+        return response;
+    }
+    match admin.control.rollout_view(&name).await {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("{name} has no rollout; start one with `strangler rollout start {name}`"),
+        ),
+        Err(err) => internal(&err),
+    }
+}
+
+async fn rollout_start(
+    State(admin): State<Admin>,
+    Extension(operator): Extension<Operator>,
+    Path(name): Path<String>,
+    body: Option<Json<RolloutStart>>,
+) -> Response {
+    let Json(request) = body.unwrap_or_default();
+    let actor = match operator.actor(request.actor) {
+        Ok(actor) => actor,
+        Err(refusal) => return refusal,
+    };
+    let plan = match request
+        .plan
+        .as_ref()
+        .map(crate::rollout::Plan::from_section)
+    {
+        None => None,
+        Some(Ok(plan)) => Some(plan),
+        Some(Err(reason)) => {
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-plan", &reason)
+        }
+    };
+    match admin.control.start_rollout(&name, plan, &actor).await {
+        Ok(view) => Json(view).into_response(),
+        Err(err) => rollout_problem(&err),
+    }
+}
+
+async fn rollout_act(
+    State(admin): State<Admin>,
+    Extension(operator): Extension<Operator>,
+    Path((name, action)): Path<(String, String)>,
+    body: Option<Json<RolloutCommand>>,
+) -> Response {
+    use super::rollout::Action;
+    let action = match action.as_str() {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "abort" => Action::Abort,
+        "approve" => Action::Approve,
+        other => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                &format!("no rollout action {other:?} (pause, resume, abort, approve)"),
+            )
+        }
+    };
+    let Json(request) = body.unwrap_or_default();
+    if request.reason.chars().count() > super::MAX_REASON {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            &format!("a reason is at most {} characters", super::MAX_REASON),
+        );
+    }
+    let actor = match operator.actor(request.actor) {
+        Ok(actor) => actor,
+        Err(refusal) => return refusal,
+    };
+    match admin
+        .control
+        .rollout_action(&name, action, &actor, &request.reason)
+        .await
+    {
+        Ok(view) => Json(view).into_response(),
+        Err(err) => rollout_problem(&err),
     }
 }
 
@@ -515,35 +644,9 @@ async fn run_procedure(
         reason: body.reason,
         force: body.force,
     };
-    // The procedure's database work is not `Send` (sqlx's higher-ranked executor futures):
-    // it runs on a blocking thread, driven by the runtime's handle, and is awaited from here.
-    let control = admin.control.clone();
-    let carveout = name.clone();
-    let handle = tokio::runtime::Handle::current();
-    let moved = tokio::task::spawn_blocking(move || {
-        handle.block_on(async move {
-            let mut progress = |step: &str| tracing::info!(carveout = %carveout, "{step}");
-            match procedure {
-                Procedure::Retire => control.retire(&carveout, request, &mut progress).await,
-                Procedure::Move(movement) => {
-                    control
-                        .move_writes(&carveout, movement, request, &mut progress)
-                        .await
-                }
-            }
-        })
-    })
-    .await;
-    let moved = match moved {
-        Ok(moved) => moved,
-        Err(err) => {
-            tracing::error!(error = %err, "the move's task failed");
-            return problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the move failed unexpectedly; see the proxy's log (the fence lapses on its own)",
-            );
-        }
+    let moved = match procedure {
+        Procedure::Retire => admin.control.run_retire(&name, request).await,
+        Procedure::Move(movement) => admin.control.run_move(&name, movement, request).await,
     };
     match moved {
         Ok(steps) => Json(MoveReport {

@@ -31,6 +31,7 @@
 
 pub mod admin;
 pub mod ownership;
+pub mod rollout;
 pub mod status;
 pub mod store;
 

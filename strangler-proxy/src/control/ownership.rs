@@ -123,6 +123,61 @@ impl Steps<'_> {
 }
 
 impl ControlPlane {
+    /// [`ControlPlane::move_writes`] on a blocking thread, driven by the runtime's handle: the
+    /// procedure's database work is not `Send` (sqlx's higher-ranked executor futures), so
+    /// this is how a task (an admin request, the rollout controller) runs it. Its steps are
+    /// logged as they happen.
+    pub async fn run_move(
+        &self,
+        carveout: &str,
+        movement: Move,
+        request: MoveRequest,
+    ) -> Result<Vec<String>, MoveError> {
+        self.run_procedure(carveout, Some(movement), request).await
+    }
+
+    /// [`ControlPlane::retire`] as [`ControlPlane::run_move`] runs a move.
+    pub async fn run_retire(
+        &self,
+        carveout: &str,
+        request: MoveRequest,
+    ) -> Result<Vec<String>, MoveError> {
+        self.run_procedure(carveout, None, request).await
+    }
+
+    async fn run_procedure(
+        &self,
+        carveout: &str,
+        movement: Option<Move>,
+        request: MoveRequest,
+    ) -> Result<Vec<String>, MoveError> {
+        let control = self.clone();
+        let name = carveout.to_owned();
+        let handle = tokio::runtime::Handle::current();
+        let ran = tokio::task::spawn_blocking(move || {
+            handle.block_on(async move {
+                let mut progress = |step: &str| tracing::info!(carveout = %name, "{step}");
+                match movement {
+                    None => control.retire(&name, request, &mut progress).await,
+                    Some(movement) => {
+                        control
+                            .move_writes(&name, movement, request, &mut progress)
+                            .await
+                    }
+                }
+            })
+        })
+        .await;
+        ran.unwrap_or_else(|err| {
+            tracing::error!(error = %err, "the procedure's task failed");
+            Err(MoveError {
+                refused: false,
+                message: "the procedure failed unexpectedly; see the proxy's log (the fence lapses on its own)".to_owned(),
+                steps: Vec::new(),
+            })
+        })
+    }
+
     /// Moves `carveout`'s writes (see the module doc), reporting each step to `progress`.
     /// Returns the steps.
     pub async fn move_writes(
@@ -284,7 +339,7 @@ impl ControlPlane {
         }
     }
 
-    fn sync_spec(&self, carveout: &str) -> Option<SyncSpec> {
+    pub(super) fn sync_spec(&self, carveout: &str) -> Option<SyncSpec> {
         self.proxy
             .routing()
             .carveouts()

@@ -524,6 +524,173 @@ impl ControlStore {
             })
             .collect()
     }
+
+    /// Writes what a replica measured of a carve-out since its previous flush at `at_ms`.
+    pub async fn add_window(
+        &self,
+        replica: &str,
+        carveout: &str,
+        at_ms: i64,
+        counts: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO control_windows (replica, carveout, at_ms, counts) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (replica, carveout, at_ms) DO NOTHING",
+        )
+        .bind(replica)
+        .bind(carveout)
+        .bind(at_ms)
+        .bind(counts)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Every replica's windows of a carve-out flushed in `[from_ms, to_ms)`, as stored.
+    pub async fn windows(
+        &self,
+        carveout: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT counts FROM control_windows WHERE carveout = $1 AND at_ms >= $2 AND at_ms < $3",
+        )
+        .bind(carveout)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(self.db.pool())
+        .await
+    }
+
+    /// Forgets windows flushed before `before_ms`.
+    pub async fn prune_windows(&self, before_ms: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM control_windows WHERE at_ms < $1")
+            .bind(before_ms)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes (or keeps) the lease `name` for `holder` until `expires_ms`, unless another holder
+    /// has it and it has not expired. True when `holder` has it now.
+    pub async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let taken = sqlx::query(
+            "INSERT INTO control_leases (name, holder, expires_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms \
+             WHERE control_leases.holder = excluded.holder OR control_leases.expires_ms < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(expires_ms)
+        .bind(now_ms)
+        .execute(self.db.pool())
+        .await?;
+        Ok(taken.rows_affected() > 0)
+    }
+
+    /// Who holds the lease `name`, until when (Unix ms).
+    pub async fn lease(&self, name: &str) -> Result<Option<(String, i64)>, sqlx::Error> {
+        let row = sqlx::query("SELECT holder, expires_ms FROM control_leases WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    /// A carve-out's rollout record, as stored.
+    pub async fn rollout(&self, carveout: &str) -> Result<Option<RolloutRow>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM control_rollouts WHERE carveout = $1"
+        ))
+        .bind(carveout)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(rollout_row).transpose()
+    }
+
+    /// The rollouts in one of `states`.
+    pub async fn rollouts_in(&self, states: &[&str]) -> Result<Vec<RolloutRow>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM control_rollouts ORDER BY carveout"
+        ))
+        .fetch_all(self.db.pool())
+        .await?;
+        let all = rows
+            .iter()
+            .map(rollout_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|r| states.contains(&r.state.as_str()))
+            .collect())
+    }
+
+    /// Writes a rollout record (creating or replacing it).
+    pub async fn put_rollout(&self, row: &RolloutRow) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO control_rollouts (carveout, state, plan, progress, evaluated_to_ms, last_checks, history, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (carveout) DO UPDATE SET \
+             state = excluded.state, plan = excluded.plan, progress = excluded.progress, \
+             evaluated_to_ms = excluded.evaluated_to_ms, last_checks = excluded.last_checks, \
+             history = excluded.history, updated_at = excluded.updated_at",
+        )
+        .bind(&row.carveout)
+        .bind(&row.state)
+        .bind(&row.plan)
+        .bind(&row.progress)
+        .bind(row.evaluated_to_ms)
+        .bind(&row.last_checks)
+        .bind(&row.history)
+        .bind(sqlkit::now())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+}
+
+const ROLLOUT_COLUMNS: &str =
+    "carveout, state, plan, progress, evaluated_to_ms, last_checks, history, updated_at";
+
+/// A rollout's record as stored: the plan, progress, checks and history as JSON text
+/// ([`super::rollout`] reads and writes them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRow {
+    /// The carve-out.
+    pub carveout: String,
+    /// running, paused, awaiting_approval, halted, done or aborted.
+    pub state: String,
+    /// The plan.
+    pub plan: String,
+    /// Where it stands.
+    pub progress: String,
+    /// Measurements up to here were counted (Unix ms).
+    pub evaluated_to_ms: i64,
+    /// The latest interval's checks.
+    pub last_checks: String,
+    /// What happened, oldest first.
+    pub history: String,
+    /// When it was last written (RFC 3339).
+    pub updated_at: String,
+}
+
+fn rollout_row(row: &AnyRow) -> Result<RolloutRow, sqlx::Error> {
+    Ok(RolloutRow {
+        carveout: row.try_get("carveout")?,
+        state: row.try_get("state")?,
+        plan: row.try_get("plan")?,
+        progress: row.try_get("progress")?,
+        evaluated_to_ms: row.try_get("evaluated_to_ms")?,
+        last_checks: row.try_get("last_checks")?,
+        history: row.try_get("history")?,
+        updated_at: row.try_get("updated_at")?,
+    })
 }
 
 fn verification(row: &AnyRow) -> Result<Verification, sqlx::Error> {

@@ -28,17 +28,27 @@ fn token_of(body: &Value) -> String {
 }
 
 /// A replica on port 0 (data plane and admin) with `control_db`, served in the background.
-struct TestReplica {
-    replica_addr: std::net::SocketAddr,
-    admin: String,
-    control: strangler_proxy::control::ControlPlane,
+pub(crate) struct TestReplica {
+    pub(crate) replica_addr: std::net::SocketAddr,
+    pub(crate) admin: String,
+    pub(crate) control: strangler_proxy::control::ControlPlane,
     http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TestReplica {
     async fn start(control_db: &str, monolith: &Stub, service: &Stub) -> TestReplica {
-        let text = catalog_config("phase = \"monolith\"", "")
+        TestReplica::start_with(control_db, monolith, service, "").await
+    }
+
+    /// A replica whose catalog carve-out has `extra` settings.
+    pub(crate) async fn start_with(
+        control_db: &str,
+        monolith: &Stub,
+        service: &Stub,
+        extra: &str,
+    ) -> TestReplica {
+        let text = catalog_config("phase = \"monolith\"", extra)
             .replace("{monolith}", &monolith.url())
             .replace("{service}", &service.url());
         let args = ProxyArgs {
@@ -67,7 +77,7 @@ impl TestReplica {
         }
     }
 
-    async fn admin_get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn admin_get(&self, path: &str) -> (u16, Value) {
         let r = self
             .http
             .get(format!("{}{path}", self.admin))
@@ -102,7 +112,7 @@ impl TestReplica {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
-    async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.admin))

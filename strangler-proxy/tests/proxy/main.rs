@@ -19,5 +19,6 @@ mod ownership;
 mod phases;
 mod process;
 mod resilience;
+mod rollout;
 mod shadow;
 mod support;

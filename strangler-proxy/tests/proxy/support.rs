@@ -27,6 +27,10 @@ pub enum Mode {
     Hang = 2,
     /// Answers like `Ok` after 500 ms.
     Slow = 3,
+    /// Every fifth request 500, the others like `Ok`.
+    FailFifth = 4,
+    /// Answers like `Ok` after 30 ms.
+    Slower = 5,
 }
 
 /// A stub upstream on port 0.
@@ -93,7 +97,7 @@ impl Stub {
 }
 
 async fn answer(State(stub): State<Stub>, request: Request) -> Response {
-    stub.hits.fetch_add(1, Ordering::SeqCst);
+    let seen = stub.hits.fetch_add(1, Ordering::SeqCst);
     if !matches!(request.method().as_str(), "GET" | "HEAD") {
         let id = request
             .headers()
@@ -110,6 +114,10 @@ async fn answer(State(stub): State<Stub>, request: Request) -> Response {
         1 => return (StatusCode::INTERNAL_SERVER_ERROR, "stub failure").into_response(),
         2 => std::future::pending::<()>().await,
         3 => tokio::time::sleep(Duration::from_millis(500)).await,
+        4 if seen % 5 == 4 => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "stub failure").into_response()
+        }
+        5 => tokio::time::sleep(Duration::from_millis(30)).await,
         _ => {}
     }
     let (parts, body) = request.into_parts();

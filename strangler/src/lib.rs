@@ -22,6 +22,7 @@ use strangler_proxy::capture::Capture;
 use strangler_proxy::control::admin::{
     CarveOutView, PhaseRequest, ReplicaView, VerificationReport,
 };
+use strangler_proxy::control::rollout::RolloutView;
 use strangler_proxy::control::status::Status;
 use strangler_proxy::control::store::{AuditEntry, Verification};
 use strangler_proxy::shadow::Mismatch;
@@ -196,6 +197,18 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Automatic rollouts: a carve-out moved step by step on evidence, and back by itself.
+    Rollout {
+        /// start, status, pause, resume, abort or approve.
+        #[command(subcommand)]
+        command: RolloutCommand,
+        /// Where to reach the proxy.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How to print.
+        #[command(flatten)]
+        out: Output,
+    },
     /// The data sync of a carve-out: install, backfill, run, status, verify, repair.
     Sync {
         /// What to do.
@@ -355,6 +368,50 @@ impl std::fmt::Display for Failed {
 }
 
 impl std::error::Error for Failed {}
+
+/// `strangler rollout ...`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start the carve-out's rollout (its plan: the `rollout` section of its configuration),
+    /// from its first step.
+    ///
+    /// Example:
+    ///   strangler rollout start catalog
+    #[command(verbatim_doc_comment)]
+    Start {
+        /// The carve-out.
+        name: String,
+        /// Who you are, for an admin API without tokens.
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// The step, the time left in it, every check with its figure and threshold, the history.
+    Status {
+        /// The carve-out.
+        name: String,
+    },
+    /// Hold the rollout where it is: nothing promotes, nothing rolls back.
+    Pause(RolloutAct),
+    /// Go on: a paused rollout, or a halted one from the step that failed (its dwell anew).
+    Resume(RolloutAct),
+    /// Stop the rollout and put the carve-out back in the plan's safe phase.
+    Abort(RolloutAct),
+    /// Let the rollout's cut-over step move the writes (guarded).
+    Approve(RolloutAct),
+}
+
+/// A rollout and why it is acted on.
+#[derive(Debug, Args)]
+pub struct RolloutAct {
+    /// The carve-out.
+    pub name: String,
+    /// Why (in the rollout's history; in the audit log for an abort).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Who you are, for an admin API without tokens.
+    #[arg(long)]
+    pub actor: Option<String>,
+}
 
 /// `strangler carveouts ...`.
 #[derive(Debug, Subcommand)]
@@ -550,6 +607,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
             print_as(out, &mismatches, |m| mismatch_text(&name, m))
         }
         Command::Contract { command } => contract(command).await,
+        Command::Rollout {
+            command,
+            admin,
+            out,
+        } => rollout(&Admin::new(&admin)?, command, out).await,
         Command::Sync { command, out } => sync::run(command, out.json).await,
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -580,6 +642,101 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
             .await
             .map(|()| String::new()),
     }
+}
+
+/// `strangler rollout ...`.
+async fn rollout(admin: &Admin, command: RolloutCommand, out: Output) -> anyhow::Result<String> {
+    let (name, path, body) = match command {
+        RolloutCommand::Status { name } => {
+            let view: RolloutView = admin.get(&format!("/carveouts/{name}/rollout")).await?;
+            return print_as(out, &view, rollout_text);
+        }
+        RolloutCommand::Start { name, actor } => {
+            let path = format!("/carveouts/{name}/rollout");
+            (name, path, serde_json::json!({ "actor": actor }))
+        }
+        RolloutCommand::Pause(act) => act.request("pause"),
+        RolloutCommand::Resume(act) => act.request("resume"),
+        RolloutCommand::Abort(act) => act.request("abort"),
+        RolloutCommand::Approve(act) => act.request("approve"),
+    };
+    let view: RolloutView = admin
+        .call(admin.request(reqwest::Method::POST, &path).json(&body))
+        .await
+        .with_context(|| format!("the rollout of {name}"))?;
+    print_as(out, &view, rollout_text)
+}
+
+impl RolloutAct {
+    fn request(self, action: &str) -> (String, String, Value) {
+        let path = format!("/carveouts/{}/rollout/{action}", self.name);
+        let body = serde_json::json!({ "reason": self.reason, "actor": self.actor });
+        (self.name, path, body)
+    }
+}
+
+fn rollout_text(view: &RolloutView) -> String {
+    let mut out = String::new();
+    let state = serde_json::to_value(view.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let _ = writeln!(out, "{}  rollout {state}", view.carveout);
+    for (i, step) in view.steps.iter().enumerate() {
+        let mark = match i.cmp(&view.step) {
+            std::cmp::Ordering::Less => "done",
+            std::cmp::Ordering::Equal => "<- now",
+            std::cmp::Ordering::Greater => "",
+        };
+        let _ = writeln!(out, "  {}. {step:<22} {mark}", i + 1);
+    }
+    let _ = writeln!(
+        out,
+        "  step {}: {:.1} s of its dwell left, {} of {} sample(s), {} of {} failure(s) tolerated; analysis every {} ms{}",
+        view.step + 1,
+        view.time_left_ms as f64 / 1000.0,
+        view.samples.0,
+        view.samples.1,
+        view.failures.0,
+        view.failures.1,
+        view.interval_ms,
+        view.controller
+            .as_ref()
+            .map(|c| format!(", controller {c}"))
+            .unwrap_or_else(|| ", NO controller (no replica holds its lease)".to_owned())
+    );
+    if view.checks.is_empty() {
+        out.push_str("  checks: none measured yet\n");
+    } else {
+        let rows: Vec<Vec<String>> = view
+            .checks
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("  {}", c.name),
+                    match c.passed {
+                        Some(true) => "pass".to_owned(),
+                        Some(false) => "FAIL".to_owned(),
+                        None => "no data".to_owned(),
+                    },
+                    c.figure
+                        .map(|f| format!("{f:.4}"))
+                        .unwrap_or_else(|| "-".to_owned()),
+                    format!("{:.4}", c.threshold),
+                    c.detail.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["  CHECK", "RESULT", "FIGURE", "THRESHOLD", "DETAIL"],
+            &rows,
+        ));
+    }
+    out.push_str("  history:\n");
+    for h in &view.history {
+        let _ = writeln!(out, "    {}  {}", h.at, h.event);
+    }
+    out
 }
 
 /// JSON with `--json`, else the text `show` makes of it.
@@ -1004,6 +1161,24 @@ fn status_text(status: &Status) -> String {
                 out.push_str(&format!("    (could not read all of it: {error})\n"));
             }
         }
+    }
+    if let Some(r) = &status.rollout {
+        let state = serde_json::to_value(r.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  rollout: {state}, step {} of {} ({}), {:.1} s of its dwell left{}\n",
+            r.step.0,
+            r.step.1,
+            r.step_text,
+            r.time_left_ms as f64 / 1000.0,
+            if r.failing.is_empty() {
+                String::new()
+            } else {
+                format!(", failing: {}", r.failing.join(", "))
+            }
+        ));
     }
     match &status.contracts {
         None => out.push_str("  contracts: no verification on record\n"),

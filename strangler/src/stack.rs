@@ -205,6 +205,7 @@ impl Stack {
             routes = [{{ path = "/catalog/*" }}]
             shadow = {{ ignore = ["/created_at", "/updated_at", "/items/*/created_at", "/items/*/updated_at"], headers = ["content-type"] }}
             capture = {{ sample_percent = 100 }}
+            rollout = {{ steps = ["shadow 3s", "canary 10% 3s", "50% 3s", "100% 3s"], interval_ms = 1000, min_requests = 20, min_interval_requests = 5, failure_limit = 1 }}
             {sync}
             {contracts_section}
             "#
@@ -417,42 +418,56 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
     };
     let admin = stack.admin_client()?;
     let pause = || tokio::time::sleep(Duration::from_millis(1500));
-    let phase = |body: Value| {
-        let admin = &admin;
-        async move {
-            let view: Value = admin
-                .call(
-                    admin
-                        .request(reqwest::Method::POST, "/carveouts/catalog/phase")
-                        .json(&body),
-                )
-                .await?;
-            anyhow::Ok(view)
-        }
-    };
     pause().await;
     say(&format!(
         "2. phase monolith: {} requests so far, all served by the monolith",
         traffic.sent.load(Ordering::Relaxed)
     ));
 
-    phase(json!({"phase": "shadow", "reason": "compare the service's answers", "actor": "demo"}))
+    // An automatic rollout: each step promoted by the controller once clean for its dwell
+    // with enough traffic.
+    let _: Value = admin
+        .call(
+            admin
+                .request(reqwest::Method::POST, "/carveouts/catalog/rollout")
+                .json(&json!({"actor": "demo"})),
+        )
         .await?;
-    pause().await;
+    say("3. rollout started: shadow 3s, canary 10% 3s, 50% 3s, 100% 3s; the controller promotes each step once its checks (error rate against the monolith's, p99, fallbacks, shadow mismatches, sync lag) pass for its dwell with enough traffic, and rolls back by itself when they fail");
+    let mut seen_step = usize::MAX;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let view: Value = admin
+            .call(admin.request(reqwest::Method::GET, "/carveouts/catalog/rollout"))
+            .await?;
+        let step = view["step"].as_u64().unwrap_or(0) as usize;
+        if step != seen_step {
+            seen_step = step;
+            say(&format!(
+                "4. rollout at step {} of {}: {} (sticky by X-User-Id; writes stay with the monolith)",
+                step + 1,
+                view["steps"].as_array().map_or(0, Vec::len),
+                view["steps"][step].as_str().unwrap_or("?")
+            ));
+        }
+        match view["state"].as_str() {
+            Some("done") => break,
+            Some("running") => {}
+            other => anyhow::bail!("the demo's rollout is {other:?}: {view}"),
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the demo's rollout did not finish in 90 s: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mismatches: Vec<Value> = admin
         .call(admin.request(reqwest::Method::GET, "/carveouts/catalog/mismatches"))
         .await?;
     say(&format!(
-        "3. phase shadow: reads are copied to the service and compared; {} mismatch(es) sampled",
+        "   rollout done: every read goes to the service now; {} shadow mismatch(es) sampled on the way",
         mismatches.len()
     ));
-
-    for percent in [10, 50] {
-        phase(json!({"phase": "canary", "percent": percent, "reason": "canary", "actor": "demo"}))
-            .await?;
-        pause().await;
-        say(&format!("4. phase canary {percent} %: that share of callers (sticky by X-User-Id) reads from the service; writes stay with the monolith"));
-    }
 
     // Contracts: verified on the stack's second catalog service (the hook rewrites its data).
     let report = contracts::verify::verify_path(
@@ -480,8 +495,6 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
         if report.passed() { "green" } else { "RED" }
     ));
 
-    phase(json!({"phase": "canary", "percent": 100, "reason": "all reads", "actor": "demo"}))
-        .await?;
     say("6. cut-over: pre-checks, write fence, relay drained, re-verify, writes flipped to the service");
     crate::cutover::run(&admin, "catalog", stack.cutover_args("demo cut-over"), true).await?;
     pause().await;

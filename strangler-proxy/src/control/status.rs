@@ -26,6 +26,23 @@ pub struct Status {
     pub contracts: Option<ContractStatus>,
     /// Replicas whose lease holds, of those registered.
     pub replicas: (usize, usize),
+    /// Its rollout, if it has one.
+    pub rollout: Option<RolloutBrief>,
+}
+
+/// The rollout part of a status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutBrief {
+    /// running, paused, awaiting_approval, halted, done or aborted.
+    pub state: super::rollout::RolloutState,
+    /// The current step (1-based) and how many there are.
+    pub step: (usize, usize),
+    /// The current step as text.
+    pub step_text: String,
+    /// How much longer it must stay clean (ms).
+    pub time_left_ms: i64,
+    /// Checks that failed in the latest interval.
+    pub failing: Vec<String>,
 }
 
 /// The data sync part of a status.
@@ -104,7 +121,20 @@ impl ControlPlane {
                 Some(sync_status(spec, direction).await)
             }
         };
+        let rollout = self.rollout_view(carveout).await?.map(|r| RolloutBrief {
+            state: r.state,
+            step: (r.step + 1, r.steps.len()),
+            step_text: r.steps.get(r.step).cloned().unwrap_or_default(),
+            time_left_ms: r.time_left_ms,
+            failing: r
+                .checks
+                .iter()
+                .filter(|c| c.passed == Some(false))
+                .map(|c| c.name.clone())
+                .collect(),
+        });
         Ok(Some(Status {
+            rollout,
             name: carveout.to_owned(),
             phase: state.phase.to_string(),
             fenced_until,

@@ -1383,8 +1383,10 @@ async fn the_demo_walks_every_phase_under_traffic_without_a_failed_request(shop_
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}{stderr}");
     for step in [
-        "3. phase shadow",
-        "4. phase canary 50 %",
+        "3. rollout started",
+        "4. rollout at step 1 of 4: shadow",
+        "4. rollout at step 4 of 4: canary 100.00%",
+        "rollout done",
         "5. contracts: 12 interaction(s)",
         "7. phase extracted",
         "8. roll-back",

@@ -388,14 +388,33 @@ async fn every_command_of_the_readme_runs_as_written_against_the_stack() {
             "the audit log lacks the README's {reason:?}: {reasons:?}"
         );
     }
-    // Cut over and rolled back: writes with the monolith again, a canary of 10 %.
-    let catalog = get(format!("{admin}/carveouts/catalog")).await;
-    assert_eq!(catalog["phase"], "canary", "{catalog}");
-    assert_eq!(catalog["percent"], 10.0, "{catalog}");
+    // Cut over and rolled back to a canary of 10 % ...
+    let back = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("errors after the cut-over"))
+        })
+        .unwrap_or_else(|| panic!("no roll-back in the audit log: {audit}"));
+    assert_eq!(back["to"], "canary 10.00%", "{back}");
     assert!(
         reasons.iter().any(|r| r.contains("passed its contracts")),
         "no cut-over in the audit log: {reasons:?}"
     );
+    // ... then a rollout started (its first step, shadow), paused and aborted: back in the
+    // safe phase, the monolith.
+    let rollout = get(format!("{admin}/carveouts/catalog/rollout")).await;
+    assert_eq!(rollout["state"], "aborted", "{rollout}");
+    let history = rollout["history"].to_string();
+    assert!(
+        history.contains("paused by") && history.contains("a look at the figures"),
+        "{history}"
+    );
+    let catalog = get(format!("{admin}/carveouts/catalog")).await;
+    assert_eq!(catalog["phase"], "monolith", "{catalog}");
     // The contract verification it reported is green.
     let status = get(format!("{admin}/carveouts/catalog/status")).await;
     assert_eq!(status["contracts"]["passed"], true, "{status}");
@@ -419,6 +438,16 @@ async fn every_command_of_the_readme_runs_as_written_against_the_stack() {
     assert!(
         pact["interactions"].as_array().unwrap().len() >= 5,
         "{pact}"
+    );
+    // The rollout plan the README shows is the one the stack runs.
+    let shown = readme
+        .lines()
+        .find(|l| l.starts_with("rollout = {"))
+        .expect("the README shows the stack's rollout plan");
+    let written = std::fs::read_to_string(stack_dir.join("strangler.toml")).unwrap();
+    assert!(
+        written.lines().any(|l| l == shown),
+        "{shown}\n---\n{written}"
     );
     for file in ["catalog.script.toml", "contracts.xml", "drift.json"] {
         assert!(stack_dir.join(file).exists(), "{file} was not written");

@@ -56,6 +56,8 @@ pub struct CarveOut {
     metrics: RouteMetrics,
     comparator: Comparator,
     capturer: Option<Arc<Capturer>>,
+    /// What a shadow mismatch keeps of the bodies is redacted as captures are.
+    redactor: Arc<contracts::redact::Redactor>,
 }
 
 /// One consistent snapshot of everything routing depends on.
@@ -86,6 +88,12 @@ impl Routing {
                     metrics: metrics.route(&spec.name),
                     comparator: Comparator::new(&spec.shadow.ignore, &spec.shadow.headers),
                     capturer: spec.capture.clone().map(|c| Arc::new(Capturer::new(c))),
+                    redactor: Arc::new(match &spec.capture {
+                        Some(c) => {
+                            contracts::redact::Redactor::new(&c.redact_headers, &c.redact_fields)
+                        }
+                        None => contracts::redact::Redactor::new(&[], &[]),
+                    }),
                 }
             })
             .collect();
@@ -558,6 +566,7 @@ impl Proxy {
                             service,
                             comparator: carveout.comparator.clone(),
                             metrics: carveout.metrics.clone(),
+                            redactor: carveout.redactor.clone(),
                         },
                         permit,
                     );

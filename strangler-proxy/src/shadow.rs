@@ -38,7 +38,16 @@ pub struct Mismatch {
 pub struct MismatchStore {
     inner: Arc<Mutex<HashMap<String, VecDeque<Mismatch>>>>,
     capacity: usize,
+    /// Mismatches not yet written to the control database (at most [`PENDING_KEPT`]).
+    pending: Arc<Mutex<Vec<(String, Mismatch)>>>,
 }
+
+/// Mismatches waiting for the control database at most; past it, the newest are dropped
+/// (they are counted all the same).
+pub const PENDING_KEPT: usize = 1_000;
+
+/// The largest value of a difference kept, serialised; a larger one is replaced by its size.
+pub const MAX_KEPT_VALUE: usize = 1_024;
 
 impl MismatchStore {
     /// A store keeping `capacity` samples per carve-out.
@@ -46,6 +55,7 @@ impl MismatchStore {
         MismatchStore {
             inner: Arc::default(),
             capacity: capacity.max(1),
+            pending: Arc::default(),
         }
     }
 
@@ -56,7 +66,17 @@ impl MismatchStore {
         if samples.len() == self.capacity {
             samples.pop_front();
         }
-        samples.push_back(mismatch);
+        samples.push_back(mismatch.clone());
+        drop(all);
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() < PENDING_KEPT {
+            pending.push((carveout.to_owned(), mismatch));
+        }
+    }
+
+    /// The mismatches recorded since the last call, for the control database.
+    pub fn take_pending(&self) -> Vec<(String, Mismatch)> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The kept mismatches of a carve-out, oldest first.
@@ -84,6 +104,8 @@ pub struct ShadowJob {
     pub comparator: Comparator,
     /// Where to count.
     pub metrics: RouteMetrics,
+    /// What to redact of the differences kept.
+    pub redactor: Arc<contracts::redact::Redactor>,
 }
 
 /// Runs shadow jobs within a bounded number of slots.
@@ -172,12 +194,61 @@ impl Shadower {
                         at: sqlkit::now(),
                         method: job.request.method.to_string(),
                         path: job.request.uri.to_string(),
-                        differences,
+                        differences: redacted(differences, &job.redactor),
                     },
                 );
             }
         });
     }
+}
+
+/// `differences` as they may be kept: values under fields that carry secrets or personal data
+/// (the capture's redaction rules) and compared headers that do (authorization, cookies)
+/// redacted, values larger than [`MAX_KEPT_VALUE`] replaced by their size.
+pub fn redacted(
+    differences: Vec<Difference>,
+    redactor: &contracts::redact::Redactor,
+) -> Vec<Difference> {
+    differences
+        .into_iter()
+        .map(|mut d| {
+            if let Some(name) = d.path.strip_prefix("header:") {
+                if redactor.redacts_header(name) {
+                    for value in [&mut d.expected, &mut d.actual] {
+                        if !value.is_null() {
+                            *value = serde_json::Value::from(contracts::redact::REDACTED);
+                        }
+                    }
+                }
+            } else if d.path.starts_with('/') {
+                // Put the value back where it was in a body, so field rules (by key or
+                // pointer) see it as they see a captured body.
+                let keys: Vec<String> = d.path[1..]
+                    .split('/')
+                    .map(|k| k.replace("~1", "/").replace("~0", "~"))
+                    .collect();
+                for value in [&mut d.expected, &mut d.actual] {
+                    let mut body = std::mem::take(value);
+                    for key in keys.iter().rev() {
+                        body = serde_json::json!({ key.as_str(): body });
+                    }
+                    redactor.json(&mut body);
+                    let mut inner = &mut body;
+                    for key in &keys {
+                        inner = &mut inner[key.as_str()];
+                    }
+                    *value = std::mem::take(inner);
+                }
+            }
+            for value in [&mut d.expected, &mut d.actual] {
+                let size = value.to_string().len();
+                if size > MAX_KEPT_VALUE {
+                    *value = serde_json::Value::from(format!("[{size} bytes, not kept]"));
+                }
+            }
+            d
+        })
+        .collect()
 }
 
 /// The compared headers present in `headers`, as (name, value).

@@ -22,10 +22,10 @@ use strangler_proxy::capture::Capture;
 use strangler_proxy::control::admin::{
     CarveOutView, PhaseRequest, ReplicaView, VerificationReport,
 };
+use strangler_proxy::control::mismatches::MismatchReport;
 use strangler_proxy::control::rollout::RolloutView;
 use strangler_proxy::control::status::Status;
 use strangler_proxy::control::store::{AuditEntry, Verification};
-use strangler_proxy::shadow::Mismatch;
 
 /// Operate a strangler-fig migration: run the stack, inspect carve-outs and move them through
 /// their phases, sync their data, record and verify their contracts. One binary for all of it:
@@ -603,8 +603,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Mismatches { name, admin, out } => {
             let path = format!("/carveouts/{name}/mismatches");
-            let mismatches: Vec<Mismatch> = Admin::new(&admin)?.get(&path).await?;
-            print_as(out, &mismatches, |m| mismatch_text(&name, m))
+            let report: MismatchReport = Admin::new(&admin)?.get(&path).await?;
+            print_as(out, &report, mismatch_text)
         }
         Command::Contract { command } => contract(command).await,
         Command::Rollout {
@@ -1226,17 +1226,45 @@ fn replica_table(replicas: &[ReplicaView]) -> String {
     )
 }
 
-fn mismatch_text(name: &str, mismatches: &[Mismatch]) -> String {
-    if mismatches.is_empty() {
-        return format!("no shadow mismatches recorded for {name}\n");
+fn mismatch_text(report: &MismatchReport) -> String {
+    let name = &report.carveout;
+    let mut out = format!(
+        "{name}: {} comparison(s) across the cluster, {} mismatched{}\n",
+        report.compared,
+        report.mismatched,
+        report
+            .rate
+            .map(|r| format!(" ({:.2} %)", r * 100.0))
+            .unwrap_or_default()
+    );
+    if report.samples.is_empty() && report.by_field.is_empty() {
+        out.push_str(&format!("no shadow mismatches recorded for {name}\n"));
+        return out;
     }
-    let mut out = String::new();
-    for m in mismatches {
-        let _ = writeln!(out, "{} {} (at {})", m.method, m.path, m.at);
+    let share = |n: i64| match report.mismatched {
+        0 => String::new(),
+        all => format!("{:.0} % of mismatches", n as f64 * 100.0 / all as f64),
+    };
+    let group = |title: &str, rows: &[(String, i64)]| {
+        let rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|(key, n)| vec![format!("  {key}"), n.to_string(), share(*n)])
+            .collect();
+        table(&[title, "COUNT", "SHARE"], &rows)
+    };
+    out.push_str(&group("  BY FIELD", &report.by_field));
+    out.push_str(&group("  BY ROUTE", &report.by_route));
+    out.push_str("  latest samples:\n");
+    for m in &report.samples {
+        let _ = writeln!(
+            out,
+            "  {} {} (at {}, {})",
+            m.method, m.path, m.at, m.replica
+        );
         for d in &m.differences {
             let _ = writeln!(
                 out,
-                "  {}: monolith {} / service {}",
+                "    {}: monolith {} / service {}",
                 d.path, d.expected, d.actual
             );
         }

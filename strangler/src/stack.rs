@@ -461,12 +461,12 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mismatches: Vec<Value> = admin
+    let mismatches: Value = admin
         .call(admin.request(reqwest::Method::GET, "/carveouts/catalog/mismatches"))
         .await?;
     say(&format!(
-        "   rollout done: every read goes to the service now; {} shadow mismatch(es) sampled on the way",
-        mismatches.len()
+        "   rollout done: every read goes to the service now; {} of {} shadow comparison(s) mismatched on the way",
+        mismatches["mismatched"], mismatches["compared"]
     ));
 
     // Contracts: verified on the stack's second catalog service (the hook rewrites its data).

@@ -742,11 +742,32 @@ async fn status(State(admin): State<Admin>, Path(name): Path<String>) -> Respons
     }
 }
 
-async fn mismatches(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+/// The query of `GET /carveouts/{name}/mismatches`.
+#[derive(Debug, Deserialize)]
+struct MismatchQuery {
+    /// Samples to return (default 20, at most 500).
+    limit: Option<i64>,
+}
+
+async fn mismatches(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    query: Result<Query<MismatchQuery>, QueryRejection>,
+) -> Response {
     if let Some(response) = unknown(&admin, &name) {
         return response;
     }
-    Json(admin.control.proxy().mismatches().list(&name)).into_response()
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => {
+            return problem(rejection.status(), "invalid-query", &rejection.body_text())
+        }
+    };
+    let limit = query.limit.unwrap_or(20).clamp(0, super::mismatches::KEPT);
+    match admin.control.mismatch_report(&name, limit).await {
+        Ok(report) => Json(report).into_response(),
+        Err(err) => internal(&err),
+    }
 }
 
 /// The body of `POST /carveouts/{name}/fence`.

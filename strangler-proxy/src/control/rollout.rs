@@ -541,10 +541,12 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Writes what this replica counted of each carve-out since `last` (updated).
+    /// Writes what this replica counted of each carve-out since `last` (updated), and the
+    /// shadow mismatches it found.
     async fn flush_windows(&self, last: &mut HashMap<String, Counts>) -> Result<(), sqlx::Error> {
         let now = sqlkit::now_ms();
         let routing = self.proxy.routing();
+        let mut compared = Vec::new();
         for carveout in routing.carveouts() {
             let counts = carveout.counts();
             let name = &carveout.spec.name;
@@ -556,6 +558,9 @@ impl ControlPlane {
                     continue;
                 }
             };
+            if delta.shadow_compared > 0 {
+                compared.push((name.clone(), delta.shadow_compared, delta.shadow_mismatched));
+            }
             if !delta.is_empty() {
                 let text = serde_json::to_string(&delta).unwrap_or_default();
                 self.store
@@ -564,7 +569,7 @@ impl ControlPlane {
             }
             last.insert(name.clone(), counts);
         }
-        Ok(())
+        self.flush_mismatches(&compared).await
     }
 
     /// The sum of every replica's measurements of `carveout` flushed in `[from, to)`.

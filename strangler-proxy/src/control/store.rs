@@ -653,6 +653,145 @@ impl ControlStore {
         .await?;
         Ok(())
     }
+
+    /// Writes what a replica found in its shadow comparisons since its last flush, in one
+    /// transaction: the mismatches (keeping the newest `keep` of each carve-out), their counts
+    /// by field and by route, and the comparisons made (`totals`: carve-out, compared,
+    /// mismatched).
+    pub async fn record_mismatches(
+        &self,
+        replica: &str,
+        found: &[StoredMismatch],
+        totals: &[(String, u64, u64)],
+        keep: i64,
+    ) -> Result<(), sqlx::Error> {
+        if found.is_empty() && totals.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.pool().begin().await?;
+        let count = "INSERT INTO control_mismatch_counts (carveout, kind, key, count) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (carveout, kind, key) DO UPDATE SET count = control_mismatch_counts.count + excluded.count";
+        for m in found {
+            sqlx::query(
+                "INSERT INTO control_mismatches (carveout, replica, at, method, path, differences) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&m.carveout)
+            .bind(replica)
+            .bind(&m.at)
+            .bind(&m.method)
+            .bind(&m.path)
+            .bind(&m.differences)
+            .execute(&mut *tx)
+            .await?;
+            let keys = m
+                .fields
+                .iter()
+                .map(|f| ("field", f.as_str()))
+                .chain(std::iter::once(("route", m.route.as_str())));
+            for (kind, key) in keys {
+                sqlx::query(count)
+                    .bind(&m.carveout)
+                    .bind(kind)
+                    .bind(key)
+                    .bind(1_i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for (carveout, compared, mismatched) in totals {
+            for (key, n) in [("compared", compared), ("mismatched", mismatched)] {
+                sqlx::query(count)
+                    .bind(carveout)
+                    .bind("total")
+                    .bind(key)
+                    .bind(i64::try_from(*n).unwrap_or(i64::MAX))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let carveouts: std::collections::BTreeSet<&str> =
+            found.iter().map(|m| m.carveout.as_str()).collect();
+        for carveout in carveouts {
+            sqlx::query(
+                "DELETE FROM control_mismatches WHERE carveout = $1 AND id <= \
+                 (SELECT id FROM control_mismatches WHERE carveout = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            )
+            .bind(carveout)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// The newest `limit` mismatches of a carve-out, newest first.
+    pub async fn mismatches(
+        &self,
+        carveout: &str,
+        limit: i64,
+    ) -> Result<Vec<StoredMismatch>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT carveout, replica, at, method, path, differences FROM control_mismatches \
+             WHERE carveout = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(carveout)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredMismatch {
+                    carveout: r.try_get("carveout")?,
+                    replica: r.try_get("replica")?,
+                    at: r.try_get("at")?,
+                    method: r.try_get("method")?,
+                    path: r.try_get("path")?,
+                    differences: r.try_get("differences")?,
+                    fields: Vec::new(),
+                    route: String::new(),
+                })
+            })
+            .collect()
+    }
+
+    /// A carve-out's mismatch counts: (kind, key, count), largest first.
+    pub async fn mismatch_counts(
+        &self,
+        carveout: &str,
+    ) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT kind, key, count FROM control_mismatch_counts WHERE carveout = $1 \
+             ORDER BY count DESC, key",
+        )
+        .bind(carveout)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+}
+
+/// A shadow mismatch as the control database keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMismatch {
+    /// The carve-out.
+    pub carveout: String,
+    /// The replica that found it.
+    pub replica: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The request's method.
+    pub method: String,
+    /// The request's path and query.
+    pub path: String,
+    /// The differences, redacted, as JSON.
+    pub differences: String,
+    /// Where they differ (counted by field; not read back).
+    pub fields: Vec<String>,
+    /// The route it is counted under (not read back).
+    pub route: String,
 }
 
 const ROLLOUT_COLUMNS: &str =

@@ -388,3 +388,100 @@ async fn rollout_commands_are_refused_where_they_do_not_apply() {
     assert_eq!(status, 409);
     drop(c.monolith);
 }
+
+db_test!(mismatches_of_two_replicas_are_kept_for_the_cluster_across_restarts);
+
+async fn mismatches_of_two_replicas_are_kept_for_the_cluster_across_restarts(db: TestDb) {
+    let monolith = Stub::start("monolith").await;
+    let service = Stub::start("service").await;
+    monolith.set_extra(json!({"price_cents": 100, "email": "ana@example.com"}));
+    service.set_extra(json!({"price_cents": 250, "email": "bo@example.com"}));
+    let shadow = r#"shadow = { ignore = ["/served_by", "/headers"] }"#;
+    let a = TestReplica::start_with(&db.url, &monolith, &service, shadow).await;
+    let b = TestReplica::start_with(&db.url, &monolith, &service, shadow).await;
+    let (status, body) = a
+        .admin_post(
+            "/carveouts/catalog/phase",
+            json!({"phase": "shadow", "reason": "compare"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Both replicas compare once both applied the phase.
+    let (status, body) = a
+        .admin_post(
+            "/control/await",
+            json!({"epoch": body["epoch"], "timeout_ms": 5000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let http = reqwest::Client::new();
+    for (replica, ids) in [(&a, 1..4), (&b, 4..6)] {
+        for id in ids {
+            let answer = http
+                .get(format!(
+                    "http://{}/catalog/products/{id}",
+                    replica.replica_addr
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200);
+        }
+    }
+    let report = |replica: &TestReplica| {
+        let admin = replica.admin.clone();
+        let http = http.clone();
+        async move {
+            http.get(format!("{admin}/carveouts/catalog/mismatches?limit=50"))
+                .bearer_auth("test-token")
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let seen = report(&b).await;
+        if seen["samples"].as_array().map(Vec::len) == Some(5) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not both replicas' five mismatches: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = report(&a).await;
+    drop((a, b));
+
+    // Both restart: the cluster's mismatches are still there, grouped, with the rate.
+    let c = TestReplica::start_with(&db.url, &monolith, &service, shadow).await;
+    let after = report(&c).await;
+    assert_eq!(after["samples"], before["samples"], "{after}");
+    assert_eq!(after["mismatched"], 5, "{after}");
+    assert_eq!(after["compared"], 5, "{after}");
+    assert_eq!(after["rate"], 1.0, "{after}");
+    let replicas: std::collections::BTreeSet<&str> = after["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["replica"].as_str().unwrap())
+        .collect();
+    assert_eq!(replicas.len(), 2, "{after}");
+    assert!(
+        after["by_field"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == &json!(["/price_cents", 5])),
+        "{after}"
+    );
+    assert_eq!(after["by_route"], json!([["GET /catalog/products/{n}", 5]]));
+    // Redacted as captures are: the emails were never kept.
+    let text = after.to_string();
+    assert!(!text.contains("example.com"), "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+}

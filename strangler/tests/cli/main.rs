@@ -207,7 +207,10 @@ async fn operators_inspect_and_flip_carveouts() {
 
     let (ok, out, _) = cli(admin, TOKEN, &["mismatches", "catalog"]).await;
     assert!(ok);
-    assert_eq!(out, "no shadow mismatches recorded for catalog\n");
+    assert_eq!(
+        out,
+        "catalog: 0 comparison(s) across the cluster, 0 mismatched\nno shadow mismatches recorded for catalog\n"
+    );
 
     // One view of the carve-out.
     let (ok, out, err) = cli(admin, TOKEN, &["status", "catalog"]).await;

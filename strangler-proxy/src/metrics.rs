@@ -52,6 +52,12 @@ struct UpstreamOnly {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    carveout: String,
+    check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     carveout: String,
     phase: String,
@@ -74,6 +80,9 @@ pub struct Metrics {
     phase: Family<PhaseLabels, Gauge>,
     breaker_open: Family<InstanceLabels, Gauge>,
     retries: Family<UpstreamOnly, Counter>,
+    rollout_step: Family<CarveOutLabels, Gauge>,
+    rollout_figure: Family<CheckLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    rollout_passed: Family<CheckLabels, Gauge>,
     /// The analysis's latency histograms, by carve-out and target (kept across reloads, as
     /// the families' handles are).
     analysis: Arc<std::sync::Mutex<AnalysisLatencies>>,
@@ -110,6 +119,25 @@ impl Metrics {
         let phase = Family::<PhaseLabels, Gauge>::default();
         let breaker_open = Family::<InstanceLabels, Gauge>::default();
         let retries = Family::<UpstreamOnly, Counter>::default();
+        let rollout_step = Family::<CarveOutLabels, Gauge>::default();
+        let rollout_figure =
+            Family::<CheckLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let rollout_passed = Family::<CheckLabels, Gauge>::default();
+        registry.register(
+            "rollout_step",
+            "The current step of a carve-out's rollout (1-based), on the replica running the controller",
+            rollout_step.clone(),
+        );
+        registry.register(
+            "rollout_check_figure",
+            "A rollout check's figure in the latest interval (a rate, ms or s), summed over every replica",
+            rollout_figure.clone(),
+        );
+        registry.register(
+            "rollout_check_passed",
+            "A rollout check's verdict in the latest interval: 1 passed, 0 failed, -1 not enough data",
+            rollout_passed.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by carve-out, target and status class",
@@ -172,6 +200,9 @@ impl Metrics {
             phase,
             breaker_open,
             retries,
+            rollout_step,
+            rollout_figure,
+            rollout_passed,
             analysis: Arc::default(),
         }
     }
@@ -253,6 +284,31 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// Records a rollout's step (1-based) and its latest checks.
+    pub fn rollout(&self, carveout: &str, step: usize, checks: &[crate::rollout::Check]) {
+        self.rollout_step
+            .get_or_create(&CarveOutLabels {
+                carveout: carveout.to_owned(),
+            })
+            .set(i64::try_from(step).unwrap_or(i64::MAX));
+        for check in checks {
+            let labels = CheckLabels {
+                carveout: carveout.to_owned(),
+                check: check.name.clone(),
+            };
+            if let Some(figure) = check.figure {
+                self.rollout_figure.get_or_create(&labels).set(figure);
+            }
+            self.rollout_passed
+                .get_or_create(&labels)
+                .set(match check.passed {
+                    Some(true) => 1,
+                    Some(false) => 0,
+                    None => -1,
+                });
+        }
     }
 
     /// Records a carve-out's phase (1 for the current one, 0 for the others).

@@ -679,6 +679,9 @@ impl ControlPlane {
             step.samples(&window),
             to,
         );
+        self.proxy
+            .metrics()
+            .rollout(&rollout.carveout, rollout.progress.step + 1, &found);
         rollout.progress = progress;
         rollout.evaluated_to_ms = to;
         rollout.last_checks = found;

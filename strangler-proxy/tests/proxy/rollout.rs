@@ -202,6 +202,29 @@ async fn a_service_that_starts_failing_is_rolled_back_and_clients_see_no_failed_
         reason.contains("error_rate check failed") && reason.contains("step 3"),
         "{reason}"
     );
+    // The same figures for Prometheus, on the replica running the controller.
+    let mut rendered = String::new();
+    for replica in [&c.a, &c.b] {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", replica.admin))
+            .bearer_auth("test-token")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        rendered.push_str(&text);
+    }
+    assert!(
+        rendered
+            .contains(r#"strangler_rollout_check_passed{carveout="catalog",check="error_rate"} 0"#)
+            && rendered.contains(
+                r#"strangler_rollout_check_figure{carveout="catalog",check="error_rate"}"#
+            )
+            && rendered.contains(r#"strangler_rollout_step{carveout="catalog"} 3"#),
+        "{rendered}"
+    );
     // Halted: it stays in the safe phase however long it waits.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(c.rollout().await["state"], "halted");

@@ -126,6 +126,18 @@ impl Db {
         &self.pool
     }
 
+    /// Begins a transaction that will write: on SQLite `BEGIN IMMEDIATE`, which takes the
+    /// writer's lock at once (waiting for it like any write), instead of on its first write,
+    /// where a transaction that read first fails with "database is locked" when another writer
+    /// committed meanwhile (DDL reads the schema before it writes). On PostgreSQL a plain
+    /// `BEGIN`.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// A pool whose commits return before they are flushed to disk (PostgreSQL's
     /// `synchronous_commit = off`; on SQLite the same pool as [`Db::pool`]). For intermediate
     /// steps of a multi-step operation whose final step commits through [`Db::pool`]: the

@@ -50,7 +50,7 @@ pub(crate) async fn ensure_target_tables(db: &Db) -> Result<(), sqlx::Error> {
     if found > 0 {
         return Ok(());
     }
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
     lock_ddl(db, &mut tx).await?;
     for sql in [
         "CREATE TABLE IF NOT EXISTS sync_applying (origin TEXT NOT NULL)",
@@ -196,7 +196,7 @@ pub async fn install(db: &Db, mapping: &Mapping) -> anyhow::Result<()> {
             sqlite_triggers(table)
         });
     }
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
     lock_ddl(db, &mut tx).await?;
     for sql in &statements {
         sqlx::raw_sql(sql)
@@ -256,7 +256,7 @@ pub async fn uninstall(db: &Db, mapping: &Mapping) -> anyhow::Result<()> {
         }
     }
     statements.push("DROP TABLE IF EXISTS sync_changes".to_owned());
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
     for sql in &statements {
         sqlx::raw_sql(sql).execute(&mut *tx).await?;
     }

@@ -3,7 +3,8 @@
 //! analysis interval, `failure_limit = 0`); the service starts failing every request; the time
 //! is measured from that moment until **both** replicas route the carve-out's reads to the
 //! monolith again (its safe phase, `shadow`). Repeated `CYCLES` times, each from a fresh start
-//! of the rollout.
+//! of the rollout (the service's circuit breaker re-closes within 100 ms, so a cycle never
+//! starts on an instance still ejected by the previous one).
 //!
 //! `cargo bench -p strangler-proxy --bench rollback` (SQLite); with `TEST_DATABASE_URL=...`
 //! also on PostgreSQL. Results: BENCHMARKS.md.
@@ -53,6 +54,9 @@ async fn replica(
         instances = ["{monolith}"]
         [upstreams.catalog]
         instances = ["{service}"]
+        # Each cycle starts right after the previous one failed the service: its breaker must
+        # not still be open (it would fail the healthy canary, rightly).
+        breaker_open_ms = 100
         [[carveouts]]
         name = "catalog"
         upstream = "catalog"
@@ -120,6 +124,13 @@ async fn measure(name: &str, db: &TestDb) {
             1500 + (delays.len() as u64 * 97) % 1000,
         ))
         .await;
+        if phase_of(&pa) != canary {
+            let view = a.rollout_view("catalog").await.unwrap().unwrap();
+            panic!(
+                "the healthy canary was rolled back: {:?}",
+                view.history.last()
+            );
+        }
         failing.store(true, Ordering::Relaxed);
         let failed_at = Instant::now();
         while phase_of(&pa) != Phase::Shadow || phase_of(&pb) != Phase::Shadow {

@@ -20,7 +20,10 @@ CREATE TABLE control_rollouts (
     evaluated_to_ms  BIGINT NOT NULL,
     last_checks      TEXT NOT NULL,
     history          TEXT NOT NULL,
-    updated_at       TEXT NOT NULL
+    updated_at       TEXT NOT NULL,
+    -- Bumped by every write; a write names the version it read (operators and the controller
+    -- never overwrite each other's changes).
+    version          BIGINT NOT NULL
 );
 
 CREATE TABLE control_leases (

@@ -31,6 +31,13 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const FLUSH_LAG_MS: i64 = 300;
 /// How long the controller's lease holds without renewal.
 pub const CONTROLLER_LEASE_MS: i64 = 3_000;
+/// Where the measurements of a step (or a rollout) that begins at `now_ms` start: after the
+/// next flush of every replica, whose window may still hold traffic from before (the previous
+/// step's, or a failing service's before a restart).
+fn fresh_from(now_ms: i64) -> i64 {
+    now_ms + i64::try_from(FLUSH_EVERY.as_millis()).unwrap_or(0) + 50
+}
+
 /// How long measurements are kept.
 const WINDOWS_KEPT_MS: i64 = 10 * 60 * 1000;
 /// The lease's name.
@@ -178,6 +185,8 @@ struct Rollout {
     evaluated_to_ms: i64,
     last_checks: Vec<Check>,
     history: Vec<HistoryEntry>,
+    /// The stored version it was read at (0: not stored yet).
+    version: i64,
 }
 
 /// At most this many history entries are kept (the oldest go).
@@ -200,6 +209,7 @@ impl Rollout {
             last_checks: serde_json::from_str(&row.last_checks)
                 .map_err(|e| corrupt("checks", &e))?,
             history: serde_json::from_str(&row.history).map_err(|e| corrupt("history", &e))?,
+            version: row.version,
         })
     }
 
@@ -213,6 +223,7 @@ impl Rollout {
             last_checks: json(&self.last_checks),
             history: json(&self.history),
             updated_at: String::new(),
+            version: self.version,
         }
     }
 
@@ -330,7 +341,8 @@ impl ControlPlane {
         let plan = plan
             .or(configured)
             .ok_or_else(|| RolloutError::NoPlan(carveout.to_owned()))?;
-        if let Some(existing) = self.load_rollout(carveout).await? {
+        let existing = self.load_rollout(carveout).await?;
+        if let Some(existing) = &existing {
             if existing.state.active() {
                 return Err(RolloutError::State(format!(
                     "{carveout} has a rollout {} at step {} already; abort it first",
@@ -358,16 +370,24 @@ impl ControlPlane {
             state: RolloutState::Running,
             plan,
             progress: Progress::at(0, now),
-            evaluated_to_ms: now,
+            evaluated_to_ms: fresh_from(now),
             last_checks: Vec::new(),
             history: Vec::new(),
+            version: existing.map_or(0, |e| e.version),
         };
         rollout.event(format!("started by {actor} at step 1 ({first})"));
-        self.store.put_rollout(&rollout.encode()).await?;
+        if !self.save(&mut rollout).await? {
+            return Err(RolloutError::State(format!(
+                "another rollout of {carveout} was started meanwhile"
+            )));
+        }
         Ok(rollout.view(self.controller().await?, now))
     }
 
-    /// Pauses, resumes, aborts or approves the rollout of `carveout`.
+    /// Pauses, resumes, aborts or approves the rollout of `carveout`. The record is written
+    /// first (over the version read, again if the controller wrote meanwhile), then the
+    /// carve-out's phase follows: an abort puts it in the safe phase, resuming a halted rollout
+    /// in the step's phase.
     pub async fn rollout_action(
         &self,
         carveout: &str,
@@ -375,11 +395,6 @@ impl ControlPlane {
         actor: &str,
         reason: &str,
     ) -> Result<RolloutView, RolloutError> {
-        let mut rollout = self
-            .load_rollout(carveout)
-            .await?
-            .ok_or_else(|| RolloutError::NoRollout(carveout.to_owned()))?;
-        let now = sqlkit::now_ms();
         let said = if reason.trim().is_empty() {
             String::new()
         } else {
@@ -391,78 +406,104 @@ impl ControlPlane {
                 state.name()
             ))
         };
-        match action {
-            Action::Pause => {
-                if !matches!(
-                    rollout.state,
-                    RolloutState::Running | RolloutState::AwaitingApproval
-                ) {
-                    return Err(refuse("pause", rollout.state));
+        for _ in 0..5 {
+            let mut rollout = self
+                .load_rollout(carveout)
+                .await?
+                .ok_or_else(|| RolloutError::NoRollout(carveout.to_owned()))?;
+            let now = sqlkit::now_ms();
+            // What the phase must become once the record is written.
+            let mut then: Option<(Phase, String, bool)> = None;
+            match action {
+                Action::Pause => {
+                    if !matches!(
+                        rollout.state,
+                        RolloutState::Running | RolloutState::AwaitingApproval
+                    ) {
+                        return Err(refuse("pause", rollout.state));
+                    }
+                    rollout.state = RolloutState::Paused;
+                    rollout.event(format!("paused by {actor}{said}"));
                 }
-                rollout.state = RolloutState::Paused;
-                rollout.event(format!("paused by {actor}{said}"));
-            }
-            Action::Resume => {
-                if !matches!(rollout.state, RolloutState::Paused | RolloutState::Halted) {
-                    return Err(refuse("resume", rollout.state));
-                }
-                if rollout.state == RolloutState::Halted {
-                    // Back to the step that failed, its dwell from the start.
-                    if let Some(step) = rollout.step().copied() {
-                        if !matches!(step, Step::CutOver { .. }) {
-                            self.enter_step(
-                                carveout,
-                                step.phase(),
-                                &format!(
-                                    "rollout resumed by {actor}: step {} ({step}){said}",
-                                    rollout.progress.step + 1
-                                ),
-                                true,
-                            )
-                            .await?;
+                Action::Resume => {
+                    if !matches!(rollout.state, RolloutState::Paused | RolloutState::Halted) {
+                        return Err(refuse("resume", rollout.state));
+                    }
+                    if rollout.state == RolloutState::Halted {
+                        // Back to the step that failed, its dwell from the start.
+                        if let Some(step) = rollout.step().copied() {
+                            if !matches!(step, Step::CutOver { .. }) {
+                                then = Some((
+                                    step.phase(),
+                                    format!(
+                                        "rollout resumed by {actor}: step {} ({step}){said}",
+                                        rollout.progress.step + 1
+                                    ),
+                                    true,
+                                ));
+                            }
                         }
                     }
+                    rollout.progress = Progress {
+                        approved: rollout.progress.approved,
+                        ..Progress::at(rollout.progress.step, now)
+                    };
+                    rollout.evaluated_to_ms = fresh_from(now);
+                    rollout.state = RolloutState::Running;
+                    rollout.event(format!("resumed by {actor}{said}"));
                 }
-                rollout.progress = Progress {
-                    approved: rollout.progress.approved,
-                    ..Progress::at(rollout.progress.step, now)
-                };
-                rollout.evaluated_to_ms = now;
-                rollout.state = RolloutState::Running;
-                rollout.event(format!("resumed by {actor}{said}"));
+                Action::Abort => {
+                    if !rollout.state.active() {
+                        return Err(refuse("abort", rollout.state));
+                    }
+                    rollout.state = RolloutState::Aborted;
+                    rollout.event(format!(
+                        "aborted by {actor}{said}; {carveout} goes back to {}",
+                        rollout.plan.safe_phase
+                    ));
+                }
+                Action::Approve => {
+                    let at_cut_over = matches!(rollout.step(), Some(Step::CutOver { .. }));
+                    if !at_cut_over || !rollout.state.active() {
+                        return Err(RolloutError::State(format!(
+                            "nothing to approve: the rollout of {carveout} is {} at step {}, not waiting at its cut-over",
+                            rollout.state.name(),
+                            rollout.progress.step + 1
+                        )));
+                    }
+                    rollout.progress.approved = true;
+                    if rollout.state == RolloutState::AwaitingApproval {
+                        rollout.state = RolloutState::Running;
+                    }
+                    rollout.event(format!("cut-over approved by {actor}{said}"));
+                }
             }
-            Action::Abort => {
-                if !rollout.state.active() {
-                    return Err(refuse("abort", rollout.state));
-                }
+            if !self.save(&mut rollout).await? {
+                continue;
+            }
+            if action == Action::Abort {
                 let reason = bounded(format!("rollout aborted by {actor}{said}"));
                 self.to_safe_phase(carveout, &rollout.plan, &reason).await?;
-                rollout.state = RolloutState::Aborted;
-                rollout.event(format!(
-                    "aborted by {actor}{said}; {carveout} is back in {}",
-                    rollout.plan.safe_phase
-                ));
             }
-            Action::Approve => {
-                let at_cut_over = matches!(rollout.step(), Some(Step::CutOver { .. }));
-                if !at_cut_over || !rollout.state.active() {
-                    return Err(RolloutError::State(format!(
-                        "nothing to approve: the rollout of {carveout} is {} at step {}, not waiting at its cut-over",
-                        rollout.state.name(),
-                        rollout.progress.step + 1
-                    )));
-                }
-                rollout.progress.approved = true;
-                if rollout.state == RolloutState::AwaitingApproval {
-                    rollout.state = RolloutState::Running;
-                }
-                rollout.event(format!("cut-over approved by {actor}{said}"));
+            if let Some((phase, reason, force)) = then {
+                self.enter_step(carveout, phase, &reason, force).await?;
             }
+            return Ok(rollout.view(self.controller().await?, now));
         }
-        self.store.put_rollout(&rollout.encode()).await?;
-        Ok(rollout.view(self.controller().await?, now))
+        Err(RolloutError::State(format!(
+            "the rollout of {carveout} kept changing under this request; try again"
+        )))
     }
 
+    /// Writes the rollout's record over the version it was read at; false (nothing written)
+    /// when it changed meanwhile.
+    async fn save(&self, rollout: &mut Rollout) -> Result<bool, sqlx::Error> {
+        let written = self.store.put_rollout(&rollout.encode()).await?;
+        if written {
+            rollout.version += 1;
+        }
+        Ok(written)
+    }
     /// Puts the carve-out in `phase` (a rollout step's) unless it is there already; `force`:
     /// even when that skips phases (an operator resuming a halted rollout at its step).
     async fn enter_step(
@@ -639,7 +680,10 @@ impl ControlPlane {
         }
     }
 
-    /// One interval of one rollout, when it is due.
+    /// One interval of one rollout, when it is due. The decision is written first (over the
+    /// version read: an operator's pause or abort meanwhile wins, and nothing is done); its
+    /// effect on the phase follows. A phase that is not the step's (changed by hand, or a
+    /// step's change that failed) halts the rollout instead of being fought over.
     async fn advance(&self, row: &RolloutRow, now: i64) -> Result<(), RolloutError> {
         let mut rollout = Rollout::decode(row)?;
         let to = now - FLUSH_LAG_MS;
@@ -649,9 +693,38 @@ impl ControlPlane {
         }
         let Some(step) = rollout.step().copied() else {
             rollout.state = RolloutState::Done;
-            self.store.put_rollout(&rollout.encode()).await?;
+            self.save(&mut rollout).await?;
             return Ok(());
         };
+        let phase = self
+            .store
+            .state(&rollout.carveout)
+            .await?
+            .map(|s| s.phase)
+            .ok_or_else(|| RolloutError::UnknownCarveOut(rollout.carveout.clone()))?;
+        let expected = match step {
+            // Before the cut-over the previous (canary) step's phase, after it extracted.
+            Step::CutOver { .. } => {
+                phase == Phase::Extracted
+                    || rollout
+                        .progress
+                        .step
+                        .checked_sub(1)
+                        .and_then(|i| rollout.plan.steps.get(i))
+                        .is_some_and(|s| s.phase() == phase)
+            }
+            _ => phase == step.phase(),
+        };
+        if !expected {
+            rollout.state = RolloutState::Halted;
+            rollout.event(format!(
+                "step {} ({step}): {} is {phase}, not the step's phase (changed outside the rollout, or the step's change failed); halted",
+                rollout.progress.step + 1,
+                rollout.carveout
+            ));
+            self.save(&mut rollout).await?;
+            return Ok(());
+        }
         let window = self
             .measured(&rollout.carveout, rollout.evaluated_to_ms, to)
             .await?;
@@ -664,12 +737,6 @@ impl ControlPlane {
                 .map(|s| s.lag.1),
             None => None,
         };
-        let phase = self
-            .store
-            .state(&rollout.carveout)
-            .await?
-            .map(|s| s.phase)
-            .ok_or_else(|| RolloutError::UnknownCarveOut(rollout.carveout.clone()))?;
         let found = checks(&step, &rollout.plan, &window, sync_lag);
         let (progress, decision) = decide(
             &rollout.plan,
@@ -682,118 +749,121 @@ impl ControlPlane {
         self.proxy
             .metrics()
             .rollout(&rollout.carveout, rollout.progress.step + 1, &found);
+        let failures_before = rollout.progress.failures;
         rollout.progress = progress;
         rollout.evaluated_to_ms = to;
         rollout.last_checks = found;
-        let at = |r: &Rollout| format!("step {} ({step})", r.progress.step + 1);
+        let at = format!("step {} ({step})", rollout.progress.step + 1);
+        let failed_now = |r: &Rollout| -> Vec<Check> {
+            r.last_checks
+                .iter()
+                .filter(|c| c.passed == Some(false))
+                .cloned()
+                .collect()
+        };
         match decision {
             Decision::Hold => {
-                if rollout.progress.failures > row_failures(row) {
-                    let failed: Vec<Check> = rollout
-                        .last_checks
-                        .iter()
-                        .filter(|c| c.passed == Some(false))
-                        .cloned()
-                        .collect();
+                if rollout.progress.failures > failures_before {
+                    let failed = failed_now(&rollout);
                     rollout.event(format!(
-                        "{}: an interval failed ({} of {} tolerated): {}",
-                        at(&rollout),
+                        "{at}: an interval failed ({} of {} tolerated): {}",
                         rollout.progress.failures,
                         rollout.plan.failure_limit,
                         failed_text(&failed)
                     ));
                 }
+                self.save(&mut rollout).await?;
             }
             Decision::Promote => {
                 let next = rollout.progress.step + 1;
                 let target = rollout.plan.steps[next];
                 let reason = format!(
-                    "rollout: step {} ({target}) after {} clean with {} sample(s)",
+                    "rollout: step {} ({target}) after {at} clean with {} sample(s)",
                     next + 1,
-                    at(&rollout),
                     rollout.progress.samples
                 );
-                if !matches!(target, Step::CutOver { .. }) {
+                rollout.event(reason.trim_start_matches("rollout: ").to_owned());
+                rollout.progress = Progress::at(next, now);
+                rollout.evaluated_to_ms = fresh_from(now);
+                if self.save(&mut rollout).await? && !matches!(target, Step::CutOver { .. }) {
+                    // Should this fail, the next interval finds the phase is not the step's
+                    // and halts the rollout, saying so.
                     self.enter_step(&rollout.carveout, target.phase(), &reason, false)
                         .await?;
                 }
-                rollout.event(reason.trim_start_matches("rollout: ").to_owned());
-                rollout.progress = Progress::at(next, now);
-                rollout.evaluated_to_ms = to;
             }
             Decision::Done => {
                 rollout.state = RolloutState::Done;
-                rollout.event(format!("done: {} passed", at(&rollout)));
+                rollout.event(format!("done: {at} passed"));
+                self.save(&mut rollout).await?;
             }
             Decision::AwaitApproval => {
                 if rollout.state != RolloutState::AwaitingApproval {
                     rollout.state = RolloutState::AwaitingApproval;
                     rollout.event(format!(
-                        "{}: waiting for approval (strangler rollout approve {})",
-                        at(&rollout),
+                        "{at}: waiting for approval (strangler rollout approve {})",
                         rollout.carveout
                     ));
                 }
+                self.save(&mut rollout).await?;
             }
             Decision::CutOver => {
+                rollout.state = RolloutState::Running;
+                rollout.event(format!("{at}: moving the writes to the service"));
+                if !self.save(&mut rollout).await? {
+                    return Ok(());
+                }
                 let request = MoveRequest {
                     actor: ACTOR.to_owned(),
-                    reason: format!("rollout: {}", at(&rollout)),
+                    reason: format!("rollout: {at}"),
                     force: false,
                 };
-                rollout.state = RolloutState::Running;
                 match self
                     .run_move(&rollout.carveout, Move::CutOver, request)
                     .await
                 {
                     Ok(_) => {
-                        rollout.event(format!("{}: the writes moved to the service", at(&rollout)));
+                        rollout.event(format!("{at}: the writes moved to the service"));
                         rollout.progress = Progress {
                             approved: true,
                             ..Progress::at(rollout.progress.step, now)
                         };
+                        rollout.evaluated_to_ms = fresh_from(sqlkit::now_ms());
                     }
                     Err(err) => {
                         rollout.state = RolloutState::Halted;
-                        rollout.event(format!(
-                            "{}: the cut-over did not happen: {err}; halted",
-                            at(&rollout)
-                        ));
+                        rollout.event(format!("{at}: the cut-over did not happen: {err}; halted"));
                     }
                 }
+                self.save(&mut rollout).await?;
             }
             Decision::RollBack { failed } => {
                 let reason = bounded(format!(
-                    "rollout rolled back at {}: {}",
-                    at(&rollout),
+                    "rollout rolled back at {at}: {}",
                     failed_text(&failed)
                 ));
-                // Halted first: should the roll-back fail half-way, nothing promotes meanwhile.
+                // Halted before going back: nothing promotes meanwhile, and an operator's
+                // change since the read wins.
                 rollout.state = RolloutState::Halted;
-                self.store.put_rollout(&rollout.encode()).await?;
-                match self
+                rollout.event(format!(
+                    "{reason}; going back to {}",
+                    rollout.plan.safe_phase
+                ));
+                if !self.save(&mut rollout).await? {
+                    return Ok(());
+                }
+                if let Err(err) = self
                     .to_safe_phase(&rollout.carveout, &rollout.plan, &reason)
                     .await
                 {
-                    Ok(()) => rollout.event(format!(
-                        "{reason}; back in {}, halted",
+                    rollout.event(format!(
+                        "going back to {} failed: {err} (halted: put it there by hand)",
                         rollout.plan.safe_phase
-                    )),
-                    Err(err) => rollout.event(format!(
-                        "{reason}; going back to {} failed: {err} (halted: put it there by hand)",
-                        rollout.plan.safe_phase
-                    )),
+                    ));
+                    self.save(&mut rollout).await?;
                 }
             }
         }
-        self.store.put_rollout(&rollout.encode()).await?;
         Ok(())
     }
-}
-
-/// The failures the stored record had before this interval.
-fn row_failures(row: &RolloutRow) -> u32 {
-    serde_json::from_str::<Progress>(&row.progress)
-        .map(|p| p.failures)
-        .unwrap_or(0)
 }

@@ -632,14 +632,16 @@ impl ControlStore {
             .collect())
     }
 
-    /// Writes a rollout record (creating or replacing it).
-    pub async fn put_rollout(&self, row: &RolloutRow) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO control_rollouts (carveout, state, plan, progress, evaluated_to_ms, last_checks, history, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (carveout) DO UPDATE SET \
+    /// Writes a rollout record over the version it was read at (`row.version`; 0 for a new
+    /// one) and bumps it. False when the stored one changed meanwhile: nothing is written.
+    pub async fn put_rollout(&self, row: &RolloutRow) -> Result<bool, sqlx::Error> {
+        let written = sqlx::query(
+            "INSERT INTO control_rollouts (carveout, state, plan, progress, evaluated_to_ms, last_checks, history, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (carveout) DO UPDATE SET \
              state = excluded.state, plan = excluded.plan, progress = excluded.progress, \
              evaluated_to_ms = excluded.evaluated_to_ms, last_checks = excluded.last_checks, \
-             history = excluded.history, updated_at = excluded.updated_at",
+             history = excluded.history, updated_at = excluded.updated_at, version = excluded.version \
+             WHERE control_rollouts.version = $10",
         )
         .bind(&row.carveout)
         .bind(&row.state)
@@ -649,9 +651,11 @@ impl ControlStore {
         .bind(&row.last_checks)
         .bind(&row.history)
         .bind(sqlkit::now())
+        .bind(row.version + 1)
+        .bind(row.version)
         .execute(self.db.pool())
         .await?;
-        Ok(())
+        Ok(written.rows_affected() > 0)
     }
 
     /// Writes what a replica found in its shadow comparisons since its last flush, in one
@@ -795,7 +799,7 @@ pub struct StoredMismatch {
 }
 
 const ROLLOUT_COLUMNS: &str =
-    "carveout, state, plan, progress, evaluated_to_ms, last_checks, history, updated_at";
+    "carveout, state, plan, progress, evaluated_to_ms, last_checks, history, updated_at, version";
 
 /// A rollout's record as stored: the plan, progress, checks and history as JSON text
 /// ([`super::rollout`] reads and writes them).
@@ -817,6 +821,8 @@ pub struct RolloutRow {
     pub history: String,
     /// When it was last written (RFC 3339).
     pub updated_at: String,
+    /// Its version, bumped by every write.
+    pub version: i64,
 }
 
 fn rollout_row(row: &AnyRow) -> Result<RolloutRow, sqlx::Error> {
@@ -829,6 +835,7 @@ fn rollout_row(row: &AnyRow) -> Result<RolloutRow, sqlx::Error> {
         last_checks: row.try_get("last_checks")?,
         history: row.try_get("history")?,
         updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
     })
 }
 

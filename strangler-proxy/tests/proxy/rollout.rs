@@ -239,6 +239,12 @@ async fn a_service_that_starts_failing_is_rolled_back_and_clients_see_no_failed_
         .await;
     assert_eq!(status, 200, "{resumed}");
     assert_eq!(c.phase().await, "canary 25");
+    // What was measured before the resume (the failing service's last answers) does not count
+    // against it: with traffic healthy again it goes on.
+    let load = Load::start(&[&c.a, &c.b]);
+    let view = c.wait_state("done", Duration::from_secs(20)).await;
+    let (sent, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{failed} of {sent}: {view}");
 }
 
 db_test!(a_slow_service_is_rolled_back_on_latency);
@@ -507,4 +513,29 @@ async fn mismatches_of_two_replicas_are_kept_for_the_cluster_across_restarts(db:
     let text = after.to_string();
     assert!(!text.contains("example.com"), "{text}");
     assert!(text.contains("[redacted]"), "{text}");
+}
+
+db_test!(a_phase_changed_by_hand_halts_the_rollout_instead_of_being_fought_over);
+
+async fn a_phase_changed_by_hand_halts_the_rollout_instead_of_being_fought_over(db: TestDb) {
+    let c = cluster(db).await;
+    c.start().await;
+    assert_eq!(c.phase().await, "shadow");
+    let (status, body) =
+        c.b.admin_post(
+            "/carveouts/catalog/phase",
+            json!({"phase": "monolith", "reason": "by hand, at 3 a.m."}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let view = c.wait_state("halted", Duration::from_secs(5)).await;
+    assert!(
+        view["history"]
+            .to_string()
+            .contains("changed outside the rollout"),
+        "{view}"
+    );
+    // The operator's phase stands.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(c.phase().await, "monolith");
 }

@@ -23,7 +23,7 @@ use strangler_proxy::control::admin::{
     CarveOutView, PhaseRequest, ReplicaView, VerificationReport,
 };
 use strangler_proxy::control::mismatches::MismatchReport;
-use strangler_proxy::control::rollout::RolloutView;
+use strangler_proxy::control::rollout::{RolloutState, RolloutView};
 use strangler_proxy::control::status::Status;
 use strangler_proxy::control::store::{AuditEntry, Verification};
 
@@ -389,6 +389,13 @@ pub enum RolloutCommand {
     Status {
         /// The carve-out.
         name: String,
+        /// Wait until the rollout stops moving (done, halted, aborted, paused, or waiting for
+        /// approval), then show it.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits at most (seconds); past it, an error.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
     },
     /// Hold the rollout where it is: nothing promotes, nothing rolls back.
     Pause(RolloutAct),
@@ -647,9 +654,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
 /// `strangler rollout ...`.
 async fn rollout(admin: &Admin, command: RolloutCommand, out: Output) -> anyhow::Result<String> {
     let (name, path, body) = match command {
-        RolloutCommand::Status { name } => {
-            let view: RolloutView = admin.get(&format!("/carveouts/{name}/rollout")).await?;
-            return print_as(out, &view, rollout_text);
+        RolloutCommand::Status {
+            name,
+            wait,
+            timeout_s,
+        } => {
+            let path = format!("/carveouts/{name}/rollout");
+            let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+            loop {
+                let view: RolloutView = admin.get(&path).await?;
+                // Awaiting approval waits for an operator: that is where --wait returns too.
+                let moving = view.state == RolloutState::Running;
+                if !wait || !moving {
+                    return print_as(out, &view, rollout_text);
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!(
+                        "the rollout of {name} is still moving after {timeout_s} s (--timeout-s)"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
         RolloutCommand::Start { name, actor } => {
             let path = format!("/carveouts/{name}/rollout");

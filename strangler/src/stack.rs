@@ -153,7 +153,8 @@ impl Stack {
             })
         });
 
-        // The service serving traffic, and one whose provider-state hook may rewrite its data.
+        // The service serving traffic (with the fault-injection hook, to watch a rollout roll
+        // itself back), and one whose provider-state hook may rewrite its data.
         let mut catalogs = Vec::new();
         for (listen, database_url, provider_states) in [
             (args.service_listen, service_db.clone(), false),
@@ -163,6 +164,7 @@ impl Stack {
                 listen,
                 database_url,
                 provider_states,
+                fault_injection: !provider_states,
             })
             .await
             .context("the catalog service")?;

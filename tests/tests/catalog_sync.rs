@@ -64,6 +64,7 @@ async fn service(db: &TestDb) -> Running {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: db.url.clone(),
         provider_states: false,
+        fault_injection: false,
     };
     let service = catalog_service::Service::build(&config).await.unwrap();
     let url = format!("http://{}", service.local_addr());

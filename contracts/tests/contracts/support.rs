@@ -91,6 +91,7 @@ impl CatalogService {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: db.url.clone(),
             provider_states: true,
+            fault_injection: false,
         };
         let service = catalog_service::Service::build(&config).await.unwrap();
         let url = format!("http://{}", service.local_addr());

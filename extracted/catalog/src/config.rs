@@ -18,6 +18,10 @@ pub struct Config {
     /// (`POST /_contracts/provider-states`). It rewrites data: test environments only.
     #[arg(long, env = "CATALOG_PROVIDER_STATES", default_value_t = false)]
     pub provider_states: bool,
+    /// Serve the fault-injection hook (`PUT /_faults {"fail_percent": N, "delay_ms": M}`),
+    /// to watch a rollout roll itself back. Demonstrations and tests only.
+    #[arg(long, env = "CATALOG_FAULT_INJECTION", default_value_t = false)]
+    pub fault_injection: bool,
 }
 
 impl Config {

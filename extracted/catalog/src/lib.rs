@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod faults;
 pub mod http;
 pub mod problem;
 pub mod states;
@@ -55,6 +56,16 @@ impl Service {
                 "the provider-state hook is on: it rewrites data"
             );
             router = router.merge(states::router(db.clone()));
+        }
+        if config.fault_injection {
+            tracing::warn!(path = faults::PATH, "the fault-injection hook is on");
+            let injected = std::sync::Arc::new(faults::Faults::default());
+            router = router
+                .layer(axum::middleware::from_fn_with_state(
+                    injected.clone(),
+                    faults::inject,
+                ))
+                .merge(faults::router(injected));
         }
         Ok(Service {
             listener,

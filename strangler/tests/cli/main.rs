@@ -655,6 +655,7 @@ async fn the_catalog_syncs_from_the_command_line() {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: service_db.url.clone(),
         provider_states: false,
+        fault_injection: false,
     })
     .await
     .unwrap();
@@ -828,6 +829,7 @@ async fn catalog_databases(shop_db: &e2e::TestDb) -> (sqlx::AnyPool, e2e::TestDb
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: service_db.url.clone(),
             provider_states: false,
+            fault_injection: false,
         })
         .await
         .unwrap(),
@@ -997,6 +999,7 @@ async fn a_running_relay_exports_its_lag_and_progress() {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: service_db.url.clone(),
             provider_states: false,
+            fault_injection: false,
         })
         .await
         .unwrap(),
@@ -1170,6 +1173,7 @@ async fn cutover_and_rollback_under_load_lose_no_write(shop_db: e2e::TestDb) {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: service_db.url.clone(),
         provider_states: false,
+        fault_injection: false,
     })
     .await
     .unwrap();

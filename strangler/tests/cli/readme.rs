@@ -404,17 +404,32 @@ async fn every_command_of_the_readme_runs_as_written_against_the_stack() {
         reasons.iter().any(|r| r.contains("passed its contracts")),
         "no cut-over in the audit log: {reasons:?}"
     );
-    // ... then a rollout started (its first step, shadow), paused and aborted: back in the
-    // safe phase, the monolith.
+    // ... then a rollout started, paused and aborted (back in the safe phase, the monolith),
+    // and one that rolled itself back when half the service's answers failed.
+    let paused = reasons
+        .iter()
+        .any(|r| r.contains("rollout aborted by") && r.contains("done trying"));
+    assert!(paused, "no aborted rollout in the audit log: {reasons:?}");
     let rollout = get(format!("{admin}/carveouts/catalog/rollout")).await;
-    assert_eq!(rollout["state"], "aborted", "{rollout}");
-    let history = rollout["history"].to_string();
-    assert!(
-        history.contains("paused by") && history.contains("a look at the figures"),
-        "{history}"
+    assert_eq!(rollout["state"], "halted", "{rollout}");
+    let last = &audit.as_array().unwrap()[0];
+    assert_eq!(
+        (last["actor"].as_str(), last["to"].as_str()),
+        (Some("rollout"), Some("monolith")),
+        "{last}"
     );
-    let catalog = get(format!("{admin}/carveouts/catalog")).await;
-    assert_eq!(catalog["phase"], "monolith", "{catalog}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("mismatch_rate check failed"),
+        "{last}"
+    );
+    let faults = get(format!("{}/_faults", urls["catalog"])).await;
+    assert_eq!(
+        faults["fail_percent"], 0,
+        "the README clears the faults: {faults}"
+    );
     // The contract verification it reported is green.
     let status = get(format!("{admin}/carveouts/catalog/status")).await;
     assert_eq!(status["contracts"]["passed"], true, "{status}");

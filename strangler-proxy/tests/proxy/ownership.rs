@@ -125,6 +125,11 @@ impl Fixture {
 
     /// [`Fixture::start`] with these settings in the carve-out's `sync` table.
     async fn start_with(db: TestDb, sync_settings: &str) -> Fixture {
+        Fixture::start_full(db, sync_settings, "").await
+    }
+
+    /// [`Fixture::start_with`] and `extra` settings of the carve-out.
+    async fn start_full(db: TestDb, sync_settings: &str, extra: &str) -> Fixture {
         let (service_test_db, control_test_db) = (twin(&db).await, twin(&db).await);
         let options = DbOptions::default();
         let monolith_db = Db::connect_unmigrated(&db.url, &options).await.unwrap();
@@ -166,6 +171,7 @@ impl Fixture {
             require_contracts = false
             routes = [{{ path = "/catalog/*" }}]
             sync = {{ mapping = {}, monolith_db = {}, service_db = {}, {sync_settings} }}
+            {extra}
             "#,
             monolith.url(),
             service.url(),
@@ -822,4 +828,133 @@ async fn a_replica_cut_off_from_the_control_database_never_writes_to_the_old_own
         failed.is_empty(),
         "writes through A and B failed: {failed:?}"
     );
+}
+
+db_test!(a_rollout_cuts_over_on_approval_and_moves_the_writes_back_when_the_service_fails);
+
+/// A rollout whose last step is the guarded cut-over: it waits for an approval, moves the
+/// writes, and when the service then fails it moves them back by the guarded roll-back before
+/// the carve-out goes to its safe phase.
+async fn a_rollout_cuts_over_on_approval_and_moves_the_writes_back_when_the_service_fails(
+    db: TestDb,
+) {
+    let f = Fixture::start_full(
+        db,
+        "max_lag_events = 5, fence_ms = 1500",
+        r#"rollout = { steps = ["100% 300ms", "cutover 60s"], interval_ms = 200, failure_limit = 0, min_requests = 5, min_interval_requests = 3 }"#,
+    )
+    .await;
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (running, http, base) = (
+            running.clone(),
+            f.http.clone(),
+            format!("http://{}", f.addr),
+        );
+        tokio::spawn(async move {
+            let mut i = 0_u64;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let _ = http
+                    .get(format!("{base}/catalog/products/{}", i % 2 + 1))
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (status, body) = f.post("/carveouts/catalog/rollout", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let rollout = |f: &Fixture| {
+        let (http, admin) = (f.http.clone(), f.admin.clone());
+        async move {
+            http.get(format!("{admin}/carveouts/catalog/rollout"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the cut-over awaiting approval",
+        || async { rollout(&f).await["state"] == "awaiting_approval" },
+    )
+    .await;
+    assert_eq!(
+        f.state().await.0,
+        "canary 100.00%",
+        "no move before the approval"
+    );
+    let (status, body) = f
+        .post(
+            "/carveouts/catalog/rollout/approve",
+            json!({"reason": "go"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(Duration::from_secs(20), "the writes moved", || async {
+        f.state().await.0 == "extracted"
+    })
+    .await;
+    // The reverse relay keeps the monolith current; the roll-back needs it.
+    let reverse = Running::start_held(&f.setup, Direction::Reverse).await;
+    f.service.set_mode(Mode::Fail);
+    eventually(Duration::from_secs(20), "the rollout halted", || async {
+        rollout(&f).await["state"] == "halted"
+    })
+    .await;
+    // Halted first (nothing promotes meanwhile), then the writes go back with the monolith by
+    // the guarded roll-back, then the safe phase.
+    eventually(Duration::from_secs(20), "the safe phase", || async {
+        f.state().await.0 == "monolith"
+    })
+    .await;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+    let view = rollout(&f).await;
+    assert!(
+        !view["history"].to_string().contains("going back to monolith failed"),
+        "{view}"
+    );
+    let (phase, fenced, forward_capture, reverse_capture) = f.state().await;
+    assert_eq!(phase, "monolith", "{view}");
+    assert!(!fenced);
+    assert!(forward_capture, "the forward sync is back");
+    let _ = reverse_capture;
+    let audit: Value = f
+        .http
+        .get(format!("{}/audit?carveout=catalog&limit=10", f.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by_rollout: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == "rollout")
+        .map(|e| (e["from"].as_str().unwrap(), e["to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        by_rollout,
+        [
+            ("canary 0.00%", "monolith"),
+            ("extracted", "canary 0.00%"),
+            ("canary 100.00%", "extracted"),
+        ],
+        "{audit}"
+    );
+    assert!(
+        audit[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("error_rate check failed"),
+        "{audit}"
+    );
+    reverse.stop().await;
 }

@@ -916,7 +916,9 @@ async fn a_rollout_cuts_over_on_approval_and_moves_the_writes_back_when_the_serv
     load.await.unwrap();
     let view = rollout(&f).await;
     assert!(
-        !view["history"].to_string().contains("going back to monolith failed"),
+        !view["history"]
+            .to_string()
+            .contains("going back to monolith failed"),
         "{view}"
     );
     let (phase, fenced, forward_capture, reverse_capture) = f.state().await;

@@ -961,6 +961,27 @@ mod tests {
     }
 
     #[test]
+    fn the_example_s_rollout_line_shows_the_defaults() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("strangler.example.toml"),
+        )
+        .unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# rollout = "))
+            .expect("the example shows a rollout");
+        let shown: crate::rollout::PlanSection = toml::from_str(&format!("x = {line}"))
+            .map(
+                |t: std::collections::BTreeMap<String, crate::rollout::PlanSection>| t["x"].clone(),
+            )
+            .unwrap();
+        assert_eq!(
+            crate::rollout::Plan::from_section(&shown),
+            crate::rollout::Plan::from_section(&crate::rollout::PlanSection::default())
+        );
+    }
+
+    #[test]
     fn quick_start_needs_only_the_monolith() {
         let quick =
             ProxyArgs::parse_from(["strangler-proxy", "--monolith", "http://127.0.0.1:8080"]);

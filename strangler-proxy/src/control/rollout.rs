@@ -243,6 +243,24 @@ impl Rollout {
         self.plan.steps.get(self.progress.step)
     }
 
+    /// Whether the carve-out's `phase` is its step's: for a cut-over step, the previous
+    /// (canary) step's before the move, `extracted` after it.
+    fn in_step_phase(&self, phase: Phase) -> bool {
+        match self.step() {
+            None => true,
+            Some(Step::CutOver { .. }) => {
+                phase == Phase::Extracted
+                    || self
+                        .progress
+                        .step
+                        .checked_sub(1)
+                        .and_then(|i| self.plan.steps.get(i))
+                        .is_some_and(|s| s.phase() == phase)
+            }
+            Some(step) => phase == step.phase(),
+        }
+    }
+
     fn view(&self, controller: Option<String>, now_ms: i64) -> RolloutView {
         let dwell = self
             .step()
@@ -682,8 +700,9 @@ impl ControlPlane {
 
     /// One interval of one rollout, when it is due. The decision is written first (over the
     /// version read: an operator's pause or abort meanwhile wins, and nothing is done); its
-    /// effect on the phase follows. A phase that is not the step's (changed by hand, or a
-    /// step's change that failed) halts the rollout instead of being fought over.
+    /// effect on the phase follows ([`ControlPlane::apply`]). A phase that is not the step's
+    /// (changed by hand, or a step's change that failed) halts the rollout instead of being
+    /// fought over.
     async fn advance(&self, row: &RolloutRow, now: i64) -> Result<(), RolloutError> {
         let mut rollout = Rollout::decode(row)?;
         let to = now - FLUSH_LAG_MS;
@@ -702,20 +721,7 @@ impl ControlPlane {
             .await?
             .map(|s| s.phase)
             .ok_or_else(|| RolloutError::UnknownCarveOut(rollout.carveout.clone()))?;
-        let expected = match step {
-            // Before the cut-over the previous (canary) step's phase, after it extracted.
-            Step::CutOver { .. } => {
-                phase == Phase::Extracted
-                    || rollout
-                        .progress
-                        .step
-                        .checked_sub(1)
-                        .and_then(|i| rollout.plan.steps.get(i))
-                        .is_some_and(|s| s.phase() == phase)
-            }
-            _ => phase == step.phase(),
-        };
-        if !expected {
+        if !rollout.in_step_phase(phase) {
             rollout.state = RolloutState::Halted;
             rollout.event(format!(
                 "step {} ({step}): {} is {phase}, not the step's phase (changed outside the rollout, or the step's change failed); halted",
@@ -728,16 +734,12 @@ impl ControlPlane {
         let window = self
             .measured(&rollout.carveout, rollout.evaluated_to_ms, to)
             .await?;
-        let sync_lag = match self.sync_spec(&rollout.carveout) {
-            Some(_) => self
-                .status(&rollout.carveout)
-                .await?
-                .and_then(|s| s.sync)
-                .filter(|s| s.error.is_none() && s.capture_installed)
-                .map(|s| s.lag.1),
-            None => None,
-        };
-        let found = checks(&step, &rollout.plan, &window, sync_lag);
+        let found = checks(
+            &step,
+            &rollout.plan,
+            &window,
+            self.sync_lag(&rollout.carveout).await?,
+        );
         let (progress, decision) = decide(
             &rollout.plan,
             &rollout.progress,
@@ -753,25 +755,50 @@ impl ControlPlane {
         rollout.progress = progress;
         rollout.evaluated_to_ms = to;
         rollout.last_checks = found;
-        let at = format!("step {} ({step})", rollout.progress.step + 1);
-        let failed_now = |r: &Rollout| -> Vec<Check> {
-            r.last_checks
+        if rollout.progress.failures > failures_before {
+            let failed: Vec<Check> = rollout
+                .last_checks
                 .iter()
                 .filter(|c| c.passed == Some(false))
                 .cloned()
-                .collect()
-        };
+                .collect();
+            if !matches!(decision, Decision::RollBack { .. }) {
+                rollout.event(format!(
+                    "step {} ({step}): an interval failed ({} of {} tolerated): {}",
+                    rollout.progress.step + 1,
+                    rollout.progress.failures,
+                    rollout.plan.failure_limit,
+                    failed_text(&failed)
+                ));
+            }
+        }
+        self.apply(rollout, step, decision, now).await
+    }
+
+    /// The data sync's lag in seconds, for a carve-out with a sync whose state could be read.
+    async fn sync_lag(&self, carveout: &str) -> Result<Option<f64>, sqlx::Error> {
+        if self.sync_spec(carveout).is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .status(carveout)
+            .await?
+            .and_then(|s| s.sync)
+            .filter(|s| s.error.is_none() && s.capture_installed)
+            .map(|s| s.lag.1))
+    }
+
+    /// Writes `decision` into the rollout's record, then has its effect.
+    async fn apply(
+        &self,
+        mut rollout: Rollout,
+        step: Step,
+        decision: Decision,
+        now: i64,
+    ) -> Result<(), RolloutError> {
+        let at = format!("step {} ({step})", rollout.progress.step + 1);
         match decision {
             Decision::Hold => {
-                if rollout.progress.failures > failures_before {
-                    let failed = failed_now(&rollout);
-                    rollout.event(format!(
-                        "{at}: an interval failed ({} of {} tolerated): {}",
-                        rollout.progress.failures,
-                        rollout.plan.failure_limit,
-                        failed_text(&failed)
-                    ));
-                }
                 self.save(&mut rollout).await?;
             }
             Decision::Promote => {
@@ -807,62 +834,76 @@ impl ControlPlane {
                 }
                 self.save(&mut rollout).await?;
             }
-            Decision::CutOver => {
-                rollout.state = RolloutState::Running;
-                rollout.event(format!("{at}: moving the writes to the service"));
-                if !self.save(&mut rollout).await? {
-                    return Ok(());
-                }
-                let request = MoveRequest {
-                    actor: ACTOR.to_owned(),
-                    reason: format!("rollout: {at}"),
-                    force: false,
-                };
-                match self
-                    .run_move(&rollout.carveout, Move::CutOver, request)
-                    .await
-                {
-                    Ok(_) => {
-                        rollout.event(format!("{at}: the writes moved to the service"));
-                        rollout.progress = Progress {
-                            approved: true,
-                            ..Progress::at(rollout.progress.step, now)
-                        };
-                        rollout.evaluated_to_ms = fresh_from(sqlkit::now_ms());
-                    }
-                    Err(err) => {
-                        rollout.state = RolloutState::Halted;
-                        rollout.event(format!("{at}: the cut-over did not happen: {err}; halted"));
-                    }
-                }
-                self.save(&mut rollout).await?;
-            }
+            Decision::CutOver => self.cut_over_step(rollout, &at, now).await?,
             Decision::RollBack { failed } => {
                 let reason = bounded(format!(
                     "rollout rolled back at {at}: {}",
                     failed_text(&failed)
                 ));
-                // Halted before going back: nothing promotes meanwhile, and an operator's
-                // change since the read wins.
-                rollout.state = RolloutState::Halted;
-                rollout.event(format!(
-                    "{reason}; going back to {}",
-                    rollout.plan.safe_phase
-                ));
-                if !self.save(&mut rollout).await? {
-                    return Ok(());
-                }
-                if let Err(err) = self
-                    .to_safe_phase(&rollout.carveout, &rollout.plan, &reason)
-                    .await
-                {
-                    rollout.event(format!(
-                        "going back to {} failed: {err} (halted: put it there by hand)",
-                        rollout.plan.safe_phase
-                    ));
-                    self.save(&mut rollout).await?;
-                }
+                self.roll_back(rollout, &reason).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// The cut-over step: recorded as under way, the guarded cut-over, then its outcome.
+    async fn cut_over_step(
+        &self,
+        mut rollout: Rollout,
+        at: &str,
+        now: i64,
+    ) -> Result<(), RolloutError> {
+        rollout.state = RolloutState::Running;
+        rollout.event(format!("{at}: moving the writes to the service"));
+        if !self.save(&mut rollout).await? {
+            return Ok(());
+        }
+        let request = MoveRequest {
+            actor: ACTOR.to_owned(),
+            reason: format!("rollout: {at}"),
+            force: false,
+        };
+        match self
+            .run_move(&rollout.carveout, Move::CutOver, request)
+            .await
+        {
+            Ok(_) => {
+                rollout.event(format!("{at}: the writes moved to the service"));
+                rollout.progress = Progress {
+                    approved: true,
+                    ..Progress::at(rollout.progress.step, now)
+                };
+                rollout.evaluated_to_ms = fresh_from(sqlkit::now_ms());
+            }
+            Err(err) => {
+                rollout.state = RolloutState::Halted;
+                rollout.event(format!("{at}: the cut-over did not happen: {err}; halted"));
+            }
+        }
+        self.save(&mut rollout).await?;
+        Ok(())
+    }
+
+    /// Halted first (nothing promotes meanwhile, and an operator's change since the read
+    /// wins), then back to the safe phase; a failure to get there is recorded.
+    async fn roll_back(&self, mut rollout: Rollout, reason: &str) -> Result<(), RolloutError> {
+        rollout.state = RolloutState::Halted;
+        rollout.event(format!(
+            "{reason}; going back to {}",
+            rollout.plan.safe_phase
+        ));
+        if !self.save(&mut rollout).await? {
+            return Ok(());
+        }
+        if let Err(err) = self
+            .to_safe_phase(&rollout.carveout, &rollout.plan, reason)
+            .await
+        {
+            rollout.event(format!(
+                "going back to {} failed: {err} (halted: put it there by hand)",
+                rollout.plan.safe_phase
+            ));
+            self.save(&mut rollout).await?;
         }
         Ok(())
     }

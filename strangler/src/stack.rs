@@ -207,7 +207,7 @@ impl Stack {
             routes = [{{ path = "/catalog/*" }}]
             shadow = {{ ignore = ["/created_at", "/updated_at", "/items/*/created_at", "/items/*/updated_at"], headers = ["content-type"] }}
             capture = {{ sample_percent = 100 }}
-            rollout = {{ steps = ["shadow 3s", "canary 10% 3s", "50% 3s", "100% 3s"], interval_ms = 1000, min_requests = 20, min_interval_requests = 5, failure_limit = 1 }}
+            rollout = {{ steps = ["shadow 3s", "canary 10% 3s", "50% 3s", "100% 3s"], interval_ms = 1000, min_requests = 20, min_interval_requests = 5, failure_limit = 1, p99_floor_ms = 50 }}
             {sync}
             {contracts_section}
             "#

@@ -418,6 +418,22 @@ pub struct RolloutCommand {
     pub actor: Option<String>,
 }
 
+/// A JSON body that may be left out (then the defaults); a malformed one is a problem, as
+/// every refusal of the admin API is.
+#[allow(clippy::result_large_err)]
+fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|err| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            &format!("the body is not the expected JSON: {err}"),
+        )
+    })
+}
+
 fn rollout_problem(err: &super::rollout::RolloutError) -> Response {
     use super::rollout::RolloutError;
     match err {
@@ -454,9 +470,12 @@ async fn rollout_start(
     State(admin): State<Admin>,
     Extension(operator): Extension<Operator>,
     Path(name): Path<String>,
-    body: Option<Json<RolloutStart>>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let Json(request) = body.unwrap_or_default();
+    let request: RolloutStart = match optional_json(&body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
     let actor = match operator.actor(request.actor) {
         Ok(actor) => actor,
         Err(refusal) => return refusal,
@@ -482,7 +501,7 @@ async fn rollout_act(
     State(admin): State<Admin>,
     Extension(operator): Extension<Operator>,
     Path((name, action)): Path<(String, String)>,
-    body: Option<Json<RolloutCommand>>,
+    body: axum::body::Bytes,
 ) -> Response {
     use super::rollout::Action;
     let action = match action.as_str() {
@@ -498,7 +517,10 @@ async fn rollout_act(
             )
         }
     };
-    let Json(request) = body.unwrap_or_default();
+    let request: RolloutCommand = match optional_json(&body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
     if request.reason.chars().count() > super::MAX_REASON {
         return problem(
             StatusCode::UNPROCESSABLE_ENTITY,

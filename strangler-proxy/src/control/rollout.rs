@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use super::ownership::{Move, MoveRequest};
 use super::store::RolloutRow;
 use super::{ControlPlane, PhaseChange, TransitionError, MAX_REASON};
+use strangler_sync::capture;
+use strangler_sync::relay::Relay;
+use strangler_sync::sides::Direction;
+
 use crate::analysis::Counts;
 use crate::phase::Phase;
 use crate::rollout::{checks, decide, Check, Decision, Plan, Progress, Step};
@@ -174,6 +178,11 @@ pub enum RolloutError {
     #[error(transparent)]
     Store(#[from] sqlx::Error),
 }
+
+/// The relays the controller reads each synced carve-out's lag from, by carve-out, with the
+/// direction each reads.
+#[derive(Default)]
+struct LagReaders(HashMap<String, (Direction, Relay)>);
 
 /// A rollout record, decoded.
 #[derive(Debug, Clone)]
@@ -651,6 +660,7 @@ impl ControlPlane {
         let mut ticker = tokio::time::interval(FLUSH_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = HashMap::new();
+        let mut readers = LagReaders::default();
         let mut pruned_at = 0;
         loop {
             ticker.tick().await;
@@ -688,7 +698,7 @@ impl ControlPlane {
             {
                 Ok(rows) => {
                     for row in rows {
-                        if let Err(err) = self.advance(&row, now).await {
+                        if let Err(err) = self.advance(&row, now, &mut readers).await {
                             tracing::warn!(carveout = %row.carveout, error = %err, "the rollout step failed; it is tried again at the next interval");
                         }
                     }
@@ -703,7 +713,12 @@ impl ControlPlane {
     /// effect on the phase follows ([`ControlPlane::apply`]). A phase that is not the step's
     /// (changed by hand, or a step's change that failed) halts the rollout instead of being
     /// fought over.
-    async fn advance(&self, row: &RolloutRow, now: i64) -> Result<(), RolloutError> {
+    async fn advance(
+        &self,
+        row: &RolloutRow,
+        now: i64,
+        readers: &mut LagReaders,
+    ) -> Result<(), RolloutError> {
         let mut rollout = Rollout::decode(row)?;
         let to = now - FLUSH_LAG_MS;
         let due = i64::try_from(rollout.plan.interval_ms).unwrap_or(i64::MAX);
@@ -738,7 +753,7 @@ impl ControlPlane {
             &step,
             &rollout.plan,
             &window,
-            self.sync_lag(&rollout.carveout).await?,
+            self.sync_lag(&rollout.carveout, phase, readers).await,
         );
         let (progress, decision) = decide(
             &rollout.plan,
@@ -775,17 +790,60 @@ impl ControlPlane {
         self.apply(rollout, step, decision, now).await
     }
 
-    /// The data sync's lag in seconds, for a carve-out with a sync whose state could be read.
-    async fn sync_lag(&self, carveout: &str) -> Result<Option<f64>, sqlx::Error> {
-        if self.sync_spec(carveout).is_none() {
-            return Ok(None);
+    /// The data sync's lag in seconds (of the direction `phase` runs), for a carve-out with a
+    /// sync whose capture is installed and readable. The relay reading it is kept in `readers`
+    /// across intervals: opening both databases every interval would be the controller's main
+    /// cost.
+    async fn sync_lag(
+        &self,
+        carveout: &str,
+        phase: Phase,
+        readers: &mut LagReaders,
+    ) -> Option<f64> {
+        let spec = self.sync_spec(carveout)?;
+        let direction = if phase.service_owns_writes() {
+            Direction::Reverse
+        } else {
+            Direction::Forward
+        };
+        if readers.0.get(carveout).map(|(d, _)| *d) != Some(direction) {
+            readers.0.remove(carveout);
+            let opened = async {
+                let sides = spec.setup.open(direction).await?;
+                if !capture::installed(&sides.source, &sides.mapping).await? {
+                    return anyhow::Ok(None);
+                }
+                Ok(Some(sides.relay().await?))
+            };
+            match opened.await {
+                Ok(Some(relay)) => {
+                    readers.0.insert(carveout.to_owned(), (direction, relay));
+                }
+                Ok(None) => return None,
+                Err(err) => {
+                    tracing::debug!(
+                        carveout,
+                        error = format!("{err:#}"),
+                        "cannot read the sync lag"
+                    );
+                    return None;
+                }
+            }
         }
-        Ok(self
-            .status(carveout)
-            .await?
-            .and_then(|s| s.sync)
-            .filter(|s| s.error.is_none() && s.capture_installed)
-            .map(|s| s.lag.1))
+        let (_, relay) = readers.0.get(carveout)?;
+        match relay.lag().await {
+            Ok((_, age)) => Some(age.as_secs_f64()),
+            Err(err) => {
+                // Opened again at the next interval.
+                tracing::debug!(
+                    carveout,
+                    error = format!("{err:#}"),
+                    "cannot read the sync lag"
+                );
+                readers.0.remove(carveout);
+                None
+            }
+        }
     }
 
     /// Writes `decision` into the rollout's record, then has its effect.

@@ -915,6 +915,15 @@ async fn a_rollout_cuts_over_on_approval_and_moves_the_writes_back_when_the_serv
     running.store(false, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap();
     let view = rollout(&f).await;
+    // The data sync's lag was among the checks (read through the reverse relay once extracted).
+    assert!(
+        view["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "sync_lag" && c["passed"] == true),
+        "{view}"
+    );
     assert!(
         !view["history"]
             .to_string()

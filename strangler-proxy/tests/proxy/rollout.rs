@@ -362,6 +362,17 @@ async fn rollout_commands_are_refused_where_they_do_not_apply() {
         c.a.admin_post("/carveouts/catalog/rollout/pause", json!({}))
             .await;
     assert_eq!(status, 404, "{body}");
+    // A body that is not JSON is a problem, like every refusal of the admin API.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/carveouts/catalog/rollout", c.a.admin))
+        .bearer_auth("test-token")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert_eq!(answer.headers()["content-type"], "application/problem+json");
     // A bad plan is named.
     let (status, body) =
         c.a.admin_post(

@@ -664,7 +664,10 @@ async fn rollout(admin: &Admin, command: RolloutCommand, out: Output) -> anyhow:
             loop {
                 let view: RolloutView = admin.get(&path).await?;
                 // Awaiting approval waits for an operator: that is where --wait returns too.
-                let moving = view.state == RolloutState::Running;
+                let moving = matches!(
+                    view.state,
+                    RolloutState::Running | RolloutState::RollingBack
+                );
                 if !wait || !moving {
                     return print_as(out, &view, rollout_text);
                 }

@@ -59,6 +59,9 @@ pub enum RolloutState {
     Paused,
     /// At its cut-over step, waiting for `strangler rollout approve`.
     AwaitingApproval,
+    /// Checks failed: on its way back to the safe phase (then halted). A controller that takes
+    /// over finishes it.
+    RollingBack,
     /// Rolled back (or its cut-over refused); stays so until resumed or started again.
     Halted,
     /// Every step passed.
@@ -73,6 +76,7 @@ impl RolloutState {
             RolloutState::Running => "running",
             RolloutState::Paused => "paused",
             RolloutState::AwaitingApproval => "awaiting_approval",
+            RolloutState::RollingBack => "rolling_back",
             RolloutState::Halted => "halted",
             RolloutState::Done => "done",
             RolloutState::Aborted => "aborted",
@@ -84,6 +88,7 @@ impl RolloutState {
             RolloutState::Running,
             RolloutState::Paused,
             RolloutState::AwaitingApproval,
+            RolloutState::RollingBack,
             RolloutState::Halted,
             RolloutState::Done,
             RolloutState::Aborted,
@@ -96,7 +101,10 @@ impl RolloutState {
     fn active(self) -> bool {
         matches!(
             self,
-            RolloutState::Running | RolloutState::Paused | RolloutState::AwaitingApproval
+            RolloutState::Running
+                | RolloutState::Paused
+                | RolloutState::AwaitingApproval
+                | RolloutState::RollingBack
         )
     }
 }
@@ -693,6 +701,7 @@ impl ControlPlane {
                 .rollouts_in(&[
                     RolloutState::Running.name(),
                     RolloutState::AwaitingApproval.name(),
+                    RolloutState::RollingBack.name(),
                 ])
                 .await
             {
@@ -720,6 +729,14 @@ impl ControlPlane {
         readers: &mut LagReaders,
     ) -> Result<(), RolloutError> {
         let mut rollout = Rollout::decode(row)?;
+        if rollout.state == RolloutState::RollingBack {
+            // Its controller died half-way: finish going back.
+            let reason = bounded(format!(
+                "rollout roll-back finished by another controller at step {}",
+                rollout.progress.step + 1
+            ));
+            return self.finish_roll_back(rollout, &reason).await;
+        }
         let to = now - FLUSH_LAG_MS;
         let due = i64::try_from(rollout.plan.interval_ms).unwrap_or(i64::MAX);
         if to - rollout.evaluated_to_ms < due {
@@ -942,10 +959,11 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Halted first (nothing promotes meanwhile, and an operator's change since the read
-    /// wins), then back to the safe phase; a failure to get there is recorded.
+    /// Rolling back first (nothing promotes meanwhile, and an operator's change since the read
+    /// wins), then back to the safe phase, then halted: a halted rollout's carve-out is in its
+    /// safe phase, or the history says why not.
     async fn roll_back(&self, mut rollout: Rollout, reason: &str) -> Result<(), RolloutError> {
-        rollout.state = RolloutState::Halted;
+        rollout.state = RolloutState::RollingBack;
         rollout.event(format!(
             "{reason}; going back to {}",
             rollout.plan.safe_phase
@@ -953,16 +971,27 @@ impl ControlPlane {
         if !self.save(&mut rollout).await? {
             return Ok(());
         }
-        if let Err(err) = self
+        self.finish_roll_back(rollout, reason).await
+    }
+
+    /// The safe phase for a rolling-back rollout, then halted (with the failure, if any).
+    async fn finish_roll_back(
+        &self,
+        mut rollout: Rollout,
+        reason: &str,
+    ) -> Result<(), RolloutError> {
+        match self
             .to_safe_phase(&rollout.carveout, &rollout.plan, reason)
             .await
         {
-            rollout.event(format!(
+            Ok(()) => rollout.event(format!("back in {}, halted", rollout.plan.safe_phase)),
+            Err(err) => rollout.event(format!(
                 "going back to {} failed: {err} (halted: put it there by hand)",
                 rollout.plan.safe_phase
-            ));
-            self.save(&mut rollout).await?;
+            )),
         }
+        rollout.state = RolloutState::Halted;
+        self.save(&mut rollout).await?;
         Ok(())
     }
 }

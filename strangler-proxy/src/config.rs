@@ -34,12 +34,12 @@
 //! ]
 //! shadow = { ignore = ["/updated_at"], headers = ["content-type"], in_canary = false }
 //! # Its data sync: with one, its writes move only by `strangler cutover` / `rollback`.
-//! sync = { mapping = "sync/mappings/catalog.toml", monolith_db = "shop.db", service_db = "catalog.db" }
+//! sync = { mapping = "extracted/catalog/sync.toml", monolith_db = "shop.db", service_db = "catalog.db" }
 //! # Its automatic rollout (`strangler rollout start catalog`): steps, each held until its checks
 //! # pass for its dwell with enough traffic; back to the safe phase when they fail.
 //! rollout = { steps = ["shadow 10m", "canary 1% 5m", "5%", "25%", "50%", "100%"], interval_ms = 1000 }
 //! # Its contracts and the service instance to verify them on (`strangler contract verify catalog`).
-//! contracts = { dir = "contracts/catalog", provider = "http://127.0.0.1:8082", state_url = "http://127.0.0.1:8082/_contracts/provider-states" }
+//! contracts = { dir = "extracted/catalog/contracts", provider = "http://127.0.0.1:8082", state_url = "http://127.0.0.1:8082/_contracts/provider-states" }
 //! ```
 //!
 //! Everything is validated before use ([`Config::load`]): unknown keys, malformed URLs,
@@ -477,10 +477,44 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        Self::from_file(file, args).with_context(|| match &args.config {
+        let mut config = Self::from_file(file, args).with_context(|| match &args.config {
             Some(path) => format!("invalid configuration in {}", path.display()),
             None => "invalid configuration".to_owned(),
-        })
+        })?;
+        if let Some(folder) = args.config.as_deref().and_then(Path::parent) {
+            config.resolve_paths(folder);
+        }
+        Ok(config)
+    }
+
+    /// Makes the relative paths the file names (mapping files, SQLite databases, contract
+    /// folders) relative to `folder`, the file's own, so the file means the same from any
+    /// working folder.
+    fn resolve_paths(&mut self, folder: &Path) {
+        let join = |path: &Path| {
+            if path.is_relative() {
+                folder.join(path)
+            } else {
+                path.to_path_buf()
+            }
+        };
+        let join_db = |db: &str| {
+            if db.contains("://") || db.starts_with("sqlite:") || db == ":memory:" {
+                db.to_owned()
+            } else {
+                join(Path::new(db)).display().to_string()
+            }
+        };
+        for carveout in &mut self.carveouts {
+            if let Some(sync) = &mut carveout.sync {
+                sync.setup.mapping = join(&sync.setup.mapping);
+                sync.setup.monolith_db = join_db(&sync.setup.monolith_db);
+                sync.setup.service_db = join_db(&sync.setup.service_db);
+            }
+            if let Some(contracts) = &mut carveout.contracts {
+                contracts.dir = join(&contracts.dir);
+            }
+        }
     }
 
     /// Parses and validates TOML text (as [`Config::load`] would read it from a file).
@@ -942,6 +976,34 @@ mod tests {
             err.contains("fence_ms must be between 1 and 30000"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_read_from_its_folder() {
+        let text = FULL.replace(
+            "require_contracts = false",
+            "require_contracts = false\nsync = { mapping = \"extracted/catalog/sync.toml\", monolith_db = \"shop.db\", service_db = \"postgres://db/catalog\" }\ncontracts = { dir = \"pacts\", provider = \"http://127.0.0.1:1\" }",
+        );
+        let folder = tempfile::tempdir().unwrap();
+        let file = folder.path().join("strangler.toml");
+        std::fs::write(&file, text).unwrap();
+        let config = Config::load(&ProxyArgs {
+            config: Some(file),
+            ..args()
+        })
+        .unwrap();
+        let sync = config.carveouts[0].sync.as_ref().unwrap();
+        assert_eq!(
+            sync.setup.mapping,
+            folder.path().join("extracted/catalog/sync.toml")
+        );
+        assert_eq!(
+            sync.setup.monolith_db,
+            folder.path().join("shop.db").display().to_string()
+        );
+        assert_eq!(sync.setup.service_db, "postgres://db/catalog");
+        let contracts = config.carveouts[0].contracts.as_ref().unwrap();
+        assert_eq!(contracts.dir, folder.path().join("pacts"));
     }
 
     #[test]

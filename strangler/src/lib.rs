@@ -254,7 +254,7 @@ pub enum ContractCommand {
     ///
     /// Examples:
     ///   strangler contract verify catalog
-    ///   strangler contract verify --contracts contracts/catalog --provider http://127.0.0.1:8082
+    ///   strangler contract verify --contracts extracted/catalog/contracts --provider http://127.0.0.1:8082
     ///
     /// With a carve-out, its `contracts` section in the proxy configuration names the pact
     /// files and the instance to verify (flags override it), and the outcome is reported to
@@ -322,7 +322,7 @@ pub enum ContractCommand {
     /// which fields are noise by replaying them.
     ///
     /// Examples:
-    ///   strangler contract record --script contracts/catalog/catalog.script.toml --out catalog.json
+    ///   strangler contract record --script extracted/catalog/contracts/catalog.script.toml --out catalog.json
     ///   strangler contract record --script my.script.toml --out my.json \
     ///     --provider http://127.0.0.1:8080 --second http://127.0.0.1:8180 \
     ///     --state-url http://127.0.0.1:8080/_contracts/provider-states

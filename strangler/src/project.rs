@@ -41,3 +41,18 @@ pub fn carveout(
         .with_context(|| format!("{} has no carve-out {name}", path.display()))?;
     Ok(Some((path, spec)))
 }
+
+/// A file of the toolkit's own tree (`extracted/catalog/sync.toml`), as an absolute path found
+/// from where the binary was built, whatever the current folder is.
+pub fn toolkit_file(relative: &str) -> PathBuf {
+    let found = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative);
+    std::path::absolute(&found).unwrap_or(found)
+}
+
+/// The mapping file of a carve-out when neither a flag nor the configuration names one: the
+/// toolkit's `extracted/<carveout>/sync.toml`.
+pub fn default_mapping(carveout: &str) -> PathBuf {
+    toolkit_file(&format!("extracted/{carveout}/sync.toml"))
+}

@@ -107,19 +107,6 @@ fn serve<F>(
     });
 }
 
-/// A file of this repository, as an absolute path (so the configuration the stack writes
-/// works from any folder): under the current folder when it is the repository's root, else
-/// where the binary was built from.
-fn repository_file(relative: &str) -> PathBuf {
-    let local = PathBuf::from(relative);
-    let found = if local.exists() {
-        local
-    } else {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(relative)
-    };
-    std::path::absolute(&found).unwrap_or(found)
-}
-
 impl Stack {
     /// Starts everything; the catalog carve-out begins in `monolith` with forward sync running.
     pub async fn start(args: &StackArgs) -> anyhow::Result<Stack> {
@@ -177,7 +164,7 @@ impl Stack {
         }
         let (service, contracts) = (catalogs[0].clone(), catalogs[1].clone());
 
-        let mapping = repository_file("sync/mappings/catalog.toml");
+        let mapping = crate::project::toolkit_file("extracted/catalog/sync.toml");
         let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
         // The carve-out's data sync, so the control plane can move its writes (guarded).
         let sync = format!(
@@ -189,7 +176,11 @@ impl Stack {
         // Its contracts, verified on the second catalog service.
         let contracts_section = format!(
             "contracts = {{ dir = {}, provider = {}, state_url = {} }}",
-            quoted(&repository_file("contracts/catalog").display().to_string()),
+            quoted(
+                &crate::project::toolkit_file("extracted/catalog/contracts")
+                    .display()
+                    .to_string()
+            ),
             quoted(&contracts),
             quoted(&format!("{contracts}{}", catalog_service::states::PATH)),
         );
@@ -473,7 +464,7 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
 
     // Contracts: verified on the stack's second catalog service (the hook rewrites its data).
     let report = contracts::verify::verify_path(
-        &repository_file("contracts/catalog"),
+        &crate::project::toolkit_file("extracted/catalog/contracts"),
         &contracts::verify::VerifyOptions {
             state_url: Some(format!(
                 "{}{}",

@@ -19,7 +19,8 @@ pub use strangler_sync::sides::{Direction, Sides};
 pub struct SyncArgs {
     /// The carve-out.
     pub carveout: String,
-    /// The mapping file (default: the configuration's, else sync/mappings/<carveout>.toml).
+    /// The mapping file (default: the configuration's, else the toolkit's
+    /// extracted/<carveout>/sync.toml).
     #[arg(long)]
     pub mapping: Option<PathBuf>,
     /// The monolith's database (SQLite path or postgres:// URL); default: the configuration's.
@@ -144,7 +145,7 @@ impl SyncArgs {
                 .mapping
                 .clone()
                 .or_else(|| configured.as_ref().map(|c| c.mapping.clone()))
-                .unwrap_or_else(|| PathBuf::from(format!("sync/mappings/{}.toml", self.carveout))),
+                .unwrap_or_else(|| crate::project::default_mapping(&self.carveout)),
             monolith_db: self
                 .monolith_db
                 .clone()
@@ -198,7 +199,7 @@ pub async fn open(args: &SyncArgs) -> anyhow::Result<Sides> {
     let setup = args.setup()?;
     anyhow::ensure!(
         setup.mapping.exists(),
-        "no mapping file for {} at {} (pass --mapping FILE, or write that file: see sync/mappings/catalog.toml)",
+        "no mapping file for {} at {} (pass --mapping FILE, or write that file: see extracted/catalog/sync.toml in the toolkit)",
         args.carveout,
         setup.mapping.display()
     );

@@ -139,7 +139,7 @@ async fn orders_keep_working_with_the_catalog_outside(db: TestDb) {
     assert_eq!(stock.status(), 200);
 
     // The catalog's rows move to the service, which then owns the price.
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sync/mappings/catalog.toml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../extracted/catalog/sync.toml");
     let mut mapping = Mapping::load(&path).unwrap();
     mapping.check(&m.db, &s.db).await.unwrap();
     capture::install(&m.db, &mapping).await.unwrap();
@@ -195,7 +195,7 @@ async fn orders_keep_working_with_the_catalog_outside(db: TestDb) {
 async fn the_service_serves_what_the_monolith_wrote_and_back(db: TestDb) {
     let other = twin(&db).await;
     let (m, s) = (monolith(&db).await, service(&other).await);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sync/mappings/catalog.toml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../extracted/catalog/sync.toml");
     let mut mapping = Mapping::load(&path).unwrap();
     mapping.check(&m.db, &s.db).await.unwrap();
     capture::install(&m.db, &mapping).await.unwrap();

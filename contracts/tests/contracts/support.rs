@@ -16,7 +16,7 @@ use serde_json::Value;
 
 /// The committed catalog contracts and their script.
 pub fn catalog_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("catalog")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../extracted/catalog/contracts")
 }
 
 /// Hand-written pacts that exercise what recording does not produce (generators).

@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 
-static SQLITE: Migrator = sqlx::migrate!("../../migrations/catalog-service/sqlite");
-static POSTGRES: Migrator = sqlx::migrate!("../../migrations/catalog-service/postgres");
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// The service's migrations.
 pub const MIGRATIONS: sqlkit::Migrations = sqlkit::Migrations {

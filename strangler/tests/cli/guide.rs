@@ -88,11 +88,11 @@ fn the_guide_s_proxy_configuration_loads() {
     let sync = accounts.sync.as_ref().expect("a sync section");
     assert_eq!(
         sync.setup.mapping,
-        std::path::PathBuf::from("sync/mappings/accounts.toml")
+        std::path::PathBuf::from("extracted/accounts/sync.toml")
     );
     let contracts = accounts.contracts.as_ref().expect("a contracts section");
     assert_eq!(
         contracts.dir,
-        std::path::PathBuf::from("contracts/accounts")
+        std::path::PathBuf::from("extracted/accounts/contracts")
     );
 }

@@ -397,7 +397,10 @@ async fn monolith() -> (String, e2e::TestDb, tokio::sync::oneshot::Sender<()>) {
 async fn contract_verification_gates_the_cut_over() {
     let running = replica().await;
     let (url, _db, _stop) = monolith().await;
-    let contracts = concat!(env!("CARGO_MANIFEST_DIR"), "/../contracts/catalog");
+    let contracts = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../extracted/catalog/contracts"
+    );
     let state_url = format!("{url}/_contracts/provider-states");
     let dir = tempfile::tempdir().unwrap();
     let junit = dir.path().join("junit.xml");
@@ -662,7 +665,10 @@ async fn the_catalog_syncs_from_the_command_line() {
     let service_pool = service.db().clone();
     drop(service);
 
-    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let mapping = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../extracted/catalog/sync.toml"
+    );
     let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
     let (ok, out, err) = sync_cli(m, s, mapping, "status", &[]).await;
     assert!(ok, "{out}{err}");
@@ -839,7 +845,10 @@ async fn catalog_databases(shop_db: &e2e::TestDb) -> (sqlx::AnyPool, e2e::TestDb
 
 async fn a_relay_killed_at_random_points_loses_and_duplicates_nothing(shop_db: e2e::TestDb) {
     let (shop_pool, service_db) = catalog_databases(&shop_db).await;
-    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let mapping = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../extracted/catalog/sync.toml"
+    );
     let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
     let (ok, out, err) = sync_cli(m, s, mapping, "install", &[]).await;
     assert!(ok, "{out}{err}");
@@ -1004,7 +1013,10 @@ async fn a_running_relay_exports_its_lag_and_progress() {
         .await
         .unwrap(),
     );
-    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let mapping = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../extracted/catalog/sync.toml"
+    );
     let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
     assert!(sync_cli(m, s, mapping, "install", &[]).await.0);
 
@@ -1121,7 +1133,11 @@ fn run_relays(
 ) {
     let setup = strangler_sync::sides::SyncSetup {
         carveout: "catalog".to_owned(),
-        mapping: concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml").into(),
+        mapping: concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../extracted/catalog/sync.toml"
+        )
+        .into(),
         monolith_db: m.to_owned(),
         service_db: s.to_owned(),
     };
@@ -1182,7 +1198,10 @@ async fn cutover_and_rollback_under_load_lose_no_write(shop_db: e2e::TestDb) {
     tokio::spawn(service.run_until(async {
         let _ = stopped.await;
     }));
-    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let mapping = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../extracted/catalog/sync.toml"
+    );
     let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
     let running = replica_with(&format!(
         r#"
@@ -1503,7 +1522,10 @@ e2e::db_test!(a_row_the_service_cannot_take_is_parked_shown_retried_and_skipped)
 /// relay runs on, status and verify name them, retry applies them once fixed, skip drops them.
 async fn a_row_the_service_cannot_take_is_parked_shown_retried_and_skipped(shop_db: e2e::TestDb) {
     let (shop_pool, service_db) = catalog_databases(&shop_db).await;
-    let mapping = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync/mappings/catalog.toml");
+    let mapping = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../extracted/catalog/sync.toml"
+    );
     let (m, s) = (shop_db.url.as_str(), service_db.url.as_str());
     assert!(sync_cli(m, s, mapping, "install", &[]).await.0);
     let insert = |sku: &str, price: i64| {

@@ -26,7 +26,7 @@ use crate::config::ServeConfig;
 use crate::db::{Db, DbOptions};
 use crate::http::{metrics, ops, states};
 use crate::inventory::{self, Inventory, InventoryApi};
-use crate::orders::{self, Orders, OrdersApi};
+use crate::orders::{self, Messages, Orders, OrdersApi, SagaTiming};
 use crate::payments::{FakeProvider, PaymentProvider, Payments, PaymentsApi};
 
 /// Every module of the shop, behind its facade.
@@ -78,6 +78,24 @@ impl Services {
             payments,
             orders,
         }
+    }
+
+    /// The same modules with the orders saga reaching the inventory by `messages` (when the
+    /// inventory's service owns its writes) and waiting as `timing` says.
+    pub fn with_saga(mut self, db: &Db, messages: Option<Messages>, timing: SagaTiming) -> Self {
+        let mut orders = Orders::new(
+            db.clone(),
+            self.accounts.clone(),
+            self.catalog.clone(),
+            self.inventory.clone(),
+            self.payments.clone(),
+        )
+        .with_timing(timing);
+        if let Some(messages) = messages {
+            orders = orders.with_messages(messages);
+        }
+        self.orders = Arc::new(orders);
+        self
     }
 }
 
@@ -154,6 +172,17 @@ impl Application {
         config: &ServeConfig,
         provider: Arc<dyn PaymentProvider>,
     ) -> anyhow::Result<Application> {
+        Self::build_with_parts(config, provider, None).await
+    }
+
+    /// [`Application::build_with_provider`] with the saga's message transport of the
+    /// caller's choice (tests: one that delivers every message twice) instead of the one
+    /// `config.inventory_transport` names.
+    pub async fn build_with_parts(
+        config: &ServeConfig,
+        provider: Arc<dyn PaymentProvider>,
+        transport: Option<Arc<dyn messaging::Transport>>,
+    ) -> anyhow::Result<Application> {
         let options = DbOptions {
             max_connections: config.db_max_connections,
             ..DbOptions::default()
@@ -171,6 +200,26 @@ impl Application {
                 Services::with_catalog(&db, provider, config.payment_timeout(), Arc::new(catalog))
             }
         };
+        let transport = match (transport, &config.inventory_transport) {
+            (Some(transport), _) => Some(transport),
+            (None, Some(url)) => Some(
+                messaging::connect(url, Duration::from_millis(config.message_ack_wait_ms))
+                    .await
+                    .context("cannot connect the saga's message transport")?,
+            ),
+            (None, None) => None,
+        };
+        let messages = match transport {
+            None => None,
+            Some(transport) => {
+                tracing::info!(transport = %transport.describe(), "the saga reaches a carved-out inventory by message");
+                Some(Messages {
+                    transport,
+                    outbox: orders::outbox(),
+                })
+            }
+        };
+        let services = services.with_saga(&db, messages, config.saga_timing());
         if config.seed_products > 0 || config.seed_customers > 0 {
             seed_if_empty(&db, &services, config).await?;
         }
@@ -241,6 +290,28 @@ impl Application {
                 .clone()
                 .recover_forever(self.recover_after, self.recover_interval),
         );
+        let (messages_stop, messages_stopped) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = messages_stopped.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let mut message_tasks = Vec::new();
+        if let Some(messages) = self.services.orders.messages().cloned() {
+            message_tasks.push(tokio::spawn(messages.outbox.clone().relay(
+                (*self.db).clone(),
+                messages.transport.clone(),
+                Duration::from_millis(200),
+                stopped(),
+            )));
+            message_tasks.push(tokio::spawn(
+                self.services
+                    .orders
+                    .clone()
+                    .consume_replies(messages.transport.clone(), stopped()),
+            ));
+        }
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
         let drain_limit = async move {
             let _ = stopping_rx.wait_for(|stopping| *stopping).await;
@@ -251,6 +322,10 @@ impl Application {
             () = drain_limit => tracing::warn!("in-flight requests did not finish in time; stopping anyway"),
         }
         recovery.abort();
+        let _ = messages_stop.send(true);
+        for task in message_tasks {
+            let _ = task.await;
+        }
         self.db.close().await;
         Ok(())
     }

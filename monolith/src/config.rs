@@ -75,6 +75,23 @@ pub struct ServeConfig {
     /// Timeout of each call to an HTTP catalog (ms).
     #[arg(long, env = "SHOP_CATALOG_TIMEOUT_MS", default_value_t = 2000)]
     pub catalog_timeout_ms: u64,
+    /// The message transport of the orders saga once the inventory is carved out: `embedded`
+    /// (in process, for a stack that runs everything in one process) or a NATS URL
+    /// (`nats://127.0.0.1:4222`, JetStream). Unset: the inventory is reached in process only.
+    /// With one, the saga sends its commands by message whenever the data sync's write guard
+    /// says the inventory's service owns the writes.
+    #[arg(long, env = "SHOP_INVENTORY_TRANSPORT")]
+    pub inventory_transport: Option<String>,
+    /// How long a message may stay unacknowledged before the transport delivers it again (ms).
+    #[arg(long, env = "SHOP_MESSAGE_ACK_WAIT_MS", default_value_t = 5000)]
+    pub message_ack_wait_ms: u64,
+    /// How long `POST /orders` waits for an order to settle before answering 202 with the order
+    /// still pending (ms).
+    #[arg(long, env = "SHOP_SETTLE_WAIT_MS", default_value_t = 10_000)]
+    pub settle_wait_ms: u64,
+    /// How long a reservation holds stock before it expires unless committed (seconds).
+    #[arg(long, env = "SHOP_RESERVATION_TTL_S", default_value_t = 600)]
+    pub reservation_ttl_s: u64,
     /// Serve the provider-state hook for contract verification
     /// (`POST /_contracts/provider-states`). It rewrites data: test environments only.
     #[arg(long, env = "SHOP_PROVIDER_STATES", default_value_t = false)]
@@ -96,6 +113,14 @@ impl ServeConfig {
     /// The payment timeout as a duration.
     pub fn payment_timeout(&self) -> Duration {
         Duration::from_millis(self.payment_timeout_ms)
+    }
+
+    /// The saga's waits.
+    pub fn saga_timing(&self) -> crate::orders::SagaTiming {
+        crate::orders::SagaTiming {
+            settle_wait: Duration::from_millis(self.settle_wait_ms),
+            reservation_ttl: Duration::from_secs(self.reservation_ttl_s.max(1)),
+        }
     }
 }
 

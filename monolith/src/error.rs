@@ -12,6 +12,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
+pub use strangler_sync::guard::Guard;
 use utoipa::ToSchema;
 
 /// Result alias used throughout the shop.
@@ -36,6 +37,11 @@ pub enum Error {
     /// declined payment that clients must be able to tell apart.
     #[error("{}", .0.detail)]
     Problem(Box<Problem>),
+    /// The data sync's write guard refused a write: the tables belong to a carve-out whose
+    /// writes are moving ([`Guard::Fenced`]: try again shortly) or are owned by its extracted
+    /// service ([`Guard::OwnedElsewhere`]).
+    #[error("the carve-out's writes are {}", .0.name())]
+    Elsewhere(Guard),
     /// A dependency (database, provider, remote module) failed; the cause is logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -43,7 +49,10 @@ pub enum Error {
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        Error::Internal(anyhow::Error::new(err))
+        match strangler_sync::guard::refusal(&err) {
+            Some(guard) => Error::Elsewhere(guard),
+            None => Error::Internal(anyhow::Error::new(err)),
+        }
     }
 }
 
@@ -100,6 +109,16 @@ impl Error {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", d)
             }
             Error::Problem(p) => (**p).clone(),
+            Error::Elsewhere(Guard::Fenced) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "fenced",
+                "these writes are moving between the monolith and an extracted service; try again shortly",
+            ),
+            Error::Elsewhere(Guard::OwnedElsewhere) => Problem::new(
+                StatusCode::CONFLICT,
+                "not-owner",
+                "an extracted service owns these writes; send them through the proxy",
+            ),
             Error::Internal(_) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

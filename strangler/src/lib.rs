@@ -29,7 +29,8 @@ use strangler_proxy::control::store::{AuditEntry, Verification};
 
 /// Operate a strangler-fig migration: run the stack, inspect carve-outs and move them through
 /// their phases, sync their data, record and verify their contracts. One binary for all of it:
-/// `strangler monolith`, `strangler proxy` and `strangler catalog-service` serve the parts.
+/// `strangler monolith`, `strangler proxy`, `strangler catalog-service` and `strangler
+/// inventory-service` serve the parts.
 #[derive(Debug, Parser)]
 #[command(name = "strangler", version)]
 pub struct Cli {
@@ -231,6 +232,9 @@ pub enum Command {
     Proxy(strangler_proxy::config::ProxyArgs),
     /// Serve the extracted catalog service (what the `catalog-service` binary does).
     CatalogService(catalog_service::config::Config),
+    /// Serve the extracted inventory service (what the `inventory-service` binary does): its
+    /// HTTP routes, and the orders saga's commands over the message transport.
+    InventoryService(inventory_service::config::Config),
 }
 
 impl Command {
@@ -241,6 +245,7 @@ impl Command {
             Command::Monolith(_)
                 | Command::Proxy(_)
                 | Command::CatalogService(_)
+                | Command::InventoryService(_)
                 | Command::Stack(_)
         )
     }
@@ -646,6 +651,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
             .await
             .map(|()| String::new()),
         Command::CatalogService(config) => catalog_service::cli::run(config)
+            .await
+            .map(|()| String::new()),
+        Command::InventoryService(config) => inventory_service::cli::run(config)
             .await
             .map(|()| String::new()),
     }

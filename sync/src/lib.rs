@@ -1,6 +1,7 @@
 //! Dual-write data sync for carve-outs, driven by a mapping file (source tables and columns ↔
 //! target tables and columns, with simple invertible transforms):
 //!
+//! - [`guard`]: triggers that refuse writes on the side that does not own them;
 //! - [`capture`]: triggers write every change of the source tables into a change log in the
 //!   writer's own transaction (SQLite and PostgreSQL), skipping the writes sync itself makes;
 //! - [`relay`]: applies the log to the target in order, each batch with its checkpoint in one
@@ -15,6 +16,7 @@
 
 pub mod backfill;
 pub mod capture;
+pub mod guard;
 pub mod mapping;
 pub mod metrics;
 pub mod parked;

@@ -118,6 +118,73 @@ macro_rules! db_test {
     )*};
 }
 
+/// The env var naming the NATS server (with JetStream) of the JetStream test variants.
+pub const NATS_ENV: &str = "TEST_NATS_URL";
+
+/// A message transport of its own for one test: a namespace no other test uses.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    /// The transport's URL (`embedded?namespace=...` or `nats://...?namespace=...`).
+    pub url: String,
+    /// Whether it is JetStream.
+    pub jetstream: bool,
+}
+
+impl Broker {
+    fn namespace() -> String {
+        format!("t_{}", uuid::Uuid::new_v4().simple())
+    }
+
+    /// The embedded (in-process) transport.
+    pub fn embedded() -> Broker {
+        Broker {
+            url: format!("embedded?namespace={}", Self::namespace()),
+            jetstream: false,
+        }
+    }
+
+    /// NATS JetStream at [`NATS_ENV`]; panics (never passes vacuously) when it is not set.
+    pub fn jetstream() -> Broker {
+        let base = std::env::var(NATS_ENV).unwrap_or_else(|_| {
+            panic!(
+                "{NATS_ENV} is not set: the JetStream variants need a NATS server with JetStream, \
+                 e.g. {NATS_ENV}=nats://127.0.0.1:4222"
+            )
+        });
+        Broker {
+            url: format!("{base}?namespace={}", Self::namespace()),
+            jetstream: true,
+        }
+    }
+}
+
+/// Declares the variants of each `async fn $name(db: TestDb, broker: Broker)`: SQLite with the
+/// embedded transport (run by default), SQLite and PostgreSQL with NATS JetStream (`#[ignore]`d
+/// with the reason; `.ci/run` runs them with `-- --ignored`, [`NATS_ENV`] and [`PG_ENV`] set).
+#[macro_export]
+macro_rules! saga_test {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_embedded() {
+                super::$name($crate::TestDb::sqlite().await, $crate::Broker::embedded()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "NATS JetStream: set TEST_NATS_URL and run with --ignored"]
+            async fn sqlite_jetstream() {
+                super::$name($crate::TestDb::sqlite().await, $crate::Broker::jetstream()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "PostgreSQL and NATS JetStream: set TEST_DATABASE_URL and TEST_NATS_URL and run with --ignored"]
+            async fn postgres_jetstream() {
+                super::$name($crate::TestDb::postgres().await, $crate::Broker::jetstream()).await
+            }
+        }
+    )*};
+}
+
 /// Polls `check` every 10 ms until it holds; panics naming `what` after `deadline`.
 pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
 where

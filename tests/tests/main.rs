@@ -7,4 +7,5 @@
 extern crate e2e;
 
 mod catalog_sync;
+mod inventory_saga;
 mod shop;

@@ -5,6 +5,9 @@
 //! reservation row takes its units out of stock in the same statement, and the stock's
 //! `CHECK (quantity >= 0)` refuses an oversell, so two orders can never both take the last unit.
 //! Committing a reservation keeps the units out; releasing it puts them back. Both are idempotent.
+//! A reservation expires: past its `expires_at`, [`InventoryApi::expire_due`] releases it, so
+//! an order lost half-way cannot hold stock, and a commit that comes too late gets
+//! [`Commit::Expired`].
 
 mod http;
 mod store;
@@ -17,7 +20,7 @@ use utoipa::ToSchema;
 
 use crate::catalog::CatalogApi;
 use crate::db::Db;
-use crate::error::{Error, Result};
+use crate::error::{Error, Guard, Result};
 
 pub use http::router;
 pub use store::seed_stock;
@@ -68,6 +71,15 @@ pub enum Reservation {
     },
 }
 
+/// The outcome of [`InventoryApi::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The reservation is final.
+    Committed,
+    /// Nothing was held any more: the reservation expired (its units went back to stock).
+    Expired,
+}
+
 /// The largest stock quantity accepted.
 pub const MAX_QUANTITY: i64 = 1_000_000_000;
 
@@ -78,12 +90,24 @@ pub trait InventoryApi: Send + Sync {
     async fn set_stock(&self, product_id: i64, quantity: i64) -> Result<Stock>;
     /// The stock of a product of the catalog.
     async fn stock(&self, product_id: i64) -> Result<Stock>;
-    /// Reserves every line for `order_id`, all or nothing.
-    async fn reserve(&self, order_id: i64, lines: &[StockLine]) -> Result<Reservation>;
+    /// Reserves every line for `order_id`, all or nothing, until `expires_at` (RFC 3339; `None`:
+    /// no expiry). Idempotent: an order that already holds its reservation gets
+    /// [`Reservation::Reserved`] again.
+    async fn reserve(
+        &self,
+        order_id: i64,
+        lines: &[StockLine],
+        expires_at: Option<&str>,
+    ) -> Result<Reservation>;
     /// Makes the order's held reservation final.
-    async fn commit(&self, order_id: i64) -> Result<()>;
+    async fn commit(&self, order_id: i64) -> Result<Commit>;
     /// Returns the order's held units to stock (compensation).
     async fn release(&self, order_id: i64) -> Result<()>;
+    /// Releases the reservations whose expiry passed; returns how many orders lost theirs.
+    async fn expire_due(&self) -> Result<usize>;
+    /// Whether the data sync's write guard keeps the inventory's writes from this database
+    /// (`None`: they are written here).
+    async fn write_guard(&self) -> Result<Option<Guard>>;
 }
 
 /// The in-process implementation of [`InventoryApi`].
@@ -134,7 +158,12 @@ impl InventoryApi for Inventory {
         })
     }
 
-    async fn reserve(&self, order_id: i64, lines: &[StockLine]) -> Result<Reservation> {
+    async fn reserve(
+        &self,
+        order_id: i64,
+        lines: &[StockLine],
+        expires_at: Option<&str>,
+    ) -> Result<Reservation> {
         let mut lines = lines.to_vec();
         // A fixed lock order (by product id) keeps concurrent reservations free of deadlocks.
         lines.sort_by_key(|l| l.product_id);
@@ -148,14 +177,30 @@ impl InventoryApi for Inventory {
                 "reserved quantities must be positive".to_owned(),
             ));
         }
-        store::reserve(&self.db, order_id, &lines).await
+        if store::held_by(&self.db, order_id).await? {
+            return Ok(Reservation::Reserved);
+        }
+        store::reserve(&self.db, order_id, &lines, expires_at).await
     }
 
-    async fn commit(&self, order_id: i64) -> Result<()> {
+    async fn commit(&self, order_id: i64) -> Result<Commit> {
         store::commit(&self.db, order_id).await
     }
 
     async fn release(&self, order_id: i64) -> Result<()> {
         store::release(&self.db, order_id).await
+    }
+
+    async fn write_guard(&self) -> Result<Option<Guard>> {
+        // The reservations move with the stock: one table speaks for both.
+        Ok(strangler_sync::guard::state(&self.db, "inventory_reservations").await?)
+    }
+
+    async fn expire_due(&self) -> Result<usize> {
+        let due = store::expired(&self.db, &crate::db::now()).await?;
+        for order_id in &due {
+            store::release(&self.db, *order_id).await?;
+        }
+        Ok(due.len())
     }
 }

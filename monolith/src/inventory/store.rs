@@ -4,7 +4,7 @@ use indicatif::ProgressBar;
 use rand::Rng;
 use sqlx::Row;
 
-use super::{Reservation, Stock, StockLine};
+use super::{Commit, Reservation, Stock, StockLine};
 use crate::db::{self, Db};
 use crate::error::Result;
 
@@ -54,17 +54,24 @@ pub(super) async fn set(db: &Db, product_id: i64, quantity: i64) -> Result<Stock
 /// Records the reservation of every line; the stock-ledger trigger takes the units out of stock
 /// as each row goes in, and the stock's `CHECK (quantity >= 0)` refuses an oversell. One
 /// statement, so all lines or none. `lines` are sorted by product id (a fixed lock order).
-pub(super) async fn reserve(db: &Db, order_id: i64, lines: &[StockLine]) -> Result<Reservation> {
+pub(super) async fn reserve(
+    db: &Db,
+    order_id: i64,
+    lines: &[StockLine],
+    expires_at: Option<&str>,
+) -> Result<Reservation> {
     let now = db::now();
     let mut insert = db.statement(
-        "INSERT INTO inventory_reservations (order_id, product_id, quantity, status, created_at)",
+        "INSERT INTO inventory_reservations (order_id, product_id, quantity, status, created_at, expires_at)",
     );
+    let expires_at = expires_at.map(str::to_owned);
     insert.values(lines, |row, line| {
         row.bind(order_id)
             .bind(line.product_id)
             .bind(line.quantity)
             .bind("held")
-            .bind(now.clone());
+            .bind(now.clone())
+            .bind(expires_at.clone());
     });
     // Relaxed commit: the order's durable settlement follows and flushes it (see `Db::relaxed_pool`).
     match insert.query()?.execute(db.relaxed_pool()).await {
@@ -113,7 +120,21 @@ async fn shortage(db: &Db, lines: &[StockLine]) -> Result<Reservation> {
     }))
 }
 
-pub(super) async fn commit(db: &Db, order_id: i64) -> Result<()> {
+/// Whether the order holds (or held) a reservation that is not released.
+pub(super) async fn held_by(db: &Db, order_id: i64) -> Result<bool> {
+    let found: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM inventory_reservations \
+         WHERE order_id = $1 AND status IN ('held', 'committed')",
+    )
+    .bind(order_id)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(found > 0)
+}
+
+/// Makes the held lines final; [`Commit::Expired`] when nothing is held or committed (expired
+/// and released, or never reserved).
+pub(super) async fn commit(db: &Db, order_id: i64) -> Result<Commit> {
     sqlx::query(
         "UPDATE inventory_reservations SET status = 'committed' \
          WHERE order_id = $1 AND status = 'held'",
@@ -121,7 +142,29 @@ pub(super) async fn commit(db: &Db, order_id: i64) -> Result<()> {
     .bind(order_id)
     .execute(db.relaxed_pool())
     .await?;
-    Ok(())
+    let committed: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM inventory_reservations \
+         WHERE order_id = $1 AND status = 'committed'",
+    )
+    .bind(order_id)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(if committed > 0 {
+        Commit::Committed
+    } else {
+        Commit::Expired
+    })
+}
+
+/// Orders holding a reservation whose expiry is before `now` (at most 500).
+pub(super) async fn expired(db: &Db, now: &str) -> Result<Vec<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT order_id FROM inventory_reservations \
+         WHERE status = 'held' AND expires_at < $1 ORDER BY order_id LIMIT 500",
+    )
+    .bind(now.to_owned())
+    .fetch_all(db.pool())
+    .await?)
 }
 
 /// Marks the held lines released; the stock-ledger trigger returns their units to stock. Lines

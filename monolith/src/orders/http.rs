@@ -100,6 +100,7 @@ fn json_response(status: u16, body: String, replayed: bool) -> Response {
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body return the first result")),
     responses(
         (status = 201, description = "Confirmed", body = Order),
+        (status = 202, description = "Still pending: the inventory has not answered within the wait; the order settles later (poll `GET /orders/{id}`)", body = Order),
         (status = 402, description = "Payment declined or timed out; the order is payment_failed and its stock released", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Out of stock (the order is rejected), or the key's first request is still running", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid order, unknown customer or product, or key reused with another body", body = Problem, content_type = "application/problem+json"),
@@ -148,7 +149,10 @@ async fn place_and_record(
     let (status, body) = outcome(&result);
     if let Some(key) = &key {
         // Failures are stored too: a retry must not charge again after an ambiguous failure.
-        store::complete(&state.db, key, status, &body).await?;
+        // A pending order's key gets its outcome when the order settles.
+        if status != 202 {
+            store::complete(&state.db, key, status, &body).await?;
+        }
     }
     let mut response = json_response(status, body, false);
     if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
@@ -160,6 +164,9 @@ async fn place_and_record(
 /// The status and body `POST /orders` answers for a placement's result (and replays for its key).
 pub(super) fn outcome(result: &Result<Order>) -> (u16, String) {
     match result {
+        Ok(order) if order.status == "pending" => {
+            (202, serde_json::to_string(order).unwrap_or_default())
+        }
         Ok(order) => (201, serde_json::to_string(order).unwrap_or_default()),
         Err(err) => {
             let problem = err.to_problem();

@@ -2,28 +2,38 @@
 //!
 //! Owns the `orders_*` tables and talks to the other modules only through their facades:
 //! [`AccountsApi`] (does the customer exist), [`CatalogApi`] (prices), [`InventoryApi`]
-//! (reserve / commit / release stock) and [`PaymentsApi`] (charge). Placing an order:
+//! (reserve / commit / release stock) and [`PaymentsApi`] (charge, void, refund). Placing an
+//! order:
 //!
-//! 1. record the order as `pending` with its priced lines (one statement);
-//! 2. reserve the stock, all or nothing (short of stock: `rejected`, 409);
-//! 3. charge the card;
-//! 4. approved: commit the reservation, `confirmed` (201); declined or timed out: release the
-//!    reservation (compensation), `payment_failed` (402).
+//! 1. record the order as `pending` at step `reserving`, with the reserve command;
+//! 2. the inventory holds the stock, all or nothing, until an expiry (short of stock:
+//!    `rejected`, 409);
+//! 3. charge the card (a charge whose answer times out is voided with the provider);
+//! 4. approved: commit the reservation, then `confirmed` (201); declined or timed out: release
+//!    the reservation (compensation), `payment_failed` (402); a commit that finds the
+//!    reservation expired has the charge refunded, `payment_failed`.
+//!
+//! The saga's decisions and effects are in `saga` (a table of step × event), the way to the
+//! inventory in `link`: in process while the monolith owns the inventory's writes, through the
+//! transactional outbox (`orders_outbox`) and a message transport once the inventory carve-out
+//! moved them to its service, the replies applied once through the inbox (`orders_inbox`).
 //!
 //! The saga runs to its end whatever the client does: `POST /orders` runs it in a task of its
-//! own, so a client that hangs up half-way cancels nothing. Only a crash can stop it between
-//! steps, leaving the order `pending` with its reservation held; [`Orders::recover_pending`]
-//! settles such orders from the payment record (a paid order is confirmed, any other released),
-//! so stock is never lost and a paid order is never failed. It runs at start-up and then
-//! continuously ([`Orders::recover_forever`]), and skips the orders whose saga is still running
-//! in this process. `POST /orders` also honours an `Idempotency-Key` (see `http`): recovery
-//! stores the settled outcome under the key of a request the crash cut short.
+//! own and waits for the order to settle (at most [`SagaTiming::settle_wait`]; past it, the
+//! order is answered `pending`, 202, and settles later). A crash between steps leaves the order
+//! `pending`; [`Orders::recover_pending`] drives such orders on from their step, so stock is
+//! never lost and a paid order is never failed. It runs at start-up and then continuously
+//! ([`Orders::recover_forever`], which also expires reservations), and skips the orders whose
+//! saga is still running in this process. `POST /orders` also honours an `Idempotency-Key`
+//! (see `http`): a settlement stores its outcome under the key of the request that placed it.
 
 mod http;
+mod link;
 mod saga;
 mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -37,7 +47,13 @@ use crate::inventory::InventoryApi;
 use crate::payments::PaymentsApi;
 
 pub use http::{router, OrderList};
+pub use link::{InventoryLink, Messages, Route};
 pub use saga::RecoveryReport;
+
+/// The orders module's outbox (its commands to the inventory).
+pub fn outbox() -> messaging::outbox::Outbox {
+    messaging::outbox::Outbox::new("orders_outbox")
+}
 
 /// One line of an order request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -112,6 +128,25 @@ pub trait OrdersApi: Send + Sync {
     async fn customer_orders(&self, customer_id: i64) -> Result<Vec<Order>>;
 }
 
+/// How long the saga's waits last.
+#[derive(Debug, Clone, Copy)]
+pub struct SagaTiming {
+    /// How long `POST /orders` waits for an order to settle before answering it `pending`
+    /// (202); the saga goes on.
+    pub settle_wait: Duration,
+    /// How long a reservation holds before it expires, if no commit claimed it.
+    pub reservation_ttl: Duration,
+}
+
+impl Default for SagaTiming {
+    fn default() -> Self {
+        SagaTiming {
+            settle_wait: Duration::from_secs(10),
+            reservation_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
 /// The in-process implementation of [`OrdersApi`].
 #[derive(Clone)]
 pub struct Orders {
@@ -120,12 +155,19 @@ pub struct Orders {
     catalog: Arc<dyn CatalogApi>,
     inventory: Arc<dyn InventoryApi>,
     payments: Arc<dyn PaymentsApi>,
+    link: InventoryLink,
+    timing: SagaTiming,
     /// Orders whose saga is running in this process: recovery leaves them alone.
     running: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
+    /// Ids of the orders this process settles, for the requests waiting on them.
+    settled: tokio::sync::broadcast::Sender<i64>,
+    /// One event of an order at a time ([`saga::LOCK_STRIPES`] stripes by order id).
+    locks: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
 
 impl Orders {
-    /// Orders stored in `db`, placed through the other modules' facades.
+    /// Orders stored in `db`, placed through the other modules' facades; the inventory is
+    /// reached in process.
     pub fn new(
         db: Db,
         accounts: Arc<dyn AccountsApi>,
@@ -133,14 +175,45 @@ impl Orders {
         inventory: Arc<dyn InventoryApi>,
         payments: Arc<dyn PaymentsApi>,
     ) -> Self {
+        let link = InventoryLink::in_process(inventory.clone());
         Orders {
             db,
             accounts,
             catalog,
             inventory,
             payments,
+            link,
+            timing: SagaTiming::default(),
             running: Arc::default(),
+            settled: tokio::sync::broadcast::channel(1024).0,
+            locks: Arc::new(
+                (0..saga::LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+            ),
         }
+    }
+
+    /// Reaches the inventory by `messages` once the monolith no longer owns its writes.
+    pub fn with_messages(mut self, messages: Messages) -> Self {
+        self.link = InventoryLink::with_messages(self.inventory.clone(), messages);
+        self
+    }
+
+    /// With these waits.
+    pub fn with_timing(mut self, timing: SagaTiming) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// The messages side of the link to the inventory, if configured.
+    pub fn messages(&self) -> Option<&Messages> {
+        self.link.messages()
+    }
+
+    /// The database (for the outbox relay).
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 }
 

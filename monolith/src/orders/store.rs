@@ -28,62 +28,110 @@ fn order(row: &AnyRow) -> Result<Order, sqlx::Error> {
     })
 }
 
-/// Records a pending order with its lines, and links the request's idempotency key (if any) to
-/// it in the same transaction: a key is linked to an order exactly when the order exists. The
-/// commit is relaxed: the saga's last step (settling the order) commits durably, which flushes
-/// this one too.
+/// A transaction of the orders' tables (and the outbox staged with them).
+pub(super) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Records a pending order with its lines at the saga's first step (`reserving`), with the card
+/// token it will charge, and links the request's idempotency key (if any) to it, inside `tx`:
+/// a key is linked to an order exactly when the order exists.
 pub(super) async fn insert_pending(
-    db: &Db,
+    tx: &mut Tx,
     customer_id: i64,
     currency: &str,
     total_cents: i64,
     items: &[OrderItem],
+    card_token: &str,
     idempotency_key: Option<&str>,
 ) -> Result<Order> {
     let items = serde_json::to_string(items).map_err(anyhow::Error::from)?;
     let sql = format!(
-        "INSERT INTO orders_orders (customer_id, status, total_cents, currency, items, created_at, updated_at) \
-         VALUES ($1, 'pending', $2, $3, $4, $5, $5) RETURNING {ORDER_COLUMNS}"
+        "INSERT INTO orders_orders (customer_id, status, total_cents, currency, items, created_at, updated_at, saga_step, card_token) \
+         VALUES ($1, 'pending', $2, $3, $4, $5, $5, 'reserving', $6) RETURNING {ORDER_COLUMNS}"
     );
-    let mut tx = db.relaxed_pool().begin().await?;
     let row = sqlx::query(&sql)
         .bind(customer_id)
         .bind(total_cents)
         .bind(currency)
         .bind(items)
         .bind(db::now())
-        .fetch_one(&mut *tx)
+        .bind(card_token)
+        .fetch_one(&mut **tx)
         .await?;
     let order = order(&row)?;
     if let Some(key) = idempotency_key {
         sqlx::query("UPDATE orders_idempotency SET order_id = $1 WHERE idempotency_key = $2")
             .bind(order.id)
             .bind(key)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(order)
 }
 
-/// Moves a `pending` order to a final status and returns it; `None` when the order was not
-/// pending (settled already, or unknown), which leaves it alone.
-pub(super) async fn finish(
-    db: &Db,
+/// A pending order as the saga needs it.
+#[derive(Debug, Clone)]
+pub(super) struct Pending {
+    /// Its step (`None`: an order placed before the saga recorded steps).
+    pub(super) step: Option<String>,
+    pub(super) total_cents: i64,
+    pub(super) currency: String,
+    pub(super) card_token: Option<String>,
+}
+
+/// The order if it is still pending.
+pub(super) async fn pending(db: &Db, id: i64) -> Result<Option<Pending>> {
+    let row = sqlx::query(
+        "SELECT saga_step, total_cents, currency, card_token, items FROM orders_orders \
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(Pending {
+        step: row.try_get("saga_step")?,
+        total_cents: row.try_get("total_cents")?,
+        currency: row.try_get("currency")?,
+        card_token: row.try_get("card_token")?,
+    }))
+}
+
+/// Moves a pending order from step `from` to `to`; `false` when it is not at `from` (an event
+/// repeated or overtaken), which changes nothing.
+pub(super) async fn move_step(tx: &mut Tx, id: i64, from: &str, to: &str) -> Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE orders_orders SET saga_step = $1, updated_at = $2 \
+         WHERE id = $3 AND status = 'pending' AND saga_step = $4",
+    )
+    .bind(to)
+    .bind(db::now())
+    .bind(id)
+    .bind(from)
+    .execute(&mut **tx)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+/// Moves a pending order at step `from` (`None`: at any step) to a final status and returns it;
+/// `None` when it is not pending at that step, which leaves it alone.
+pub(super) async fn settle(
+    tx: &mut Tx,
     id: i64,
+    from: Option<&str>,
     status: &str,
     reason: Option<&str>,
 ) -> Result<Option<Order>> {
     let sql = format!(
-        "UPDATE orders_orders SET status = $1, failure_reason = $2, updated_at = $3 \
-         WHERE id = $4 AND status = 'pending' RETURNING {ORDER_COLUMNS}"
+        "UPDATE orders_orders SET status = $1, failure_reason = $2, updated_at = $3, saga_step = NULL, card_token = NULL \
+         WHERE id = $4 AND status = 'pending' AND ($5 = '' OR saga_step = $5) RETURNING {ORDER_COLUMNS}"
     );
     let row = sqlx::query(&sql)
         .bind(status)
         .bind(reason)
         .bind(db::now())
         .bind(id)
-        .fetch_optional(db.pool())
+        .bind(from.unwrap_or(""))
+        .fetch_optional(&mut **tx)
         .await?;
     Ok(row.as_ref().map(order).transpose()?)
 }

@@ -21,7 +21,7 @@ fn payment(row: &AnyRow) -> Result<Payment, sqlx::Error> {
 pub(super) async fn approved(db: &Db, order_id: i64) -> Result<Option<Payment>> {
     let row = sqlx::query(
         "SELECT id, order_id, amount_cents, currency, status, provider_ref FROM payments_payments \
-         WHERE order_id = $1 AND status = 'approved'",
+         WHERE order_id = $1 AND status = 'approved' AND refunded_at IS NULL",
     )
     .bind(order_id)
     .fetch_optional(db.pool())
@@ -56,4 +56,34 @@ pub(super) async fn record(
             e.into()
         }
     })
+}
+
+/// Whether the order has a charge whose answer timed out and that is not voided yet.
+pub(super) async fn has_timed_out(db: &Db, order_id: i64) -> Result<bool> {
+    let found: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM payments_payments \
+         WHERE order_id = $1 AND status = 'timed_out' AND voided_at IS NULL",
+    )
+    .bind(order_id)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(found > 0)
+}
+
+/// Stamps the order's payments with a compensation (`voided_at` for timed-out charges,
+/// `refunded_at` for the approved one).
+pub(super) async fn mark(db: &Db, order_id: i64, column: &str) -> Result<()> {
+    let (column, status) = match column {
+        "voided_at" => ("voided_at", "timed_out"),
+        _ => ("refunded_at", "approved"),
+    };
+    sqlx::query(&format!(
+        "UPDATE payments_payments SET {column} = $1 WHERE order_id = $2 AND status = $3 AND {column} IS NULL"
+    ))
+    .bind(db::now())
+    .bind(order_id)
+    .bind(status)
+    .execute(db.pool())
+    .await?;
+    Ok(())
 }

@@ -12,9 +12,13 @@
 //!    latest contract verification is green (the only guard `force` passes, audited).
 //! 2. **Fence**: the carve-out's writes are held on every replica (they wait, none fail) and
 //!    every live replica acknowledges it; one that does not lifts the fence and refuses the move.
+//!    The data sync's write guard ([`strangler_sync::guard`]) then holds the old owner's other
+//!    writers (a module of the monolith writing the tables in process): their writes fail with
+//!    a `fenced` error they wait out.
 //! 3. **Drain** the draining relay to zero lag, **re-verify** the keys changed since the
 //!    guards' verification, install the other direction's capture and align key sequences.
-//! 4. **Flip** the phase (audited), wait until every live replica applied it, lift the fence.
+//! 4. **Flip** the phase (audited), wait until every live replica applied it, turn the old
+//!    owner's write guard to `owned-elsewhere` and lift the new owner's, lift the fence.
 //!
 //! Any failure after the fence is raised undoes what was done (capture installed here is
 //! removed, the phase is not flipped) and lifts the fence: the carve-out is as it was.
@@ -29,6 +33,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use strangler_sync::guard::{self, Guard};
 use strangler_sync::sides::{Direction, Sides};
 use strangler_sync::{capture, verify};
 
@@ -488,6 +493,81 @@ impl ControlPlane {
         steps: &mut Steps<'_>,
     ) -> Result<(), Failure> {
         let fail = |e: anyhow::Error| Failure::Undone(format!("{e:#}"));
+        // The writers the replicas' fence cannot see (a module of the monolith writing the
+        // tables in process) are held by the write guard in the old owner's database.
+        let old_tables = tables(draining);
+        let new_tables = tables(following);
+        let guarded = async {
+            guard::install(&draining.source, &old_tables).await?;
+            guard::install(&following.source, &new_tables).await?;
+            guard::set(&draining.source, &old_tables, Guard::Fenced).await
+        };
+        if let Err(err) = guarded.await {
+            self.lift_guard(draining).await;
+            return Err(fail(err));
+        }
+        steps.step(format!(
+            "fence: the write guard holds the old owner's other writers ({})",
+            old_tables.join(", ")
+        ));
+        let result = self
+            .drain_verify_flip(
+                carveout,
+                movement,
+                request,
+                draining,
+                following,
+                covered_to,
+                forced_past,
+                deadline,
+                steps,
+            )
+            .await;
+        match &result {
+            Err(Failure::Undone(_)) => self.lift_guard(draining).await,
+            Err(Failure::AfterFlip(_)) => {}
+            Ok(()) => {
+                let flipped = async {
+                    guard::set(&draining.source, &old_tables, Guard::OwnedElsewhere).await?;
+                    guard::lift(&following.source, &new_tables).await
+                };
+                match flipped.await {
+                    Ok(()) => steps.step(format!(
+                        "ownership: the write guard refuses writes on the old owner, none on the new ({})",
+                        new_tables.join(", ")
+                    )),
+                    Err(err) => {
+                        return Err(Failure::AfterFlip(format!(
+                            "the flip is recorded, but the write guard could not follow it (writes on both sides wait): {err:#}"
+                        )))
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// Lifts the write guard a move raised on the old owner (it owns the writes again).
+    async fn lift_guard(&self, draining: &Sides) {
+        if let Err(err) = guard::lift(&draining.source, &tables(draining)).await {
+            tracing::error!(error = %err, "could not lift the write guard this move raised");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn drain_verify_flip(
+        &self,
+        carveout: &str,
+        movement: Move,
+        request: &MoveRequest,
+        draining: &Sides,
+        following: &Sides,
+        covered_to: Option<i64>,
+        forced_past: &str,
+        deadline: Instant,
+        steps: &mut Steps<'_>,
+    ) -> Result<(), Failure> {
+        let fail = |e: anyhow::Error| Failure::Undone(format!("{e:#}"));
         let direction = draining.direction.name();
         // Drain: step ourselves when the running relay lets go; otherwise wait for it.
         let mut relay = strangler_sync::relay::Relay::new(
@@ -610,6 +690,16 @@ impl ControlPlane {
         steps.step("ownership: every live replica applied it".to_owned());
         Ok(())
     }
+}
+
+/// The tables of the side `sides` reads from (its source).
+fn tables(sides: &Sides) -> Vec<String> {
+    sides
+        .mapping
+        .tables
+        .iter()
+        .map(|t| t.source.clone())
+        .collect()
 }
 
 impl ControlPlane {

@@ -25,6 +25,32 @@ saga_test!(
     a_payment_timeout_voids_the_charge_and_releases_the_stock,
 );
 
+db_jetstream_test!(
+    every_message_delivered_twice_is_applied_once,
+    the_saga_resumes_after_the_broker_restarts,
+);
+
+/// Declares the SQLite and PostgreSQL variants of a test that needs NATS JetStream (both
+/// `#[ignore]`d with the reason: `.ci/run` runs them with `TEST_NATS_URL` set).
+macro_rules! db_jetstream_test {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "NATS JetStream: set TEST_NATS_URL and run with --ignored"]
+            async fn sqlite_jetstream() {
+                super::$name(e2e::TestDb::sqlite().await, e2e::Broker::jetstream()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "PostgreSQL and NATS JetStream: set TEST_DATABASE_URL and TEST_NATS_URL and run with --ignored"]
+            async fn postgres_jetstream() {
+                super::$name(e2e::TestDb::postgres().await, e2e::Broker::jetstream()).await
+            }
+        }
+    )*};
+}
+use db_jetstream_test;
+
 /// A second database of the same backend as `db`.
 async fn twin(db: &TestDb) -> TestDb {
     if db.url.starts_with("postgres") {
@@ -569,4 +595,226 @@ async fn a_payment_timeout_voids_the_charge_and_releases_the_stock(db: TestDb, b
     assert!(voided.is_some(), "the payment record says voided");
     let _ = &shop.monolith_url;
     shop.assert_both_sides_agree().await;
+}
+
+/// (namespace, base URL) of a JetStream broker URL.
+fn split(broker: &Broker) -> (String, String) {
+    let (base, namespace) = broker.url.split_once("?namespace=").unwrap();
+    (base.to_owned(), namespace.to_owned())
+}
+
+/// Orders placed by `clients` concurrent clients, `each` orders each, one unit of `product`;
+/// returns the answers' statuses.
+async fn place_concurrently(
+    shop: &Arc<Shop>,
+    product: i64,
+    clients: usize,
+    each: usize,
+) -> Vec<u16> {
+    let tasks = (0..clients).map(|_| {
+        let shop = shop.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..each {
+                statuses.push(shop.order(&[product], "tok_ok").await.0);
+            }
+            statuses
+        })
+    });
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect()
+}
+
+/// After a run: every order settled, confirmed orders took exactly what the owner's stock lost,
+/// nothing is held, each reserving order reserved once, and both databases agree.
+async fn assert_settled_and_consistent(shop: &Shop, product: i64, stock: i64) {
+    shop.settled_orders().await;
+    let sold = shop
+        .confirmed_units()
+        .await
+        .get(&product)
+        .copied()
+        .unwrap_or(0);
+    let (available, held, committed) = shop.ledger(true, product).await;
+    assert_eq!((held, committed, available + sold), (0, sold, stock));
+    let reserves: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT order_id, CAST(COUNT(*) AS BIGINT) FROM stock_movements WHERE reason = 'reserve' GROUP BY order_id",
+    )
+    .fetch_all(shop.service_db.pool())
+    .await
+    .unwrap();
+    assert!(
+        reserves.iter().all(|(_, n)| *n == 1),
+        "an order reserved twice: {reserves:?}"
+    );
+    shop.assert_both_sides_agree().await;
+}
+
+async fn every_message_delivered_twice_is_applied_once(db: TestDb, broker: Broker) {
+    let (base, namespace) = split(&broker);
+    // Both sides publish every message twice, each copy under its own broker id: the broker
+    // delivers both, and only the inboxes stand between them and a double effect.
+    let transport =
+        messaging::jetstream::JetStream::connect(&base, &namespace, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .publishing_twice();
+    let (mut shop, products) = Shop::start_with(db, Arc::new(transport), 1, 30).await;
+    shop.cut_over().await;
+    let shop = Arc::new(shop);
+    let statuses = place_concurrently(&shop, products[0], 10, 5).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        30,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [201, 409].contains(s)),
+        "{statuses:?}"
+    );
+    assert_settled_and_consistent(&shop, products[0], 30).await;
+    // The duplicates did arrive: the inboxes hold one id per message, and turned the copies away.
+    let received: i64 = sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM inbox")
+        .fetch_one(shop.service_db.pool())
+        .await
+        .unwrap();
+    assert!(
+        received >= 50,
+        "the service's inbox saw {received} command(s)"
+    );
+}
+
+/// A NATS server of this test's own (JetStream on, its store in a folder of its own), which it
+/// can stop and start again on the same port.
+struct OwnNats {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    fn binary() -> String {
+        std::env::var("NATS_SERVER").unwrap_or_else(|_| {
+            if std::path::Path::new("/usr/sbin/nats-server").exists() {
+                "/usr/sbin/nats-server".to_owned()
+            } else {
+                "nats-server".to_owned()
+            }
+        })
+    }
+
+    async fn start() -> OwnNats {
+        // A free port: bound, then handed to the server (which binds 127.0.0.1 only).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = OwnNats {
+            port,
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        nats.run().await;
+        nats
+    }
+
+    async fn run(&mut self) {
+        let child = std::process::Command::new(Self::binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} (set NATS_SERVER): {e}", Self::binary()));
+        self.child = Some(child);
+        let port = self.port;
+        eventually(
+            Duration::from_secs(10),
+            "nats-server to listen",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+    }
+
+    /// Stops it the way a restart does (SIGTERM: it stores what it holds), and waits for it.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self, namespace: &str) -> String {
+        format!("nats://127.0.0.1:{}?namespace={namespace}", self.port)
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn the_saga_resumes_after_the_broker_restarts(db: TestDb, broker: Broker) {
+    let (_, namespace) = split(&broker);
+    let mut nats = OwnNats::start().await;
+    let transport = messaging::connect(&nats.url(&namespace), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let (mut shop, products) = Shop::start_with(db, transport, 1, 100).await;
+    shop.cut_over().await;
+    let shop = Arc::new(shop);
+    let product = products[0];
+    let load = {
+        let shop = shop.clone();
+        tokio::spawn(async move { place_concurrently(&shop, product, 6, 10).await })
+    };
+    // Mid-run (some orders placed, not all), the broker goes away and comes back.
+    let placed = || async {
+        sqlx::query_scalar::<_, i64>("SELECT CAST(COUNT(*) AS BIGINT) FROM orders_orders")
+            .fetch_one(shop.monolith_db.pool())
+            .await
+            .unwrap()
+    };
+    eventually(
+        Duration::from_secs(20),
+        "orders before the restart",
+        || async { placed().await >= 10 },
+    )
+    .await;
+    nats.stop();
+    nats.run().await;
+    let statuses = load.await.unwrap();
+    // Orders that waited out the outage may have been answered 202 (still pending): they
+    // settle once the broker is back, like every other.
+    assert!(
+        statuses.iter().all(|s| [201, 202, 409].contains(s)),
+        "{statuses:?}"
+    );
+    assert_settled_and_consistent(&shop, product, 100).await;
+    assert_eq!(
+        shop.confirmed_units().await.get(&product).copied(),
+        Some(60),
+        "every order had stock: each is confirmed"
+    );
 }

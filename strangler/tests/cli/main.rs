@@ -5,6 +5,7 @@
 
 mod guide;
 mod readme;
+mod saga;
 
 use std::process::Command;
 

@@ -241,7 +241,10 @@ impl Application {
                 path = states::PATH,
                 "the provider-state hook is on: it rewrites data"
             );
-            router = router.merge(states::router(services.catalog.clone()));
+            router = router.merge(states::router(
+                services.catalog.clone(),
+                services.inventory.clone(),
+            ));
         }
         Ok(Application {
             listener,

@@ -138,6 +138,17 @@ impl Db {
         }
     }
 
+    /// [`Db::begin_write`] on the [`Db::relaxed_pool`]: for an intermediate step whose loss in a
+    /// database crash a later durable step (or recovery) makes good.
+    pub async fn begin_relaxed_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.begin_write().await,
+            Backend::Postgres => self.relaxed_pool().begin().await,
+        }
+    }
+
     /// A pool whose commits return before they are flushed to disk (PostgreSQL's
     /// `synchronous_commit = off`; on SQLite the same pool as [`Db::pool`]). For intermediate
     /// steps of a multi-step operation whose final step commits through [`Db::pool`]: the

@@ -186,6 +186,9 @@ async fn main() {
         monolith_listen: any,
         service_listen: any,
         contracts_listen: any,
+        inventory_listen: any,
+        inventory_contracts_listen: any,
+        transport: "embedded".to_owned(),
         seed_products: 1000,
         dbs: StackDbs::default(),
     };
@@ -199,6 +202,7 @@ async fn main() {
                     monolith: Some(pg_schema(&base, &format!("{prefix}_shop")).await),
                     service: Some(pg_schema(&base, &format!("{prefix}_catalog")).await),
                     control: Some(pg_schema(&base, &format!("{prefix}_control")).await),
+                    inventory: Some(pg_schema(&base, &format!("{prefix}_inventory")).await),
                 },
                 ..args
             };

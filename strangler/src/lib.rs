@@ -4,6 +4,7 @@
 //! non-zero exit; a red verification prints its report and exits non-zero.
 
 pub mod cutover;
+mod demo_inventory;
 pub mod project;
 pub mod stack;
 pub mod sync;
@@ -183,12 +184,20 @@ pub enum Command {
     /// The whole carve-out on SQLite in one process: monolith, catalog service, proxy with its
     /// admin API, and the sync relays. Serves until Ctrl-C.
     Stack(stack::StackArgs),
-    /// The stack in a temporary folder, and the catalog walked through every phase with live
-    /// traffic, saying what happens at each step.
+    /// The stack in a temporary folder, and a carve-out (the catalog, or the inventory with
+    /// live orders) walked through every phase with live traffic, saying what happens at each
+    /// step.
     Demo {
         /// Products to seed the monolith with.
         #[arg(long, default_value_t = 200)]
         seed_products: u64,
+        /// The carve-out to walk: `catalog` (reads and writes of products) or `inventory`
+        /// (stock, with live orders whose saga moves to messages at the cut-over).
+        #[arg(long, default_value = "catalog")]
+        carveout: String,
+        /// The orders saga's message transport: `embedded`, or `nats://127.0.0.1:4222`.
+        #[arg(long, default_value = "embedded")]
+        transport: String,
         /// The databases, when not SQLite files in a temporary folder.
         #[command(flatten)]
         dbs: stack::StackDbs,
@@ -636,7 +645,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
             Ok(String::from_utf8_lossy(&script).into_owned())
         }
         Command::Stack(args) => stack::stack(args).await,
-        Command::Demo { seed_products, dbs } => stack::demo(seed_products, dbs).await,
+        Command::Demo {
+            seed_products,
+            dbs,
+            carveout,
+            transport,
+        } => stack::demo(seed_products, dbs, &carveout, transport).await,
         Command::Cutover { name, args, admin } => {
             cutover::run(&Admin::new(&admin)?, &name, args, true).await
         }

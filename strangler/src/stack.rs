@@ -1,6 +1,8 @@
-//! `strangler stack` and `strangler demo`: the whole carve-out on SQLite in one process — the
-//! monolith, the catalog service, the proxy with its admin API, and the data sync relays — and a
-//! walk of the catalog through every phase with live traffic.
+//! `strangler stack` and `strangler demo`: both carve-outs on SQLite in one process — the
+//! monolith, the catalog service, the inventory service (the orders saga reaching it by message
+//! once it owns its writes: the embedded transport, or NATS JetStream with `--transport`), the
+//! proxy with its admin API, and the data sync relays — and a walk of one carve-out through
+//! every phase with live traffic.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -44,6 +46,16 @@ pub struct StackArgs {
     /// verifying contracts (the hook rewrites data, so not the instance serving traffic).
     #[arg(long, default_value = "127.0.0.1:8082")]
     pub contracts_listen: SocketAddr,
+    /// The inventory service's address.
+    #[arg(long, default_value = "127.0.0.1:8084")]
+    pub inventory_listen: SocketAddr,
+    /// A second inventory service for verifying contracts (its own database and messages).
+    #[arg(long, default_value = "127.0.0.1:8085")]
+    pub inventory_contracts_listen: SocketAddr,
+    /// The orders saga's message transport once the inventory is carved out: `embedded` (in
+    /// this process) or NATS JetStream (`nats://127.0.0.1:4222`).
+    #[arg(long, default_value = "embedded")]
+    pub transport: String,
     /// Products to seed the monolith with, when its catalog is empty.
     #[arg(long, default_value_t = 200)]
     pub seed_products: u64,
@@ -65,6 +77,23 @@ pub struct StackDbs {
     /// The proxy's control database (default: `control.db`).
     #[arg(long = "control-db", env = "STRANGLER_STACK_CONTROL_DB")]
     pub control: Option<String>,
+    /// The inventory service's database (default: `inventory.db`).
+    #[arg(long = "inventory-db", env = "STRANGLER_STACK_INVENTORY_DB")]
+    pub inventory: Option<String>,
+}
+
+/// A carve-out of the stack with its data sync.
+#[derive(Debug, Clone)]
+struct Synced {
+    name: &'static str,
+    service_db: String,
+    mapping: PathBuf,
+}
+
+/// `url` with its `?namespace=` replaced by `namespace`.
+fn in_namespace(url: &str, namespace: &str) -> String {
+    let base = url.split_once("?namespace=").map_or(url, |(base, _)| base);
+    format!("{base}?namespace={namespace}")
 }
 
 /// The running stack.
@@ -79,9 +108,12 @@ pub struct Stack {
     pub service: String,
     /// The base URL of the catalog service that contracts are verified on.
     pub contracts: String,
+    /// The inventory service's base URL.
+    pub inventory: String,
+    /// The base URL of the inventory service that contracts are verified on.
+    pub inventory_contracts: String,
     monolith_db: String,
-    service_db: String,
-    mapping: PathBuf,
+    synced: Vec<Synced>,
     stop: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Set to true to stop the relays.
     relays_stop: tokio::sync::watch::Sender<bool>,
@@ -117,18 +149,22 @@ impl Stack {
             .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
         let path = |name: &str| dir.join(name).display().to_string();
         let pick = |url: &Option<String>, file: &str| url.clone().unwrap_or_else(|| path(file));
-        let (monolith_db, service_db, control_db) = (
+        let (monolith_db, service_db, control_db, inventory_db) = (
             pick(&args.dbs.monolith, "shop.db"),
             pick(&args.dbs.service, "catalog.db"),
             pick(&args.dbs.control, "control.db"),
+            pick(&args.dbs.inventory, "inventory.db"),
         );
         let mut stop = Vec::new();
 
+        let transport = in_namespace(&args.transport, "stack");
         let shop = monolith::app::Application::build(&monolith::config::ServeConfig {
             listen: args.monolith_listen,
             database_url: monolith_db.clone(),
             seed_products: args.seed_products,
             seed_customers: 20,
+            inventory_transport: Some(transport.clone()),
+            reservation_ttl_s: 60,
             ..monolith::config::ServeConfig::defaults()
         })
         .await
@@ -164,25 +200,79 @@ impl Stack {
         }
         let (service, contracts) = (catalogs[0].clone(), catalogs[1].clone());
 
-        let mapping = crate::project::toolkit_file("extracted/catalog/sync.toml");
-        let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
-        // The carve-out's data sync, so the control plane can move its writes (guarded).
-        let sync = format!(
-            "sync = {{ mapping = {}, monolith_db = {}, service_db = {}, max_lag_events = 10000, max_lag_seconds = 10.0, fence_ms = 5000 }}",
-            quoted(&mapping.display().to_string()),
-            quoted(&monolith_db),
-            quoted(&service_db),
-        );
-        // Its contracts, verified on the second catalog service.
-        let contracts_section = format!(
-            "contracts = {{ dir = {}, provider = {}, state_url = {} }}",
-            quoted(
-                &crate::project::toolkit_file("extracted/catalog/contracts")
-                    .display()
-                    .to_string()
+        // The inventory service serving traffic, and one for contracts (its own database and
+        // its own message namespace: it must not take the saga's commands).
+        let mut inventories = Vec::new();
+        for (listen, database_url, provider_states, namespace) in [
+            (args.inventory_listen, inventory_db.clone(), false, "stack"),
+            (
+                args.inventory_contracts_listen,
+                path("inventory-contracts.db"),
+                true,
+                "stack-contracts",
             ),
-            quoted(&contracts),
-            quoted(&format!("{contracts}{}", catalog_service::states::PATH)),
+        ] {
+            let inventory = inventory_service::Service::build(&inventory_service::config::Config {
+                listen,
+                database_url,
+                transport: in_namespace(&args.transport, namespace),
+                catalog_url: Some(monolith.clone()),
+                provider_states,
+                ..inventory_service::config::Config::defaults()
+            })
+            .await
+            .context("the inventory service")?;
+            inventories.push(url(inventory.local_addr()));
+            serve(&mut stop, |rx| {
+                inventory.run_until(async move {
+                    let _ = rx.await;
+                })
+            });
+        }
+        let (inventory, inventory_contracts) = (inventories[0].clone(), inventories[1].clone());
+
+        let synced = vec![
+            Synced {
+                name: "catalog",
+                service_db: service_db.clone(),
+                mapping: crate::project::toolkit_file("extracted/catalog/sync.toml"),
+            },
+            Synced {
+                name: "inventory",
+                service_db: inventory_db.clone(),
+                mapping: crate::project::toolkit_file("extracted/inventory/sync.toml"),
+            },
+        ];
+        let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
+        // Each carve-out's data sync, so the control plane can move its writes (guarded), and
+        // its contracts, verified on the service instance kept for them.
+        let sync = |carveout: &Synced| {
+            format!(
+                "sync = {{ mapping = {}, monolith_db = {}, service_db = {}, max_lag_events = 10000, max_lag_seconds = 10.0, fence_ms = 5000 }}",
+                quoted(&carveout.mapping.display().to_string()),
+                quoted(&monolith_db),
+                quoted(&carveout.service_db),
+            )
+        };
+        let contracts_section = |name: &str, provider: &str, hook: &str| {
+            format!(
+                "contracts = {{ dir = {}, provider = {}, state_url = {} }}",
+                quoted(
+                    &crate::project::toolkit_file(&format!("extracted/{name}/contracts"))
+                        .display()
+                        .to_string()
+                ),
+                quoted(provider),
+                quoted(&format!("{provider}{hook}")),
+            )
+        };
+        let (catalog_sync, inventory_sync) = (sync(&synced[0]), sync(&synced[1]));
+        let catalog_contracts =
+            contracts_section("catalog", &contracts, catalog_service::states::PATH);
+        let inventory_contracts_section = contracts_section(
+            "inventory",
+            &inventory_contracts,
+            inventory_service::states::PATH,
         );
         let text = format!(
             r#"
@@ -199,8 +289,20 @@ impl Stack {
             shadow = {{ ignore = ["/created_at", "/updated_at", "/items/*/created_at", "/items/*/updated_at"], headers = ["content-type"] }}
             capture = {{ sample_percent = 100 }}
             rollout = {{ steps = ["shadow 3s", "canary 10% 3s", "50% 3s", "100% 3s"], interval_ms = 1000, min_requests = 20, min_interval_requests = 5, failure_limit = 1, p99_floor_ms = 50 }}
-            {sync}
-            {contracts_section}
+            {catalog_sync}
+            {catalog_contracts}
+            [upstreams.inventory]
+            instances = ["{inventory}"]
+            [[carveouts]]
+            name = "inventory"
+            upstream = "inventory"
+            phase = "monolith"
+            sticky = {{ header = "X-User-Id" }}
+            routes = [{{ methods = ["GET", "HEAD", "PUT"], path = "/inventory/{{product_id}}" }}]
+            shadow = {{ ignore = ["/updated_at"], headers = ["content-type"] }}
+            rollout = {{ steps = ["shadow 3s", "canary 10% 3s", "50% 3s", "100% 3s"], interval_ms = 1000, min_requests = 20, min_interval_requests = 5, failure_limit = 1, p99_floor_ms = 50 }}
+            {inventory_sync}
+            {inventory_contracts_section}
             "#
         );
         let proxy_args = strangler_proxy::config::ProxyArgs {
@@ -234,9 +336,10 @@ impl Stack {
             monolith,
             service,
             contracts,
+            inventory,
+            inventory_contracts,
             monolith_db,
-            service_db,
-            mapping,
+            synced,
             stop,
             relays_stop: tokio::sync::watch::Sender::new(false),
         };
@@ -244,19 +347,32 @@ impl Stack {
         Ok(stack)
     }
 
-    async fn dbs(&self) -> anyhow::Result<(Db, Db, Mapping)> {
+    /// The monolith's and `carveout`'s service's databases, and its checked mapping.
+    pub(crate) async fn dbs(&self, carveout: &str) -> anyhow::Result<(Db, Db, Mapping)> {
+        let synced = self
+            .synced
+            .iter()
+            .find(|s| s.name == carveout)
+            .with_context(|| format!("the stack has no carve-out {carveout}"))?;
         let options = DbOptions::default();
         let m = Db::connect_unmigrated(&self.monolith_db, &options).await?;
-        let s = Db::connect_unmigrated(&self.service_db, &options).await?;
-        let mut mapping = Mapping::load(&self.mapping)?;
+        let s = Db::connect_unmigrated(&synced.service_db, &options).await?;
+        let mut mapping = Mapping::load(&synced.mapping)?;
         mapping.check(&m, &s).await?;
         Ok((m, s, mapping))
     }
 
-    /// Forward capture, backfill, and both relays running in the background (the reverse one
-    /// idles until the service takes writes).
+    /// For every carve-out: forward capture, backfill, and both relays running in the
+    /// background (the reverse one idles until the service takes writes).
     async fn start_sync(&self) -> anyhow::Result<()> {
-        let (m, s, mapping) = self.dbs().await?;
+        for carveout in &self.synced {
+            self.start_sync_of(carveout.name).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_sync_of(&self, carveout: &str) -> anyhow::Result<()> {
+        let (m, s, mapping) = self.dbs(carveout).await?;
         if !capture::installed(&m, &mapping).await? {
             capture::install(&m, &mapping).await?;
         }
@@ -322,14 +438,17 @@ pub async fn stack(args: StackArgs) -> anyhow::Result<String> {
     let stack = Stack::start(&args).await?;
     let _ = writeln!(
         std::io::stderr(),
-        "the stack is up (databases and its strangler.toml in {}):\n  proxy          {}   <- send traffic here\n  admin API      {}   (strangler ... --admin-url {})\n  monolith       {}\n  catalog        {}\n  contracts      {}   (a catalog service to verify contracts on)\n  sync relays    forward and reverse, running\nCtrl-C stops it.",
+        "the stack is up (databases and its strangler.toml in {}):\n  proxy          {}   <- send traffic here\n  admin API      {}   (strangler ... --admin-url {})\n  monolith       {}\n  catalog        {}\n  contracts      {}   (a catalog service to verify contracts on)\n  inventory      {}   (the saga's messages: {})\n  inventory-contracts {}   (an inventory service to verify contracts on)\n  sync relays    forward and reverse of both carve-outs, running\nCtrl-C stops it.",
         args.dir.display(),
         stack.proxy,
         stack.admin,
         stack.admin,
         stack.monolith,
         stack.service,
-        stack.contracts
+        stack.contracts,
+        stack.inventory,
+        args.transport,
+        stack.inventory_contracts
     );
     tokio::signal::ctrl_c().await?;
     stack.stop();
@@ -343,13 +462,99 @@ struct Traffic {
     writes: AtomicU64,
 }
 
-fn say(text: &str) {
+pub(crate) fn say(text: &str) {
     println!("{text}");
 }
 
-/// `strangler demo`: the stack in a temporary folder, and the catalog walked through every phase
-/// with live traffic.
-pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
+/// Starts `carveout`'s rollout and says each step it reaches until it is done (an error if it
+/// halts or takes more than 90 s).
+pub(crate) async fn run_rollout(
+    admin: &Admin,
+    carveout: &str,
+    started: &str,
+    note: &str,
+) -> anyhow::Result<()> {
+    let path = format!("/carveouts/{carveout}/rollout");
+    let _: Value = admin
+        .call(
+            admin
+                .request(reqwest::Method::POST, &path)
+                .json(&json!({"actor": "demo"})),
+        )
+        .await?;
+    say(started);
+    let mut seen_step = usize::MAX;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let view: Value = admin
+            .call(admin.request(reqwest::Method::GET, &path))
+            .await?;
+        let step = view["step"].as_u64().unwrap_or(0) as usize;
+        if step != seen_step {
+            seen_step = step;
+            say(&format!(
+                "4. rollout at step {} of {}: {} ({note})",
+                step + 1,
+                view["steps"].as_array().map_or(0, Vec::len),
+                view["steps"][step].as_str().unwrap_or("?")
+            ));
+        }
+        match view["state"].as_str() {
+            Some("done") => return Ok(()),
+            Some("running") => {}
+            other => anyhow::bail!("the demo's rollout is {other:?}: {view}"),
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the demo's rollout did not finish in 90 s: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Verifies `carveout`'s committed contracts against the service at `provider` (its
+/// provider-state hook at `hook`), records the result with the control plane, and says it.
+pub(crate) async fn verify_contracts(
+    admin: &Admin,
+    carveout: &str,
+    provider: &str,
+    hook: &str,
+) -> anyhow::Result<()> {
+    let report = contracts::verify::verify_path(
+        &crate::project::toolkit_file(&format!("extracted/{carveout}/contracts")),
+        &contracts::verify::VerifyOptions {
+            state_url: Some(format!("{provider}{hook}")),
+            ..contracts::verify::VerifyOptions::new(provider.to_owned())
+        },
+    )
+    .await?;
+    let _: Value = admin
+        .call(
+            admin
+                .request(reqwest::Method::POST, &format!("/carveouts/{carveout}/verifications"))
+                .json(&json!({"provider": provider, "interactions": report.outcomes.len(), "failures": report.failures(), "actor": "demo"})),
+        )
+        .await?;
+    say(&format!(
+        "5. contracts: {} interaction(s) recorded from the monolith verified against the service: {}",
+        report.outcomes.len(),
+        if report.passed() { "green" } else { "RED" }
+    ));
+    Ok(())
+}
+
+/// `strangler demo`: the stack in a temporary folder, and `carveout` (`catalog` or
+/// `inventory`) walked through every phase with live traffic.
+pub async fn demo(
+    seed_products: u64,
+    dbs: StackDbs,
+    carveout: &str,
+    transport: String,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        ["catalog", "inventory"].contains(&carveout),
+        "the demo walks the catalog or the inventory, not {carveout:?}"
+    );
     let dir = std::env::temp_dir().join(format!("strangler-demo-{}", std::process::id()));
     let any = "127.0.0.1:0".parse()?;
     let args = StackArgs {
@@ -359,10 +564,19 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
         monolith_listen: any,
         service_listen: any,
         contracts_listen: any,
+        inventory_listen: any,
+        inventory_contracts_listen: any,
+        transport,
         seed_products,
         dbs,
     };
     let stack = Stack::start(&args).await?;
+    if carveout == "inventory" {
+        let walked = crate::demo_inventory::walk(&stack, seed_products).await;
+        stack.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        return walked.map(|()| String::new());
+    }
     say(&format!(
         "1. the stack is up: proxy {}, monolith {}, catalog service {}",
         stack.proxy, stack.monolith, stack.service
@@ -419,41 +633,13 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
 
     // An automatic rollout: each step promoted by the controller once clean for its dwell
     // with enough traffic.
-    let _: Value = admin
-        .call(
-            admin
-                .request(reqwest::Method::POST, "/carveouts/catalog/rollout")
-                .json(&json!({"actor": "demo"})),
-        )
-        .await?;
-    say("3. rollout started: shadow 3s, canary 10% 3s, 50% 3s, 100% 3s; the controller promotes each step once its checks (error rate against the monolith's, p99, fallbacks, shadow mismatches, sync lag) pass for its dwell with enough traffic, and rolls back by itself when they fail");
-    let mut seen_step = usize::MAX;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let view: Value = admin
-            .call(admin.request(reqwest::Method::GET, "/carveouts/catalog/rollout"))
-            .await?;
-        let step = view["step"].as_u64().unwrap_or(0) as usize;
-        if step != seen_step {
-            seen_step = step;
-            say(&format!(
-                "4. rollout at step {} of {}: {} (sticky by X-User-Id; writes stay with the monolith)",
-                step + 1,
-                view["steps"].as_array().map_or(0, Vec::len),
-                view["steps"][step].as_str().unwrap_or("?")
-            ));
-        }
-        match view["state"].as_str() {
-            Some("done") => break,
-            Some("running") => {}
-            other => anyhow::bail!("the demo's rollout is {other:?}: {view}"),
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the demo's rollout did not finish in 90 s: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    run_rollout(
+        &admin,
+        "catalog",
+        "3. rollout started: shadow 3s, canary 10% 3s, 50% 3s, 100% 3s; the controller promotes each step once its checks (error rate against the monolith's, p99, fallbacks, shadow mismatches, sync lag) pass for its dwell with enough traffic, and rolls back by itself when they fail",
+        "sticky by X-User-Id; writes stay with the monolith",
+    )
+    .await?;
     let mismatches: Value = admin
         .call(admin.request(reqwest::Method::GET, "/carveouts/catalog/mismatches"))
         .await?;
@@ -463,30 +649,13 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
     ));
 
     // Contracts: verified on the stack's second catalog service (the hook rewrites its data).
-    let report = contracts::verify::verify_path(
-        &crate::project::toolkit_file("extracted/catalog/contracts"),
-        &contracts::verify::VerifyOptions {
-            state_url: Some(format!(
-                "{}{}",
-                stack.contracts,
-                catalog_service::states::PATH
-            )),
-            ..contracts::verify::VerifyOptions::new(stack.contracts.clone())
-        },
+    verify_contracts(
+        &admin,
+        "catalog",
+        &stack.contracts,
+        catalog_service::states::PATH,
     )
     .await?;
-    let _: Value = admin
-        .call(
-            admin
-                .request(reqwest::Method::POST, "/carveouts/catalog/verifications")
-                .json(&json!({"provider": stack.contracts, "interactions": report.outcomes.len(), "failures": report.failures(), "actor": "demo"})),
-        )
-        .await?;
-    say(&format!(
-        "5. contracts: {} interaction(s) recorded from the monolith verified against the service: {}",
-        report.outcomes.len(),
-        if report.passed() { "green" } else { "RED" }
-    ));
 
     say("6. cut-over: pre-checks, write fence, relay drained, re-verify, writes flipped to the service");
     crate::cutover::run(&admin, "catalog", stack.cutover_args("demo cut-over"), true).await?;
@@ -506,7 +675,7 @@ pub async fn demo(seed_products: u64, dbs: StackDbs) -> anyhow::Result<String> {
     load.await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let (m, s, mapping) = stack.dbs().await?;
+    let (m, s, mapping) = stack.dbs("catalog").await?;
     // The stack's own forward relay catches up with the last writes.
     let watcher = Relay::new(m.clone(), s.clone(), mapping.clone(), "forward").await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -8,4 +8,5 @@ extern crate e2e;
 
 mod catalog_sync;
 mod inventory_saga;
+mod inventory_shop;
 mod shop;

@@ -7,7 +7,7 @@ use std::path::Path;
 use contracts::pact::Pact;
 use contracts::verify::{verify, VerifyOptions};
 
-use crate::support::{catalog_dir, Defect, Monolith, Mutant};
+use crate::support::{catalog_dir, inventory_dir, Defect, InventoryService, Monolith, Mutant};
 
 /// The env var naming Pact's verifier binary.
 const PACT_ENV: &str = "PACT_VERIFIER";
@@ -52,6 +52,22 @@ async fn pacts_own_verifier_agrees_with_ours() {
     let m = Monolith::start().await;
     let (passed, text) = official(&bin, &file, &m.url, &m.state_url()).await;
     assert!(passed, "Pact's verifier rejects the monolith:\n{text}");
+
+    // The inventory's committed contract, against the extracted inventory service.
+    let inventory_file = inventory_dir().join("shop-web-inventory.json");
+    let inventory = InventoryService::start(&m.url).await;
+    let (passed, text) = official(
+        &bin,
+        &inventory_file,
+        &inventory.url,
+        &inventory.state_url(),
+    )
+    .await;
+    assert!(
+        passed,
+        "Pact's verifier rejects the inventory service:
+{text}"
+    );
 
     // A contract whose request takes a value from the provider state (a generator): both
     // verifiers pass it on a monolith whose fixture ids are not the example's.

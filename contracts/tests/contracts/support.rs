@@ -19,6 +19,11 @@ pub fn catalog_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../extracted/catalog/contracts")
 }
 
+/// The committed inventory contracts and their script.
+pub fn inventory_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../extracted/inventory/contracts")
+}
+
 /// Hand-written pacts that exercise what recording does not produce (generators).
 pub fn pacts_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pacts")
@@ -113,6 +118,56 @@ impl CatalogService {
 }
 
 impl Drop for CatalogService {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An inventory service with its provider-state hook on a fresh database, asking `catalog`
+/// which products exist.
+pub struct InventoryService {
+    /// Its base URL.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _db: TestDb,
+}
+
+impl InventoryService {
+    /// Starts one on a fresh SQLite database.
+    pub async fn start(catalog: &str) -> InventoryService {
+        let db = TestDb::sqlite().await;
+        let config = inventory_service::config::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: db.url.clone(),
+            catalog_url: Some(catalog.to_owned()),
+            provider_states: true,
+            ..inventory_service::config::Config::defaults()
+        };
+        let transport = messaging::embedded::Embedded::new(std::time::Duration::from_secs(5));
+        let service = inventory_service::Service::build_with(&config, transport)
+            .await
+            .unwrap();
+        let url = format!("http://{}", service.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(service.run_until(async {
+            let _ = stopped.await;
+        }));
+        InventoryService {
+            url,
+            stop: Some(stop),
+            _db: db,
+        }
+    }
+
+    /// Its provider-state hook.
+    pub fn state_url(&self) -> String {
+        format!("{}{}", self.url, inventory_service::states::PATH)
+    }
+}
+
+impl Drop for InventoryService {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -6,7 +6,9 @@ use contracts::pact::Pact;
 use contracts::record::{record, RecordOptions, Script};
 use contracts::verify::{verify, verify_path, VerifyOptions};
 
-use crate::support::{catalog_dir, CatalogService, Defect, Monolith, Mutant};
+use crate::support::{
+    catalog_dir, inventory_dir, CatalogService, Defect, InventoryService, Monolith, Mutant,
+};
 
 fn options(provider: &str, state_url: String) -> VerifyOptions {
     VerifyOptions {
@@ -112,6 +114,34 @@ async fn the_committed_catalog_contract_verifies_the_extracted_service() {
         .await
         .unwrap();
     assert!(report.passed(), "{}", report.render());
+}
+
+#[tokio::test]
+async fn the_committed_inventory_contract_verifies_the_monolith_and_the_extracted_service() {
+    let monolith = Monolith::start().await;
+    let report = verify_path(
+        &inventory_dir(),
+        &options(&monolith.url, monolith.state_url()),
+    )
+    .await
+    .unwrap();
+    assert!(report.passed(), "{}", report.render());
+    // The service asks a catalog which products exist (for the 404 of an unknown one).
+    let service = InventoryService::start(&monolith.url).await;
+    let report = verify_path(
+        &inventory_dir(),
+        &options(&service.url, service.state_url()),
+    )
+    .await
+    .unwrap();
+    assert!(report.passed(), "{}", report.render());
+    assert!(report.outcomes.len() >= 6);
+    // Not a verification that passes anything: the catalog service is no inventory.
+    let other = CatalogService::start().await;
+    let report = verify_path(&inventory_dir(), &options(&other.url, other.state_url()))
+        .await
+        .unwrap();
+    assert!(!report.passed(), "{}", report.render());
 }
 
 #[tokio::test]

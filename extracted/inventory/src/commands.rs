@@ -31,20 +31,33 @@ enum Applied {
     Wait,
 }
 
+/// Most commands applied at once on PostgreSQL; on SQLite one (it has a single writer, and
+/// writers that wait for it sleep in its busy handler).
+const CONCURRENCY: usize = 32;
+/// Orders locked while a command of theirs is applied (striped by order id): two commands of
+/// one order never interleave.
+const STRIPES: usize = 64;
+
 /// Applies the saga's commands.
 #[derive(Clone)]
 pub struct Commands {
     db: Db,
     outbox: Outbox,
+    locks: Arc<Vec<tokio::sync::Mutex<()>>>,
 }
 
 impl Commands {
     /// Commands applied to `db`, replies staged in `outbox`.
     pub fn new(db: Db, outbox: Outbox) -> Self {
-        Commands { db, outbox }
+        Commands {
+            db,
+            outbox,
+            locks: Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()),
+        }
     }
 
-    /// Consumes commands from `transport` until `stop` completes.
+    /// Consumes commands from `transport` until `stop` completes, applying up to
+    /// [`CONCURRENCY`] at once on PostgreSQL (one at a time per order).
     pub async fn run(
         self,
         transport: Arc<dyn Transport>,
@@ -63,13 +76,27 @@ impl Commands {
                 }
             }
         };
+        let concurrency = match self.db.backend() {
+            sqlkit::Backend::Sqlite => 1,
+            sqlkit::Backend::Postgres => CONCURRENCY,
+        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
         loop {
             let delivery = tokio::select! {
                 () = &mut stop => return,
                 next = consumer.next() => next,
             };
             match delivery {
-                Ok(delivery) => self.handle(delivery).await,
+                Ok(delivery) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let commands = self.clone();
+                    tokio::spawn(async move {
+                        commands.handle(delivery).await;
+                        drop(permit);
+                    });
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "the transport failed; consuming again");
                     tokio::select! {
@@ -90,7 +117,11 @@ impl Commands {
                 return;
             }
         };
-        let outcome = self.apply(&delivery.message.id, &command).await;
+        let stripe = usize::try_from(command.order_id().rem_euclid(STRIPES as i64)).unwrap_or(0);
+        let outcome = {
+            let _locked = self.locks[stripe].lock().await;
+            self.apply(&delivery.message.id, &command).await
+        };
         let acked = match outcome {
             Ok(Applied::Done) => {
                 self.outbox.wake();

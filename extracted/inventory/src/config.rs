@@ -30,6 +30,10 @@ pub struct Config {
     /// catalog service); without it, a product with no stock record is answered 404.
     #[arg(long, env = "INVENTORY_CATALOG_URL")]
     pub catalog_url: Option<String>,
+    /// Serve the provider-state hook for contract verification
+    /// (`POST /_contracts/provider-states`). It rewrites data: test environments only.
+    #[arg(long, env = "INVENTORY_PROVIDER_STATES", default_value_t = false)]
+    pub provider_states: bool,
     /// How often reservations past their expiry are released (ms).
     #[arg(long, env = "INVENTORY_EXPIRE_EVERY_MS", default_value_t = 1000)]
     pub expire_every_ms: u64,

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod problem;
+pub mod states;
 pub mod store;
 
 use std::future::Future;
@@ -69,7 +70,14 @@ impl Service {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let router = http::router(http::Http::new(db.clone(), config.catalog_url.as_deref())?);
+        let mut router = http::router(http::Http::new(db.clone(), config.catalog_url.as_deref())?);
+        if config.provider_states {
+            tracing::warn!(
+                path = states::PATH,
+                "the provider-state hook is on: it rewrites data"
+            );
+            router = router.merge(states::router(db.clone()));
+        }
         Ok(Service {
             listener,
             router,

@@ -8,6 +8,8 @@
 //!   `CT-0001` .. `CT-<count>` with their canonical fields; other products are removed. Never
 //!   turn this on against data you want to keep. Answers `{"count", "first_id", "last_id"}`
 //!   for `ProviderState` generators (`/catalog/products/${first_id}`).
+//! - `stock of a product` (`product_id`, `quantity`): the product (which must exist) has
+//!   exactly `quantity` units available.
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use serde_json::{json, Map, Value};
 use crate::catalog::{CatalogApi, ProductInput, ProductQuery, MAX_PAGE};
 use crate::error::{Error, Result};
 use crate::http::extract::Json;
+use crate::inventory::InventoryApi;
 
 /// The hook's path.
 pub const PATH: &str = "/_contracts/provider-states";
@@ -40,9 +43,18 @@ fn setup() -> String {
     "setup".to_owned()
 }
 
+/// What the hook changes.
+#[derive(Clone)]
+struct Modules {
+    catalog: Arc<dyn CatalogApi>,
+    inventory: Arc<dyn InventoryApi>,
+}
+
 /// The hook's route.
-pub fn router(catalog: Arc<dyn CatalogApi>) -> Router {
-    Router::new().route(PATH, post(change)).with_state(catalog)
+pub fn router(catalog: Arc<dyn CatalogApi>, inventory: Arc<dyn InventoryApi>) -> Router {
+    Router::new()
+        .route(PATH, post(change))
+        .with_state(Modules { catalog, inventory })
 }
 
 /// The canonical fields of fixture product `k`.
@@ -57,7 +69,7 @@ pub fn fixture_product(k: u64) -> ProductInput {
 }
 
 async fn change(
-    State(catalog): State<Arc<dyn CatalogApi>>,
+    State(modules): State<Modules>,
     Json(change): Json<StateChange>,
 ) -> Result<Response> {
     // Pact's verifier calls the hook for interactions without a state too, with an empty name.
@@ -81,7 +93,7 @@ async fn change(
                         Error::Unprocessable(format!("count must be 1 to 1000, not {v}"))
                     })?,
             };
-            let ids = catalog_fixture(catalog.as_ref(), count).await?;
+            let ids = catalog_fixture(modules.catalog.as_ref(), count).await?;
             // The values a contract's `ProviderState` generators can use (`${first_id}`).
             Ok(axum::Json(json!({
                 "count": count,
@@ -90,8 +102,23 @@ async fn change(
             }))
             .into_response())
         }
+        "stock of a product" => {
+            let number = |name: &str| {
+                change
+                    .params
+                    .get(name)
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| Error::Unprocessable(format!("{name} must be an integer")))
+            };
+            let (product_id, quantity) = (number("product_id")?, number("quantity")?);
+            let stock = modules.inventory.set_stock(product_id, quantity).await?;
+            Ok(
+                axum::Json(json!({"product_id": stock.product_id, "quantity": stock.quantity}))
+                    .into_response(),
+            )
+        }
         other => Err(Error::Unprocessable(format!(
-            "unknown provider state {other:?} (known: \"catalog fixture\")"
+            "unknown provider state {other:?} (known: \"catalog fixture\", \"stock of a product\")"
         ))),
     }
 }

@@ -16,7 +16,7 @@
 //! | `charging`   | charge timed out (voided)       | settle `payment_failed`, send release                    |
 //! | `committing` | committed                       | settle `confirmed`                                       |
 //! | `committing` | expired                         | refund the charge, settle `payment_failed`               |
-//! | any          | not owner (sent the wrong way)  | send the same command the other way                      |
+//! | any, settled | not owner (sent the wrong way)  | send the same command the other way                      |
 //! | any other    | (late or repeated)              | nothing                                                  |
 //!
 //! The effects ([`Orders::advance`]): each step change is one transaction of the orders'
@@ -373,7 +373,9 @@ impl Orders {
         lines: &[StockLine],
     ) -> Result<Order> {
         let route = self.link.route().await?;
-        let mut tx = self.db.begin_write().await?;
+        // Relaxed, as every step before the settlement: the durable settlement flushes it, and
+        // an order lost with it in a database crash has its reservation expire.
+        let mut tx = self.db.begin_relaxed_write().await?;
         let order = store::insert_pending(
             &mut tx,
             customer_id,
@@ -418,7 +420,7 @@ impl Orders {
             if order.status != "pending" || tokio::time::Instant::now() >= deadline {
                 return result_of(order);
             }
-            // Woken when this process settles the order; the 100 ms poll covers an order
+            // Woken when this process settles the order; the 500 ms poll covers an order
             // settled by another process consuming the replies.
             let woken = async {
                 loop {
@@ -429,7 +431,7 @@ impl Orders {
                     }
                 }
             };
-            let until = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+            let until = deadline.min(tokio::time::Instant::now() + Duration::from_millis(500));
             let _ = tokio::time::timeout_at(until, woken).await;
         }
     }
@@ -491,6 +493,12 @@ impl Orders {
         event: Event,
         inbox_id: Option<&str>,
     ) -> Result<Option<Command>> {
+        // A command the service refused goes the other way whatever the order's state: a
+        // compensation (a release) is sent after the order settled, and must not be lost.
+        if let Event::Inventory(Reply::NotOwner { command }) = event {
+            self.consume(inbox_id).await?;
+            return Ok(Some(command));
+        }
         let pending = store::pending(&self.db, order_id).await?;
         let step = pending
             .as_ref()
@@ -507,7 +515,7 @@ impl Orders {
                 Ok(None)
             }
             Next::Charge => {
-                let mut tx = self.db.begin_write().await?;
+                let mut tx = self.db.begin_relaxed_write().await?;
                 if !first(&mut tx, inbox_id).await? {
                     return Ok(None);
                 }
@@ -585,7 +593,12 @@ impl Orders {
                 None => route = Route::Messages,
             }
         }
-        let mut tx = self.db.begin_write().await?;
+        // A step is relaxed (recovery drives an order on from the step it finds); a settlement
+        // is durable, with the outcome stored under the order's idempotency keys.
+        let mut tx = match transition {
+            Transition::Step(_) => self.db.begin_relaxed_write().await?,
+            Transition::Settle(..) => self.db.begin_write().await?,
+        };
         if !first(&mut tx, inbox_id).await? {
             return Ok(None);
         }
@@ -610,20 +623,28 @@ impl Orders {
             Some(command) if moved => self.link.stage(&mut tx, route, command).await?,
             _ => None,
         };
+        if let Some(order) = &settled {
+            // The keys of the order get its outcome: their request may have answered 202, or
+            // ended with a crash.
+            let (status, body) = super::http::outcome(&result_of(order.clone()));
+            store::complete_for_order(&mut tx, order_id, status, &body).await?;
+        }
         tx.commit().await?;
         self.link.staged();
-        if let Some(order) = settled {
-            self.settled_now(order).await?;
+        if settled.is_some() {
+            let _ = self.settled.send(order_id);
         }
         Ok(in_process)
     }
 
-    /// What follows a settlement: the idempotency keys of the order get its outcome (their
-    /// request may have answered 202 or ended with a crash), and waiters are woken.
+    /// What follows a settlement made outside [`Orders::transition`]: the idempotency keys of
+    /// the order get its outcome, and waiters are woken.
     async fn settled_now(&self, order: Order) -> Result<()> {
         let id = order.id;
         let (status, body) = super::http::outcome(&result_of(order));
-        store::complete_for_order(&self.db, id, status, &body).await?;
+        let mut tx = self.db.begin_write().await?;
+        store::complete_for_order(&mut tx, id, status, &body).await?;
+        tx.commit().await?;
         let _ = self.settled.send(id);
         Ok(())
     }
@@ -650,14 +671,21 @@ impl Orders {
     }
 
     /// Consumes the inventory's replies from `transport` until `stop` completes, applying each
-    /// (at most 64 at once, one at a time per order) and acknowledging it once recorded.
+    /// (at most 64 at once on PostgreSQL, 4 on SQLite, one at a time per order) and
+    /// acknowledging it once recorded.
     pub async fn consume_replies(
         self: Arc<Self>,
         transport: Arc<dyn messaging::Transport>,
         stop: impl std::future::Future<Output = ()> + Send,
     ) {
         tokio::pin!(stop);
-        let permits = Arc::new(tokio::sync::Semaphore::new(64));
+        // SQLite has one writer: more replies at once only wait for it (asleep in its busy
+        // handler); a few overlap the payment provider's calls.
+        let concurrency = match self.db.backend() {
+            crate::db::Backend::Sqlite => 4,
+            crate::db::Backend::Postgres => 64,
+        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let mut consumer = loop {
             match transport.consumer(CONSUMER, REPLIES).await {
                 Ok(consumer) => break consumer,
@@ -899,6 +927,94 @@ impl Orders {
 mod tests {
     use super::*;
     use crate::orders::OrderLine;
+
+    #[test]
+    fn the_decision_table_holds() {
+        use Event::{Charged, Inventory};
+        let order_id = 7;
+        let settles = |next: Next| match next {
+            Next::Settle {
+                status,
+                release,
+                refund,
+                ..
+            } => Some((status, release, refund)),
+            _ => None,
+        };
+        assert_eq!(
+            decide(Step::Reserving, &Inventory(Reply::Reserved { order_id })),
+            Next::Charge
+        );
+        let short = Reply::Insufficient {
+            order_id,
+            product_id: 3,
+            requested: 2,
+            available: 1,
+        };
+        assert_eq!(
+            settles(decide(Step::Reserving, &Inventory(short))),
+            Some(("rejected", false, false))
+        );
+        assert_eq!(
+            decide(
+                Step::Charging,
+                &Charged(ChargeOutcome::Approved { payment_id: 1 })
+            ),
+            Next::Commit
+        );
+        assert_eq!(
+            settles(decide(Step::Charging, &Charged(ChargeOutcome::TimedOut))),
+            Some(("payment_failed", true, false)),
+            "a timed-out charge releases the stock"
+        );
+        assert_eq!(
+            settles(decide(
+                Step::Charging,
+                &Charged(ChargeOutcome::Declined {
+                    reason: "no".to_owned()
+                })
+            )),
+            Some(("payment_failed", true, false))
+        );
+        assert_eq!(
+            settles(decide(
+                Step::Committing,
+                &Inventory(Reply::Committed { order_id })
+            )),
+            Some(("confirmed", false, false))
+        );
+        assert_eq!(
+            settles(decide(
+                Step::Committing,
+                &Inventory(Reply::Expired { order_id })
+            )),
+            Some(("payment_failed", false, true)),
+            "an expired reservation refunds the charge"
+        );
+        // Late and repeated events change nothing.
+        assert_eq!(
+            decide(Step::Committing, &Inventory(Reply::Reserved { order_id })),
+            Next::Nothing
+        );
+        assert_eq!(
+            decide(Step::Reserving, &Inventory(Reply::Committed { order_id })),
+            Next::Nothing
+        );
+        assert_eq!(
+            decide(Step::Charging, &Inventory(Reply::Reserved { order_id })),
+            Next::Nothing
+        );
+        let refused = Command::Release { order_id };
+        assert_eq!(
+            decide(
+                Step::Committing,
+                &Inventory(Reply::NotOwner {
+                    command: refused.clone()
+                })
+            ),
+            Next::Resend(refused)
+        );
+    }
 
     fn request(items: &[(i64, i64)]) -> PlaceOrder {
         PlaceOrder {

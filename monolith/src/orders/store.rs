@@ -235,9 +235,9 @@ pub(super) async fn complete(db: &Db, key: &str, status: u16, body: &str) -> Res
 }
 
 /// Stores the response of the keys linked to `order_id` that have none yet (their request
-/// ended with the process, and recovery settled the order).
+/// answered 202, or ended with the process), inside `tx` (the one that settles the order).
 pub(super) async fn complete_for_order(
-    db: &Db,
+    tx: &mut Tx,
     order_id: i64,
     status: u16,
     body: &str,
@@ -249,7 +249,7 @@ pub(super) async fn complete_for_order(
     .bind(i64::from(status))
     .bind(body)
     .bind(order_id)
-    .execute(db.pool())
+    .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
 }

@@ -1382,18 +1382,20 @@ e2e::db_test!(the_demo_walks_every_phase_under_traffic_without_a_failed_request)
 
 async fn the_demo_walks_every_phase_under_traffic_without_a_failed_request(shop_db: e2e::TestDb) {
     let mut args: Vec<String> = ["demo", "--seed-products", "30"].map(String::from).to_vec();
-    // On SQLite the demo's own temporary files; on PostgreSQL three schemas.
+    // On SQLite the demo's own temporary files; on PostgreSQL four schemas.
     let mut dbs = Vec::new();
     if shop_db.url.starts_with("postgres") {
         let (service_db, control_db) = (twin(&shop_db).await, twin(&shop_db).await);
+        let inventory_db = twin(&shop_db).await;
         for (flag, db) in [
             ("--monolith-db", &shop_db),
             ("--service-db", &service_db),
             ("--control-db", &control_db),
+            ("--inventory-db", &inventory_db),
         ] {
             args.extend([flag.to_owned(), db.url.clone()]);
         }
-        dbs.extend([service_db, control_db]);
+        dbs.extend([service_db, control_db, inventory_db]);
     }
     let output = tokio::task::spawn_blocking(move || {
         Command::new(BIN)
@@ -1401,6 +1403,7 @@ async fn the_demo_walks_every_phase_under_traffic_without_a_failed_request(shop_
             .env_remove("STRANGLER_STACK_MONOLITH_DB")
             .env_remove("STRANGLER_STACK_SERVICE_DB")
             .env_remove("STRANGLER_STACK_CONTROL_DB")
+            .env_remove("STRANGLER_STACK_INVENTORY_DB")
             .output()
             .unwrap()
     })
@@ -1429,6 +1432,52 @@ async fn the_demo_walks_every_phase_under_traffic_without_a_failed_request(shop_
     );
     assert!(
         stderr.contains("ownership: catalog is now canary"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_demo_walks_every_phase_with_live_orders() {
+    let output = tokio::task::spawn_blocking(|| {
+        Command::new(BIN)
+            .args(["demo", "--carveout", "inventory", "--seed-products", "30"])
+            .env_remove("STRANGLER_STACK_MONOLITH_DB")
+            .env_remove("STRANGLER_STACK_SERVICE_DB")
+            .env_remove("STRANGLER_STACK_CONTROL_DB")
+            .env_remove("STRANGLER_STACK_INVENTORY_DB")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    for step in [
+        "3. rollout of the inventory's reads started",
+        "4. rollout at step 4 of 4: canary 100.00%",
+        "5. contracts: 6 interaction(s)",
+        "green",
+        "7. phase extracted",
+        "8. roll-back",
+        ", 0 failed; no order pending, 0 reservation(s) held; monolith and service:",
+        "no drift",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    // Orders went by message while the service owned the stock.
+    let by_message = stdout
+        .split("the orders saga reaches it by message (")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        by_message > 0,
+        "no reservation made by the service:\n{stdout}"
+    );
+    assert!(
+        stderr.contains("ownership: inventory is now extracted"),
         "{stderr}"
     );
 }

@@ -196,11 +196,25 @@ pub(crate) fn start_stack(dir: &Path, log: &Path) -> (Group, HashMap<String, Str
             .args(["--listen", any, "--admin-listen", any])
             .args(["--monolith-listen", any, "--service-listen", any])
             .args(["--contracts-listen", any])
+            .args([
+                "--inventory-listen",
+                any,
+                "--inventory-contracts-listen",
+                any,
+            ])
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap()),
     );
-    let labels = ["proxy", "admin API", "monolith", "catalog", "contracts"];
+    let labels = [
+        "proxy",
+        "admin API",
+        "monolith",
+        "catalog",
+        "contracts",
+        "inventory-contracts",
+        "inventory",
+    ];
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -339,6 +353,8 @@ async fn every_command_of_the_readme_runs_as_written_against_the_stack() {
         (8080, "monolith"),
         (8081, "catalog"),
         (8082, "contracts"),
+        (8084, "inventory"),
+        (8085, "inventory-contracts"),
     ]
     .into_iter()
     .map(|(port, name)| (port, port_of(&urls[name])))

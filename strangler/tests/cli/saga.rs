@@ -105,14 +105,22 @@ async fn the_inventory_service_killed_mid_saga_loses_nothing(db: TestDb, broker:
         let _ = stopped.await;
     }));
     let http = reqwest::Client::new();
-    let (_, customer) = post(&http, &format!("{shop}/accounts"), json!({"email": "kill@example.com", "name": "K"})).await;
+    let (_, customer) = post(
+        &http,
+        &format!("{shop}/accounts"),
+        json!({"email": "kill@example.com", "name": "K"}),
+    )
+    .await;
     let (_, product) = post(
         &http,
         &format!("{shop}/catalog/products"),
         json!({"sku": "KILL-1", "name": "Anvil", "price_cents": 900, "currency": "EUR"}),
     )
     .await;
-    let (customer, product) = (customer["id"].as_i64().unwrap(), product["id"].as_i64().unwrap());
+    let (customer, product) = (
+        customer["id"].as_i64().unwrap(),
+        product["id"].as_i64().unwrap(),
+    );
     let set = http
         .put(format!("{shop}/inventory/{product}"))
         .json(&json!({"quantity": 100}))
@@ -122,7 +130,11 @@ async fn the_inventory_service_killed_mid_saga_loses_nothing(db: TestDb, broker:
     assert_eq!(set.status(), 200);
 
     // The service, its schema made by its own start-up.
-    let mut service = Some(ServiceProcess::start(&service_test_db.url, &broker.url, &shop));
+    let mut service = Some(ServiceProcess::start(
+        &service_test_db.url,
+        &broker.url,
+        &shop,
+    ));
     let options = DbOptions::default();
     eventually(Duration::from_secs(30), "the service's schema", || async {
         match Db::connect_unmigrated(&service_test_db.url, &options).await {
@@ -145,7 +157,9 @@ async fn the_inventory_service_killed_mid_saga_loses_nothing(db: TestDb, broker:
         service_db: service_test_db.url.clone(),
     };
     let forward = setup.open(Direction::Forward).await.unwrap();
-    capture::install(&forward.source, &forward.mapping).await.unwrap();
+    capture::install(&forward.source, &forward.mapping)
+        .await
+        .unwrap();
     Backfill::new(
         forward.source.clone(),
         forward.target.clone(),
@@ -158,8 +172,15 @@ async fn the_inventory_service_killed_mid_saga_loses_nothing(db: TestDb, broker:
     .await
     .unwrap();
     let reverse = setup.open(Direction::Reverse).await.unwrap();
-    capture::install(&reverse.source, &reverse.mapping).await.unwrap();
-    let tables: Vec<String> = forward.mapping.tables.iter().map(|t| t.source.clone()).collect();
+    capture::install(&reverse.source, &reverse.mapping)
+        .await
+        .unwrap();
+    let tables: Vec<String> = forward
+        .mapping
+        .tables
+        .iter()
+        .map(|t| t.source.clone())
+        .collect();
     guard::install(&forward.source, &tables).await.unwrap();
     guard::set(&forward.source, &tables, Guard::OwnedElsewhere)
         .await
@@ -204,18 +225,35 @@ async fn the_inventory_service_killed_mid_saga_loses_nothing(db: TestDb, broker:
                 .collect::<Vec<u16>>()
         }
     });
-    eventually(Duration::from_secs(30), "reservations before the kill", || async {
-        count(&service_db, "SELECT CAST(COUNT(*) AS BIGINT) FROM reservations").await >= 8
-    })
+    eventually(
+        Duration::from_secs(30),
+        "reservations before the kill",
+        || async {
+            count(
+                &service_db,
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM reservations",
+            )
+            .await
+                >= 8
+        },
+    )
     .await;
     service.take().unwrap().kill();
     let _restarted = ServiceProcess::start(&service_test_db.url, &broker.url, &shop);
     let statuses = load.await.unwrap();
     // Orders caught by the kill waited past the request's wait (202); all settle.
-    assert!(statuses.iter().all(|s| [201, 202].contains(s)), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [201, 202].contains(s)),
+        "{statuses:?}"
+    );
     let monolith_db = Db::connect_unmigrated(&db.url, &options).await.unwrap();
     eventually(Duration::from_secs(30), "every order to settle", || async {
-        count(&monolith_db, "SELECT CAST(COUNT(*) AS BIGINT) FROM orders_orders WHERE status = 'pending'").await == 0
+        count(
+            &monolith_db,
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM orders_orders WHERE status = 'pending'",
+        )
+        .await
+            == 0
     })
     .await;
     let confirmed = count(
@@ -225,13 +263,27 @@ async fn the_inventory_service_killed_mid_saga_loses_nothing(db: TestDb, broker:
     .await;
     assert_eq!(confirmed, 60, "every order had stock");
     // The service's ledger: one reserve per order, 60 units committed, 40 left, none held.
-    let reserves = count(&service_db, "SELECT CAST(COUNT(*) AS BIGINT) FROM stock_movements WHERE reason = 'reserve'").await;
+    let reserves = count(
+        &service_db,
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM stock_movements WHERE reason = 'reserve'",
+    )
+    .await;
     assert_eq!(reserves, 60, "a reservation applied twice, or one lost");
     let available = count(&service_db, "SELECT available FROM stock_levels").await;
-    let held = count(&service_db, "SELECT CAST(COUNT(*) AS BIGINT) FROM reservations WHERE state = 'held'").await;
+    let held = count(
+        &service_db,
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM reservations WHERE state = 'held'",
+    )
+    .await;
     assert_eq!((available, held), (40, 0));
     // And the monolith's copy agrees once the reverse sync applied the service's writes.
-    let relay = setup.open(Direction::Reverse).await.unwrap().relay().await.unwrap();
+    let relay = setup
+        .open(Direction::Reverse)
+        .await
+        .unwrap()
+        .relay()
+        .await
+        .unwrap();
     let mut relay = relay;
     while relay.step().await.unwrap().applied > 0 {}
     let report = verify::verify(&forward.source, &forward.target, &forward.mapping)

@@ -238,7 +238,8 @@ pub async fn installed(db: &Db, mapping: &Mapping) -> Result<bool, sqlx::Error> 
     Ok(true)
 }
 
-/// Removes the triggers and the change log (what was not relayed yet is dropped with it).
+/// Removes the mapping's triggers and its changes from the log (what was not relayed yet is
+/// dropped with them); the log itself goes with the last carve-out that captures into it.
 pub async fn uninstall(db: &Db, mapping: &Mapping) -> anyhow::Result<()> {
     let mut statements = Vec::new();
     for table in &mapping.tables {
@@ -255,10 +256,36 @@ pub async fn uninstall(db: &Db, mapping: &Mapping) -> anyhow::Result<()> {
             }
         }
     }
-    statements.push("DROP TABLE IF EXISTS sync_changes".to_owned());
     let mut tx = db.begin_write().await?;
     for sql in &statements {
         sqlx::raw_sql(sql).execute(&mut *tx).await?;
+    }
+    // Capture triggers of other carve-outs left in this database (the guard's are not).
+    let others: i64 = match db.backend() {
+        Backend::Sqlite => sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM sqlite_master WHERE type = 'trigger' \
+             AND name LIKE 'sync\\_%' ESCAPE '\\' AND name NOT LIKE 'sync\\_guard\\_%' ESCAPE '\\'",
+        )
+        .fetch_one(&mut *tx)
+        .await?,
+        Backend::Postgres => sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT t.tgisinternal AND n.nspname = ANY (current_schemas(false)) \
+             AND t.tgname LIKE 'sync\\_%' AND t.tgname NOT LIKE 'sync\\_guard\\_%'",
+        )
+        .fetch_one(&mut *tx)
+        .await?,
+    };
+    if others == 0 {
+        sqlx::raw_sql("DROP TABLE IF EXISTS sync_changes")
+            .execute(&mut *tx)
+            .await?;
+    } else {
+        let mut delete = db.statement("DELETE FROM sync_changes WHERE tbl IN (");
+        delete.bind_list(mapping.tables.iter().map(|t| t.source.clone()));
+        delete.push(")");
+        delete.query()?.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -77,6 +77,7 @@ async fn count(db: &Db, sql: &str) -> i64 {
 }
 
 db_test!(
+    two_carve_outs_share_one_change_log,
     a_refused_change_is_parked_and_the_other_keys_flow,
     backfill_under_concurrent_writes_loses_nothing,
     changes_flow_forward_mapped,
@@ -1160,4 +1161,91 @@ async fn a_refused_change_is_parked_and_the_other_keys_flow(db: TestDb) {
         count(&target, "SELECT COUNT(*) FROM items WHERE item_id = 7").await,
         1
     );
+}
+
+/// Two carve-outs whose tables live in the same source database capture into one change log:
+/// each relay applies its own tables, moves past the other's changes, counts only its own in
+/// its lag; removing one carve-out's capture leaves the other's working.
+async fn two_carve_outs_share_one_change_log(db: TestDb) {
+    let (source, target, items, _dbs) = setup(db).await;
+    exec(
+        &source,
+        "CREATE TABLE src_stock (product_id BIGINT PRIMARY KEY, quantity BIGINT NOT NULL)",
+    )
+    .await;
+    exec(
+        &target,
+        "CREATE TABLE stock (product_id BIGINT PRIMARY KEY, available BIGINT NOT NULL)",
+    )
+    .await;
+    let mut stock = Mapping::parse(
+        r#"
+carveout = "stock"
+[[tables]]
+source = "src_stock"
+target = "stock"
+key = [{ source = "product_id", target = "product_id" }]
+columns = [{ source = "quantity", target = "available" }]
+"#,
+    )
+    .unwrap();
+    stock.check(&source, &target).await.unwrap();
+    capture::install(&source, &items).await.unwrap();
+    capture::install(&source, &stock).await.unwrap();
+    exec(&source, "INSERT INTO src_stock VALUES (1, 5)").await;
+    exec(
+        &source,
+        "INSERT INTO src_items (id, name, price_cents) VALUES (1, 'a', 100)",
+    )
+    .await;
+    exec(&source, "INSERT INTO src_stock VALUES (2, 7)").await;
+    let mut items_relay = Relay::new(source.clone(), target.clone(), items.clone(), "forward")
+        .await
+        .unwrap();
+    assert_eq!(
+        items_relay.lag().await.unwrap().0,
+        1,
+        "only its own table counts"
+    );
+    assert_eq!(
+        items_relay.drain().await.unwrap(),
+        3,
+        "it moves past the other's changes"
+    );
+    assert_eq!(
+        count(&target, "SELECT CAST(COUNT(*) AS BIGINT) FROM items").await,
+        1
+    );
+    assert_eq!(
+        count(&target, "SELECT CAST(COUNT(*) AS BIGINT) FROM stock").await,
+        0
+    );
+    let mut stock_relay = Relay::new(source.clone(), target.clone(), stock.clone(), "forward")
+        .await
+        .unwrap();
+    assert_eq!(stock_relay.lag().await.unwrap().0, 2);
+    stock_relay.drain().await.unwrap();
+    assert_eq!(
+        count(&target, "SELECT CAST(SUM(available) AS BIGINT) FROM stock").await,
+        12
+    );
+    // The items carve-out leaves: the stock's capture keeps its log and goes on.
+    capture::uninstall(&source, &items).await.unwrap();
+    assert!(capture::installed(&source, &stock).await.unwrap());
+    exec(
+        &source,
+        "UPDATE src_stock SET quantity = 4 WHERE product_id = 1",
+    )
+    .await;
+    stock_relay.drain().await.unwrap();
+    assert_eq!(
+        count(&target, "SELECT available FROM stock WHERE product_id = 1").await,
+        4
+    );
+    // The last one removes the log.
+    capture::uninstall(&source, &stock).await.unwrap();
+    assert!(sqlx::query("SELECT 1 FROM sync_changes")
+        .fetch_optional(source.pool())
+        .await
+        .is_err());
 }

@@ -170,10 +170,33 @@ pub(crate) async fn walk(stack: &Stack, products: u64) -> anyhow::Result<()> {
         if pending == 0 && held == 0 {
             break held;
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{pending} order(s) still pending and {held} reservation(s) held 30 s after the traffic stopped"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let rows = sqlx::query(
+                "SELECT r.order_id, r.product_id, o.status, o.failure_reason FROM inventory_reservations r \
+                 JOIN orders_orders o ON o.id = r.order_id WHERE r.status = 'held' ORDER BY r.order_id LIMIT 10",
+            )
+            .fetch_all(monolith_db.pool())
+            .await?;
+            let held_by: Vec<String> = rows
+                .iter()
+                .map(|row| {
+                    use sqlx::Row as _;
+                    format!(
+                        "order {} ({}: {})",
+                        row.try_get::<i64, _>(0).unwrap_or_default(),
+                        row.try_get::<String, _>(2).unwrap_or_default(),
+                        row.try_get::<Option<String>, _>(3)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            anyhow::bail!(
+                "{pending} order(s) still pending and {held} reservation(s) held 30 s after the traffic stopped (held by {})",
+                held_by.join(", ")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let watcher = Relay::new(

@@ -219,6 +219,45 @@ pub async fn lift(db: &Db, tables: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The guard on `table` as `tx` sees it, for a writer that must know before it writes: a
+/// statement that matches no row fires no trigger, so an `UPDATE ... WHERE` that finds nothing
+/// on the side that does not own the rows would pass unrefused. On PostgreSQL it first takes
+/// the table's ROW EXCLUSIVE lock (a writer's own), which [`set`] waits for: the answer holds
+/// until `tx` ends.
+pub async fn check(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    table: &str,
+) -> Result<Option<Guard>, sqlx::Error> {
+    if !crate::schema::is_identifier(table) {
+        return Err(sqlx::Error::Protocol(format!(
+            "{table:?} is not a table name"
+        )));
+    }
+    let exists = match backend {
+        Backend::Sqlite => {
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM sqlite_master WHERE type = 'table' AND name = 'sync_write_guard'"
+        }
+        Backend::Postgres => {
+            sqlx::query(&format!("LOCK TABLE {table} IN ROW EXCLUSIVE MODE"))
+                .execute(&mut **tx)
+                .await?;
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_tables WHERE tablename = 'sync_write_guard' \
+             AND schemaname = ANY (current_schemas(false))"
+        }
+    };
+    let found: i64 = sqlx::query_scalar(exists).fetch_one(&mut **tx).await?;
+    if found == 0 {
+        return Ok(None);
+    }
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM sync_write_guard WHERE tbl = $1")
+            .bind(table.to_owned())
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(state.as_deref().and_then(Guard::parse))
+}
+
 /// The guard on `table`, if any.
 pub async fn state(db: &Db, table: &str) -> Result<Option<Guard>, sqlx::Error> {
     if !exists(db).await? {

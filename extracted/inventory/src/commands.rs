@@ -144,6 +144,20 @@ impl Commands {
         if !INBOX.first_delivery(&mut tx, message_id).await? {
             return Ok(Applied::Done);
         }
+        // Asked before anything is written: a commit or release that finds no row here fires
+        // no guard trigger, and would be answered as if it had been applied.
+        match guard::check(&mut tx, self.db.backend(), "reservations").await? {
+            None => {}
+            Some(Guard::Fenced) => return Ok(Applied::Wait),
+            Some(Guard::OwnedElsewhere) => {
+                let reply = Reply::NotOwner {
+                    command: command.clone(),
+                };
+                self.outbox.stage(&mut tx, &reply.message()).await?;
+                tx.commit().await?;
+                return Ok(Applied::Done);
+            }
+        }
         let result = match command {
             Command::Reserve {
                 order_id,

@@ -135,25 +135,40 @@ pub(super) async fn held_by(db: &Db, order_id: i64) -> Result<bool> {
 /// Makes the held lines final; [`Commit::Expired`] when nothing is held or committed (expired
 /// and released, or never reserved).
 pub(super) async fn commit(db: &Db, order_id: i64) -> Result<Commit> {
+    let mut tx = guarded(db).await?;
     sqlx::query(
         "UPDATE inventory_reservations SET status = 'committed' \
          WHERE order_id = $1 AND status = 'held'",
     )
     .bind(order_id)
-    .execute(db.relaxed_pool())
+    .execute(&mut *tx)
     .await?;
     let committed: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM inventory_reservations \
          WHERE order_id = $1 AND status = 'committed'",
     )
     .bind(order_id)
-    .fetch_one(db.pool())
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(if committed > 0 {
         Commit::Committed
     } else {
         Commit::Expired
     })
+}
+
+/// A (relaxed) write transaction of the reservations, refused at once when the data sync's
+/// write guard keeps them from this database: a commit or release that matches no row here
+/// fires no guard trigger, and would otherwise report success for rows the service holds.
+async fn guarded(db: &Db) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    let mut tx = db.begin_relaxed_write().await?;
+    if let Some(guard) =
+        strangler_sync::guard::check(&mut tx, db.backend(), "inventory_reservations").await?
+    {
+        return Err(crate::error::Error::Elsewhere(guard));
+    }
+    Ok(tx)
 }
 
 /// Orders holding a reservation whose expiry is before `now` (at most 500).
@@ -170,12 +185,14 @@ pub(super) async fn expired(db: &Db, now: &str) -> Result<Vec<i64>> {
 /// Marks the held lines released; the stock-ledger trigger returns their units to stock. Lines
 /// already released or committed are left alone, so a repeated release changes nothing.
 pub(super) async fn release(db: &Db, order_id: i64) -> Result<()> {
+    let mut tx = guarded(db).await?;
     sqlx::query(
         "UPDATE inventory_reservations SET status = 'released' WHERE order_id = $1 AND status = 'held'",
     )
     .bind(order_id)
-    .execute(db.relaxed_pool())
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -66,7 +66,14 @@ pub(crate) struct Shop {
     pub(crate) customer: i64,
     stoppers: Vec<Stopper>,
     _dbs: Vec<TestDb>,
+    /// Held by a shop on PostgreSQL while it runs (see [`POSTGRES_SHOPS`]).
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
+
+/// One shop on PostgreSQL at a time: each holds some 60 connections at its busiest (the
+/// monolith's, the service's and the control database's pools, the relays', the proxy's), and a
+/// few at once exhaust a default server's 100 while the other PostgreSQL tests run beside them.
+static POSTGRES_SHOPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Shop {
     /// Everything running, the inventory in canary with forward sync, `stock` units of each of
@@ -89,6 +96,11 @@ impl Shop {
         products: usize,
         stock: i64,
     ) -> (Shop, Vec<i64>) {
+        let turn = if db.url.starts_with("postgres") {
+            Some(POSTGRES_SHOPS.lock().await)
+        } else {
+            None
+        };
         let (service_test_db, control_test_db) = (twin(&db).await, twin(&db).await);
         let mut stoppers = Vec::new();
         let provider = Arc::new(FakeProvider::new());
@@ -96,8 +108,9 @@ impl Shop {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: db.url.clone(),
             payment_timeout_ms: 300,
-            settle_wait_ms: 5000,
+            settle_wait_ms: 10_000,
             recover_interval_ms: 200,
+            db_max_connections: 8,
             ..ServeConfig::defaults()
         };
         let app = Application::build_with_parts(&config, provider.clone(), Some(transport.clone()))
@@ -223,6 +236,7 @@ impl Shop {
             customer,
             stoppers,
             _dbs: vec![db, service_test_db, control_test_db],
+            _turn: turn,
         };
         shop.settle(Direction::Forward).await;
         (shop, ids)

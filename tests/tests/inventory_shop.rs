@@ -96,6 +96,18 @@ impl Shop {
         products: usize,
         stock: i64,
     ) -> (Shop, Vec<i64>) {
+        // Several shops' pools fit in one PostgreSQL server beside the other tests.
+        Shop::start_pooled(db, transport, products, stock, 8).await
+    }
+
+    /// As [`Shop::start_with`], with `monolith_pool` database connections for the monolith.
+    pub(crate) async fn start_pooled(
+        db: TestDb,
+        transport: Arc<dyn messaging::Transport>,
+        products: usize,
+        stock: i64,
+        monolith_pool: u32,
+    ) -> (Shop, Vec<i64>) {
         let turn = if db.url.starts_with("postgres") {
             Some(POSTGRES_SHOPS.lock().await)
         } else {
@@ -110,7 +122,7 @@ impl Shop {
             payment_timeout_ms: 300,
             settle_wait_ms: 10_000,
             recover_interval_ms: 200,
-            db_max_connections: 8,
+            db_max_connections: monolith_pool,
             ..ServeConfig::defaults()
         };
         let app = Application::build_with_parts(&config, provider.clone(), Some(transport.clone()))
@@ -120,7 +132,13 @@ impl Shop {
         let (stop, stopped) = stopper();
         tokio::spawn(app.run_until(stopped));
         stoppers.push(stop);
-        let http = reqwest::Client::new();
+        // A client drops an idle connection before the proxy does (after its 10 s header
+        // timeout): else a request sent as the proxy closes it fails half-way, the race every
+        // HTTP/1.1 keep-alive client avoids this way.
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
         let customer = post(
             &http,
             &format!("{monolith_url}/accounts"),

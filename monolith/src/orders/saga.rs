@@ -111,9 +111,16 @@ fn fail(status: &'static str, reason: String, release: bool, refund: bool) -> Ne
     }
 }
 
-/// The saga's decision: what an event means for an order at `step` (the table above).
-pub(super) fn decide(step: Step, event: &Event) -> Next {
+/// The saga's decision: what an event means for an order at `step` (the table above; `None`:
+/// the order is settled, or unknown).
+pub(super) fn decide(step: Option<Step>, event: &Event) -> Next {
     use Event::{Charged, Inventory};
+    let Some(step) = step else {
+        return match event {
+            Inventory(Reply::NotOwner { command }) => Next::Resend(command.clone()),
+            _ => Next::Nothing,
+        };
+    };
     match (step, event) {
         (_, Inventory(Reply::NotOwner { command })) => Next::Resend(command.clone()),
         (Step::Reserving, Inventory(Reply::Reserved { .. })) => Next::Charge,
@@ -493,23 +500,36 @@ impl Orders {
         event: Event,
         inbox_id: Option<&str>,
     ) -> Result<Option<Command>> {
-        // A command the service refused goes the other way whatever the order's state: a
-        // compensation (a release) is sent after the order settled, and must not be lost.
-        if let Event::Inventory(Reply::NotOwner { command }) = event {
-            self.consume(inbox_id).await?;
-            return Ok(Some(command));
-        }
         let pending = store::pending(&self.db, order_id).await?;
         let step = pending
             .as_ref()
             .and_then(|p| p.step.as_deref())
             .and_then(Step::parse);
         let (Some(step), Some(pending)) = (step, pending) else {
-            // Settled already (or unknown): a late or repeated event.
+            // Settled already (or unknown): a late or repeated event changes nothing, but a
+            // command the service refused still goes the other way: a compensation (a
+            // release) is sent after its order settled, and must not be lost.
             self.consume(inbox_id).await?;
-            return Ok(None);
+            return Ok(match decide(None, &event) {
+                Next::Resend(command) => Some(command),
+                _ => None,
+            });
         };
-        match decide(step, &event) {
+        self.apply_at(order_id, step, &pending, event, inbox_id)
+            .await
+    }
+
+    /// Applies `event` to the pending order found at `step` (each change below is conditional
+    /// on the step, so one that moved since changes nothing).
+    async fn apply_at(
+        &self,
+        order_id: i64,
+        step: Step,
+        pending: &Pending,
+        event: Event,
+        inbox_id: Option<&str>,
+    ) -> Result<Option<Command>> {
+        match decide(Some(step), &event) {
             Next::Nothing => {
                 self.consume(inbox_id).await?;
                 Ok(None)
@@ -525,8 +545,16 @@ impl Orders {
                 if !moved {
                     return Ok(None);
                 }
-                let outcome = self.charge(order_id, &pending).await?;
-                Box::pin(self.apply_event(order_id, Event::Charged(outcome), None)).await
+                let outcome = self.charge(order_id, pending).await?;
+                // Still at `charging`: this saga moved it there and holds the order's lock.
+                Box::pin(self.apply_at(
+                    order_id,
+                    Step::Charging,
+                    pending,
+                    Event::Charged(outcome),
+                    None,
+                ))
+                .await
             }
             Next::Commit => {
                 let commit = Command::Commit { order_id };
@@ -942,7 +970,10 @@ mod tests {
             _ => None,
         };
         assert_eq!(
-            decide(Step::Reserving, &Inventory(Reply::Reserved { order_id })),
+            decide(
+                Some(Step::Reserving),
+                &Inventory(Reply::Reserved { order_id })
+            ),
             Next::Charge
         );
         let short = Reply::Insufficient {
@@ -952,24 +983,27 @@ mod tests {
             available: 1,
         };
         assert_eq!(
-            settles(decide(Step::Reserving, &Inventory(short))),
+            settles(decide(Some(Step::Reserving), &Inventory(short))),
             Some(("rejected", false, false))
         );
         assert_eq!(
             decide(
-                Step::Charging,
+                Some(Step::Charging),
                 &Charged(ChargeOutcome::Approved { payment_id: 1 })
             ),
             Next::Commit
         );
         assert_eq!(
-            settles(decide(Step::Charging, &Charged(ChargeOutcome::TimedOut))),
+            settles(decide(
+                Some(Step::Charging),
+                &Charged(ChargeOutcome::TimedOut)
+            )),
             Some(("payment_failed", true, false)),
             "a timed-out charge releases the stock"
         );
         assert_eq!(
             settles(decide(
-                Step::Charging,
+                Some(Step::Charging),
                 &Charged(ChargeOutcome::Declined {
                     reason: "no".to_owned()
                 })
@@ -978,14 +1012,14 @@ mod tests {
         );
         assert_eq!(
             settles(decide(
-                Step::Committing,
+                Some(Step::Committing),
                 &Inventory(Reply::Committed { order_id })
             )),
             Some(("confirmed", false, false))
         );
         assert_eq!(
             settles(decide(
-                Step::Committing,
+                Some(Step::Committing),
                 &Inventory(Reply::Expired { order_id })
             )),
             Some(("payment_failed", false, true)),
@@ -993,26 +1027,49 @@ mod tests {
         );
         // Late and repeated events change nothing.
         assert_eq!(
-            decide(Step::Committing, &Inventory(Reply::Reserved { order_id })),
+            decide(
+                Some(Step::Committing),
+                &Inventory(Reply::Reserved { order_id })
+            ),
             Next::Nothing
         );
         assert_eq!(
-            decide(Step::Reserving, &Inventory(Reply::Committed { order_id })),
+            decide(
+                Some(Step::Reserving),
+                &Inventory(Reply::Committed { order_id })
+            ),
             Next::Nothing
         );
         assert_eq!(
-            decide(Step::Charging, &Inventory(Reply::Reserved { order_id })),
+            decide(
+                Some(Step::Charging),
+                &Inventory(Reply::Reserved { order_id })
+            ),
             Next::Nothing
         );
         let refused = Command::Release { order_id };
         assert_eq!(
             decide(
-                Step::Committing,
+                Some(Step::Committing),
+                &Inventory(Reply::NotOwner {
+                    command: refused.clone()
+                })
+            ),
+            Next::Resend(refused.clone())
+        );
+        // A settled order: a refused command still goes the other way; anything else is late.
+        assert_eq!(
+            decide(
+                None,
                 &Inventory(Reply::NotOwner {
                     command: refused.clone()
                 })
             ),
             Next::Resend(refused)
+        );
+        assert_eq!(
+            decide(None, &Inventory(Reply::Committed { order_id })),
+            Next::Nothing
         );
     }
 

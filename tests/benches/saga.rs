@@ -6,10 +6,11 @@
 //! `TEST_NATS_URL=nats://127.0.0.1:4222 cargo bench -p e2e --bench saga`
 //!
 //! Two loads per setup: a closed loop (32 clients ordering back to back: the rate it sustains)
-//! and an open loop at 200 orders/s for 10 s (latency measured from each order's scheduled
-//! start, so a stall counts against every order it delays). Each order is one unit of one of
-//! 50 products, in turn (a shop's orders spread over its products; every order on one product
-//! would measure the lock on its stock row instead).
+//! and, once the data sync has caught up with it, an open loop at 200 orders/s for 10 s
+//! (latency measured from each order's scheduled start, so a stall counts against every order
+//! it delays). Each order is one unit of one of 50 products, in turn (a shop's orders spread
+//! over its products; every order on one product would measure the lock on its stock row
+//! instead).
 
 // A panic is how a benchmark reports an unexpected error.
 #![allow(clippy::unwrap_used)]
@@ -139,13 +140,10 @@ async fn run() {
             } else {
                 Broker::embedded()
             };
-            let connection = messaging::connect(&broker.url, Duration::from_secs(2))
-                .await
-                .unwrap();
             // The monolith's default pool: one shop runs at a time here, unlike in the tests.
             let pool = ServeConfig::defaults().db_max_connections;
             let (mut shop, products) =
-                Shop::start_pooled(db, connection, PRODUCTS, 1_000_000_000, pool).await;
+                Shop::start_pooled(db, &broker, PRODUCTS, 1_000_000_000, pool).await;
             if extracted {
                 shop.cut_over().await;
             }

@@ -75,6 +75,10 @@ pub(crate) struct Shop {
 /// few at once exhaust a default server's 100 while the other PostgreSQL tests run beside them.
 static POSTGRES_SHOPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The monolith's pool in the tests: several shops' pools fit in one PostgreSQL server beside
+/// the other tests.
+const TEST_POOL: u32 = 8;
+
 impl Shop {
     /// Everything running, the inventory in canary with forward sync, `stock` units of each of
     /// `products` new products.
@@ -84,24 +88,34 @@ impl Shop {
         products: usize,
         stock: i64,
     ) -> (Shop, Vec<i64>) {
+        Shop::start_pooled(db, broker, products, stock, TEST_POOL).await
+    }
+
+    /// As [`Shop::start`], with `monolith_pool` database connections for the monolith.
+    pub(crate) async fn start_pooled(
+        db: TestDb,
+        broker: &Broker,
+        products: usize,
+        stock: i64,
+        monolith_pool: u32,
+    ) -> (Shop, Vec<i64>) {
         let transport = messaging::connect(&broker.url, Duration::from_secs(2))
             .await
             .unwrap();
-        Shop::start_with(db, transport, products, stock).await
+        Shop::launch(db, transport, products, stock, monolith_pool).await
     }
 
+    /// As [`Shop::start`], over `transport`.
     pub(crate) async fn start_with(
         db: TestDb,
         transport: Arc<dyn messaging::Transport>,
         products: usize,
         stock: i64,
     ) -> (Shop, Vec<i64>) {
-        // Several shops' pools fit in one PostgreSQL server beside the other tests.
-        Shop::start_pooled(db, transport, products, stock, 8).await
+        Shop::launch(db, transport, products, stock, TEST_POOL).await
     }
 
-    /// As [`Shop::start_with`], with `monolith_pool` database connections for the monolith.
-    pub(crate) async fn start_pooled(
+    async fn launch(
         db: TestDb,
         transport: Arc<dyn messaging::Transport>,
         products: usize,

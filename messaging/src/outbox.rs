@@ -17,6 +17,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use sqlkit::Db;
 use sqlx::Row as _;
@@ -108,21 +109,32 @@ impl Outbox {
                 payload: payload.into(),
             });
         }
-        transport
-            .publish(&messages)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot publish to {}: {e}", transport.describe()))?;
-        // By the exact sequence numbers: on PostgreSQL a lower one may commit after a higher
-        // one was read, and must not be deleted unpublished.
-        let mut delete = db.statement(format!("DELETE FROM {} WHERE seq IN (", self.table));
-        delete.bind_list(published.iter().copied());
-        delete.push(")");
-        // Relaxed: a delete lost in a database crash publishes its messages again, which the
-        // receivers' inboxes drop.
-        delete.query()?.execute(db.relaxed_pool()).await?;
-        Ok(Relayed {
-            published: messages.len(),
-        })
+        // A span per batch (none for an idle poll).
+        let span = tracing::info_span!(
+            "outbox relay batch",
+            otel.kind = "producer",
+            messaging.batch.message_count = messages.len(),
+            strangler.outbox = self.table,
+        );
+        async {
+            transport
+                .publish(&messages)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot publish to {}: {e}", transport.describe()))?;
+            // By the exact sequence numbers: on PostgreSQL a lower one may commit after a
+            // higher one was read, and must not be deleted unpublished.
+            let mut delete = db.statement(format!("DELETE FROM {} WHERE seq IN (", self.table));
+            delete.bind_list(published.iter().copied());
+            delete.push(")");
+            // Relaxed: a delete lost in a database crash publishes its messages again, which
+            // the receivers' inboxes drop.
+            delete.query()?.execute(db.relaxed_pool()).await?;
+            Ok(Relayed {
+                published: messages.len(),
+            })
+        }
+        .instrument(span)
+        .await
     }
 
     /// Publishes staged messages until `stop` completes: at once when woken, else every

@@ -16,7 +16,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -24,10 +23,11 @@ use crate::accounts::{self, Accounts, AccountsApi};
 use crate::catalog::{self, Catalog, CatalogApi};
 use crate::config::ServeConfig;
 use crate::db::{Db, DbOptions};
-use crate::http::{metrics, ops, states};
+use crate::http::{ops, states};
 use crate::inventory::{self, Inventory, InventoryApi};
 use crate::orders::{self, Messages, Orders, OrdersApi, SagaTiming};
 use crate::payments::{FakeProvider, PaymentProvider, Payments, PaymentsApi};
+use telemetry::metrics;
 
 /// Every module of the shop, behind its facade.
 #[derive(Clone)]
@@ -130,7 +130,7 @@ pub fn router(
         .split_for_parts();
     api.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let document = Arc::new(api);
-    router
+    let router = router
         .route(
             "/openapi.json",
             get(move || {
@@ -138,15 +138,10 @@ pub fn router(
                 async move { axum::Json(document.as_ref().clone()) }
             }),
         )
-        .route("/metrics", get(metrics::export).with_state(metrics.clone()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            metrics::record,
-        ))
-        .layer(TraceLayer::new_for_http())
+        .layer(DefaultBodyLimit::max(body_limit));
+    metrics::observe(router, metrics)
 }
 
 /// A shop bound to its listener, ready to serve.
@@ -373,32 +368,4 @@ async fn seed_if_empty(db: &Db, services: &Services, config: &ServeConfig) -> an
         "seeded the database"
     );
     Ok(())
-}
-
-/// Completes on SIGINT (ctrl-c) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
 }

@@ -1,6 +1,6 @@
 //! What the `monolith` binary does (and `strangler monolith`, the same command in the one CLI).
 
-use crate::app::{shutdown_signal, Application};
+use crate::app::Application;
 use crate::config::{Cli, Command, SeedConfig, ServeConfig};
 use crate::db::{Db, DbOptions};
 
@@ -17,7 +17,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let app = Application::build(&config).await?;
     // Printed on stdout so scripts and tests can find the port when listening on port 0.
     println!("listening on http://{}", app.local_addr());
-    app.run_until(shutdown_signal()).await
+    app.run_until(telemetry::shutdown_signal()).await
 }
 
 async fn seed(config: SeedConfig) -> anyhow::Result<()> {

@@ -2,26 +2,29 @@
 
 use clap::Parser;
 use monolith::config::Cli;
-use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: a log file gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // A closed stderr must not take the process down (the default reports the failed
-        // write with eprintln!, which panics).
-        .log_internal_errors(false)
-        .init();
-    let cli = Cli::parse();
-    match monolith::cli::run(cli).await {
+/// The `monolith` command line: the shop's commands and the log format.
+#[derive(Debug, Parser)]
+#[command(name = "monolith", version)]
+struct Args {
+    #[command(flatten)]
+    cli: Cli,
+    #[command(flatten)]
+    log: telemetry::LogArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let Args { cli, log } = Args::parse();
+    let telemetry = telemetry::init("monolith", log.log_format, "info,sqlx=warn");
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(monolith::cli::run(cli)));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            telemetry.report(&err);
             std::process::ExitCode::FAILURE
         }
     }

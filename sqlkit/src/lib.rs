@@ -36,6 +36,16 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The database system's name as OpenTelemetry spells it (`db.system.name`).
+    pub fn system_name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        }
+    }
+}
+
 /// A pooled connection to a database.
 #[derive(Debug, Clone)]
 pub struct Db {

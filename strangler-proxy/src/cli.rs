@@ -46,7 +46,7 @@ async fn serve_config(args: &ProxyArgs, config: &Config) -> anyhow::Result<()> {
         replica.admin_addr()
     );
     tokio::spawn(reload_on_sighup(args.clone(), replica.control()));
-    replica.run_until(shutdown_signal()).await
+    replica.run_until(telemetry::shutdown_signal()).await
 }
 
 /// SIGHUP reloads the configuration file; an invalid file keeps the running configuration.
@@ -71,25 +71,5 @@ async fn reload_on_sighup(args: ProxyArgs, control: ControlPlane) {
                 );
             }
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }

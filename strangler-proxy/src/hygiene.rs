@@ -232,7 +232,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, trusted: bool) {
     match headers
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(valid_trace_id)
+        .and_then(telemetry::http::valid_trace_id)
     {
         Some(trace_id) => traceparent[3..35].copy_from_slice(trace_id.as_bytes()),
         None => hex(rand::random::<u128>() | 1, &mut traceparent[3..35]),
@@ -260,26 +260,6 @@ fn hex(mut value: u128, out: &mut [u8]) {
         *byte = DIGITS[(value & 0xf) as usize];
         value >>= 4;
     }
-}
-
-/// The trace id of a valid version-00 `traceparent`.
-fn valid_trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let valid = version == "00"
-        && parts.next().is_none()
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0')
-        && parent.bytes().any(|b| b != b'0');
-    valid.then_some(trace)
 }
 
 /// A path that cannot be put in normal form.
@@ -462,7 +442,7 @@ mod tests {
 
         let mut fresh = headers(&[("traceparent", "garbage"), ("x-request-id", "abc")]);
         add_forwarding(&mut fresh, "::1".parse().unwrap(), false);
-        assert!(valid_trace_id(fresh["traceparent"].to_str().unwrap()).is_some());
+        assert!(telemetry::http::valid_trace_id(fresh["traceparent"].to_str().unwrap()).is_some());
         assert_eq!(fresh["x-request-id"], "abc");
         assert_eq!(fresh["forwarded"], "for=\"[::1]\";proto=http");
     }

@@ -2,30 +2,29 @@
 
 use clap::Parser;
 use strangler_proxy::config::ProxyArgs;
-use tracing_subscriber::EnvFilter;
 
 // Many small, short-lived allocations per request (headers, futures): mimalloc serves them
 // faster than the system allocator (see BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The `strangler-proxy` command line: the proxy's flags and the log format.
+#[derive(Debug, Parser)]
+#[command(name = "strangler-proxy", version, about = "The strangler-fig proxy")]
+struct Args {
+    #[command(flatten)]
+    proxy: ProxyArgs,
+    #[command(flatten)]
+    log: telemetry::LogArgs,
+}
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: a log file gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // A closed stderr must not take the process down (the default reports the failed
-        // write with eprintln!, which panics).
-        .log_internal_errors(false)
-        .init();
-    let args = ProxyArgs::parse();
-    match strangler_proxy::cli::main(&args) {
+    let args = Args::parse();
+    let telemetry = telemetry::init("strangler-proxy", args.log.log_format, "info");
+    match strangler_proxy::cli::main(&args.proxy) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            telemetry.report(&err);
             std::process::ExitCode::FAILURE
         }
     }

@@ -103,7 +103,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every family in a fresh registry.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("strangler");
+        let mut registry = Registry::with_prefix("strangler_proxy");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([

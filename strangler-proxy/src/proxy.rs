@@ -433,7 +433,9 @@ impl Proxy {
         }
         let span = tracing::Span::current();
         if let Some(carveout) = carveout {
-            span.record("carveout", carveout.spec.name.as_str());
+            span.record("strangler.carveout", carveout.spec.name.as_str());
+            span.record("strangler.phase", carveout.phase.name());
+            span.record("strangler.shadow", decision.shadow);
         }
 
         let (mut parts, body) = request.into_parts();
@@ -449,6 +451,14 @@ impl Proxy {
             })
             .map(|c| (Arc::clone(c), c.headers(&parts.headers, true)));
         add_forwarding(&mut parts.headers, client.ip(), routing.trusts(client.ip()));
+        // With traces exported, the next hop is a child of this proxy's span.
+        telemetry::http::inject(&span, &mut parts.headers);
+        if !span.is_disabled() {
+            // For log lines: the trace this request belongs to (kept or started above).
+            if let Some(trace_id) = telemetry::http::trace_id(&parts.headers) {
+                span.record("trace_id", trace_id);
+            }
+        }
         let mut request_copy = None;
         let idle = routing.body_idle_timeout;
         let body = if has_body {
@@ -538,8 +548,13 @@ impl Proxy {
                 .headers_mut()
                 .insert(name.clone(), served.name_value().clone());
         }
-        span.record("target", target.as_str());
-        span.record("status", response.status().as_u16());
+        span.record("strangler.target", target.as_str());
+        span.record("strangler.fallback", target != decision.target);
+        span.record("http.response.status_code", response.status().as_u16());
+        tracing::debug!(status = response.status().as_u16(), "answered");
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
         metrics.record(
             target,
             response.status().as_u16(),

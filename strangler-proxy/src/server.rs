@@ -129,17 +129,7 @@ impl Server {
             let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
                 first.store(true, Ordering::Relaxed);
                 let proxy = Arc::clone(&proxy);
-                // A span per request; debug level, so it costs nothing unless enabled
-                // (RUST_LOG=strangler_proxy=debug).
-                let span = tracing::debug_span!(
-                    "request",
-                    method = %request.method(),
-                    path = %request.uri().path(),
-                    client = %peer,
-                    carveout = tracing::field::Empty,
-                    target = tracing::field::Empty,
-                    status = tracing::field::Empty,
-                );
+                let span = request_span(&request, peer);
                 async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
                     .instrument(span)
             });
@@ -179,5 +169,46 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+/// A span per request. When traces are exported it is an info span, a child of the caller's
+/// `traceparent`, whose context the forwarded request carries on. Otherwise it is a debug
+/// span, which costs nothing unless enabled (`RUST_LOG=strangler_proxy=debug`).
+fn request_span<B>(request: &hyper::Request<B>, peer: std::net::SocketAddr) -> tracing::Span {
+    use tracing::field::Empty;
+    if telemetry::traces_on() {
+        let span = tracing::info_span!(
+            "request",
+            otel.name = "proxy",
+            otel.kind = "server",
+            otel.status_code = Empty,
+            http.request.method = %request.method(),
+            url.path = %request.uri().path(),
+            client.address = %peer.ip(),
+            strangler.carveout = Empty,
+            strangler.phase = Empty,
+            strangler.target = Empty,
+            strangler.shadow = Empty,
+            strangler.fallback = Empty,
+            http.response.status_code = Empty,
+            trace_id = Empty,
+        );
+        telemetry::http::set_parent(&span, request.headers());
+        span
+    } else {
+        tracing::debug_span!(
+            "request",
+            http.request.method = %request.method(),
+            url.path = %request.uri().path(),
+            client.address = %peer,
+            strangler.carveout = Empty,
+            strangler.phase = Empty,
+            strangler.target = Empty,
+            strangler.shadow = Empty,
+            strangler.fallback = Empty,
+            http.response.status_code = Empty,
+            trace_id = Empty,
+        )
     }
 }

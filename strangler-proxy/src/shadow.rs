@@ -148,10 +148,25 @@ impl Shadower {
     }
 
     /// Sends the copy to the service and compares, in the background.
-    pub fn spawn(&self, job: ShadowJob, permit: tokio::sync::OwnedSemaphorePermit) {
+    pub fn spawn(&self, mut job: ShadowJob, permit: tokio::sync::OwnedSemaphorePermit) {
         let max_body = self.max_body;
         let store = self.store.clone();
-        tokio::spawn(async move {
+        // Traced, the copy is a trace of its own, linked to the request it copies (it must not
+        // count in that request's latency), and the service sees it as its parent.
+        let span = if telemetry::traces_on() {
+            let span = tracing::info_span!(
+                parent: None,
+                "shadow",
+                otel.kind = "client",
+                strangler.carveout = job.carveout.as_str(),
+            );
+            telemetry::link(&span, &tracing::Span::current());
+            telemetry::http::inject(&span, &mut job.request.headers);
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let copy = async move {
             let _permit = permit;
             // No retries for a copy: it must not add load beyond one request.
             let actual = match job.service.send(job.request.request(), None).await {
@@ -198,7 +213,8 @@ impl Shadower {
                     },
                 );
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(copy, span));
     }
 }
 

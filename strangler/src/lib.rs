@@ -38,6 +38,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// How to write log lines.
+    #[command(flatten)]
+    pub log: telemetry::LogArgs,
 }
 
 /// How to reach the admin API.
@@ -248,6 +251,18 @@ pub enum Command {
 
 impl Command {
     /// Whether the command serves until stopped (its logs are a server's: info and up).
+    /// The service name of what this command serves, in traces.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Command::Monolith(_) => "monolith",
+            Command::Proxy(_) => "strangler-proxy",
+            Command::CatalogService(_) => "catalog-service",
+            Command::InventoryService(_) => "inventory-service",
+            _ => "strangler",
+        }
+    }
+
+    /// Whether this command serves until stopped (as opposed to an operator command).
     pub fn serves(&self) -> bool {
         matches!(
             self,

@@ -11,25 +11,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = strangler::Cli::parse();
     // A server logs what it does (info and up); an operator command only its libraries'
-    // warnings (a parked change, a failed relay step). RUST_LOG for more. Colour only on a
-    // terminal.
-    use std::io::IsTerminal as _;
+    // warnings (a parked change, a failed relay step). RUST_LOG for more.
     let filter = if cli.command.serves() {
         "info,sqlx=warn"
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        // A closed stderr must not take the process down (the default reports the failed
-        // write with eprintln!, which panics).
-        .log_internal_errors(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let telemetry = telemetry::init(cli.command.service_name(), cli.log.log_format, filter);
     let result = match cli.command {
         // The proxy builds the runtime its configuration asks for.
         Command::Proxy(args) => strangler_proxy::cli::main(&args).map(|()| String::new()),
@@ -44,7 +32,10 @@ fn main() -> std::process::ExitCode {
                     .build()
             };
             match runtime {
-                Ok(runtime) => runtime.block_on(strangler::run(strangler::Cli { command })),
+                Ok(runtime) => runtime.block_on(strangler::run(strangler::Cli {
+                    command,
+                    log: cli.log,
+                })),
                 Err(err) => Err(err.into()),
             }
         }
@@ -59,7 +50,7 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
         Err(err) => {
-            eprintln!("error: {err:#}");
+            telemetry.report(&err);
             std::process::ExitCode::FAILURE
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::relay::Step;
@@ -23,6 +24,7 @@ pub struct RelayMetrics {
     active: Gauge,
     gap_seconds: Gauge<f64, AtomicU64>,
     parked: Gauge,
+    batch_seconds: Histogram,
 }
 
 impl RelayMetrics {
@@ -44,6 +46,9 @@ impl RelayMetrics {
             active: Gauge::default(),
             gap_seconds: Gauge::default(),
             parked: Gauge::default(),
+            batch_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             registry: Registry::default(),
         };
         registry.register(
@@ -77,14 +82,22 @@ impl RelayMetrics {
             "Keys whose change the target refused, waiting for a retry or a skip",
             metrics.parked.clone(),
         );
+        registry.register(
+            "batch_duration_seconds",
+            "Time to read and apply one batch of changes (passes that applied some)",
+            metrics.batch_seconds.clone(),
+        );
         RelayMetrics {
             registry,
             ..metrics
         }
     }
 
-    /// Records a step.
-    pub fn step(&self, step: &Step) {
+    /// Records a step and how long it took.
+    pub fn step(&self, step: &Step, took: Duration) {
+        if step.applied > 0 {
+            self.batch_seconds.observe(took.as_secs_f64());
+        }
         self.applied.inc_by(step.applied as u64);
         self.active.set(i64::from(!step.standby));
         self.gap_seconds

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use serde_json::{Map, Value};
 use sqlkit::{Backend, Db, Statement};
@@ -335,17 +336,26 @@ impl Relay {
             });
         }
         let new_cursor = take.last().map_or(cursor, |c| c.seq);
-        let parked;
-        if i64::try_from(take.len()).is_ok_and(|n| n >= self.batch) && self.gap.is_none() {
-            // A full batch: there is a backlog, so read the next batch while this one is
-            // applied (the source and the target are different databases).
-            let (applied, next) =
-                tokio::join!(self.apply(&take, new_cursor), self.read(new_cursor));
-            parked = applied?;
-            self.ahead = next.ok().map(|changes| (new_cursor, changes));
-        } else {
-            parked = self.apply(&take, new_cursor).await?;
-        }
+        // A span per batch applied (none for an idle pass).
+        let span = tracing::info_span!(
+            "sync batch",
+            strangler.stream = %self.stream,
+            strangler.changes = take.len(),
+            strangler.cursor = new_cursor,
+        );
+        let parked =
+            if i64::try_from(take.len()).is_ok_and(|n| n >= self.batch) && self.gap.is_none() {
+                // A full batch: there is a backlog, so read the next batch while this one is
+                // applied (the source and the target are different databases).
+                let (applied, next) = tokio::join!(
+                    self.apply(&take, new_cursor).instrument(span),
+                    self.read(new_cursor)
+                );
+                self.ahead = next.ok().map(|changes| (new_cursor, changes));
+                applied?
+            } else {
+                self.apply(&take, new_cursor).instrument(span).await?
+            };
         if self.gap.as_ref().is_some_and(|g| g.seq < new_cursor) {
             self.gap = None;
         }
@@ -442,6 +452,7 @@ impl Relay {
                     }
                 }
             }
+            let started = std::time::Instant::now();
             let step = tokio::select! {
                 step = self.step() => step,
                 () = &mut shutdown => break,
@@ -451,7 +462,7 @@ impl Relay {
                     read_once |= !step.standby;
                     failures = 0;
                     if let Some(metrics) = &metrics {
-                        metrics.step(&step);
+                        metrics.step(&step, started.elapsed());
                     }
                     total += i64::try_from(step.applied).unwrap_or(0);
                     (step.applied == 0).then_some(interval)

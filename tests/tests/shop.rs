@@ -132,7 +132,9 @@ async fn shopping_journey(db: TestDb) {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"http_requests_total{method="POST",route="/orders",status="201"} 2"#),
+        metrics.contains(
+            r#"strangler_http_requests_total{method="POST",route="/orders",status="201"} 2"#
+        ),
         "{metrics}"
     );
 

@@ -4,29 +4,7 @@
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn run(config: crate::config::Config) -> anyhow::Result<()> {
     let service = crate::Service::build(&config).await?;
-    tracing::info!(listen = %service.local_addr(), "catalog service ready");
-    service.run_until(shutdown_signal()).await
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    // Printed on stdout so scripts and tests can find the port when listening on port 0.
+    println!("listening on http://{}", service.local_addr());
+    service.run_until(telemetry::shutdown_signal()).await
 }

@@ -67,6 +67,7 @@ impl Service {
                 ))
                 .merge(faults::router(injected));
         }
+        let router = telemetry::metrics::observe(router, telemetry::metrics::Metrics::new());
         Ok(Service {
             listener,
             router,

@@ -115,6 +115,11 @@ fn sku_conflict(sku: &str, err: sqlx::Error) -> Problem {
 }
 
 /// Adds a product.
+#[tracing::instrument(
+    name = "INSERT products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "INSERT")
+)]
 pub async fn insert(db: &Db, input: &ProductInput) -> Result<Product, Problem> {
     let now = sqlkit::now();
     let mut insert = db.statement(
@@ -144,6 +149,11 @@ pub async fn insert(db: &Db, input: &ProductInput) -> Result<Product, Problem> {
 }
 
 /// The product with this id.
+#[tracing::instrument(
+    name = "SELECT products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "SELECT")
+)]
 pub async fn find(db: &Db, id: i64) -> Result<Option<Product>, Problem> {
     let mut select = db.statement(format!(
         "SELECT {COLUMNS} FROM products WHERE product_id = "
@@ -154,6 +164,11 @@ pub async fn find(db: &Db, id: i64) -> Result<Option<Product>, Problem> {
 }
 
 /// Replaces a product's fields.
+#[tracing::instrument(
+    name = "UPDATE products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "UPDATE")
+)]
 pub async fn update(db: &Db, id: i64, input: &ProductInput) -> Result<Option<Product>, Problem> {
     let mut update = db.statement("UPDATE products SET sku = ");
     update
@@ -180,6 +195,11 @@ pub async fn update(db: &Db, id: i64, input: &ProductInput) -> Result<Option<Pro
 }
 
 /// Removes a product; false when there was none.
+#[tracing::instrument(
+    name = "DELETE products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "DELETE")
+)]
 pub async fn delete(db: &Db, id: i64) -> Result<bool, Problem> {
     let mut delete = db.statement("DELETE FROM products WHERE product_id = ");
     delete.bind(id);
@@ -188,6 +208,11 @@ pub async fn delete(db: &Db, id: i64) -> Result<bool, Problem> {
 
 /// One page of products after `after`, optionally those whose name contains `needle`
 /// (case-insensitive); the second value is the id to continue after.
+#[tracing::instrument(
+    name = "SELECT products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "SELECT")
+)]
 pub async fn list(
     db: &Db,
     limit: u32,

@@ -78,6 +78,7 @@ impl Service {
             );
             router = router.merge(states::router(db.clone()));
         }
+        let router = telemetry::metrics::observe(router, telemetry::metrics::Metrics::new());
         Ok(Service {
             listener,
             router,

@@ -1,23 +1,29 @@
 //! The `inventory-service` binary.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .log_internal_errors(false)
-        // Colour only on a terminal: a log file gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
-    let config = inventory_service::config::Config::parse();
-    match inventory_service::cli::run(config).await {
+/// The `inventory-service` command line: the service's configuration and the log format.
+#[derive(Debug, Parser)]
+#[command(name = "inventory-service", version)]
+struct Args {
+    #[command(flatten)]
+    config: inventory_service::config::Config,
+    #[command(flatten)]
+    log: telemetry::LogArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let telemetry = telemetry::init("inventory-service", args.log.log_format, "info,sqlx=warn");
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(inventory_service::cli::run(args.config)));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            telemetry.report(&err);
             std::process::ExitCode::FAILURE
         }
     }

@@ -58,7 +58,8 @@ impl HttpCatalog {
             }
             let mut request = self
                 .http
-                .request(method.clone(), format!("{}{path}", self.base));
+                .request(method.clone(), format!("{}{path}", self.base))
+                .headers(telemetry::http::propagation());
             if let Some(body) = body {
                 request = request.json(body);
             }

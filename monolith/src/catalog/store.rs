@@ -34,6 +34,11 @@ fn sku_conflict(sku: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
     }
 }
 
+#[tracing::instrument(
+    name = "INSERT products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "INSERT")
+)]
 pub(super) async fn insert(db: &Db, input: &ProductInput) -> Result<Product> {
     let now = db::now();
     let sql = format!(
@@ -53,12 +58,22 @@ pub(super) async fn insert(db: &Db, input: &ProductInput) -> Result<Product> {
     Ok(product(&row)?)
 }
 
+#[tracing::instrument(
+    name = "SELECT products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "SELECT")
+)]
 pub(super) async fn find(db: &Db, id: i64) -> Result<Option<Product>> {
     let sql = format!("SELECT {COLUMNS} FROM catalog_products WHERE id = $1");
     let row = sqlx::query(&sql).bind(id).fetch_optional(db.pool()).await?;
     Ok(row.as_ref().map(product).transpose()?)
 }
 
+#[tracing::instrument(
+    name = "SELECT products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "SELECT")
+)]
 pub(super) async fn find_many(db: &Db, ids: &[i64]) -> Result<Vec<Product>> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -71,6 +86,11 @@ pub(super) async fn find_many(db: &Db, ids: &[i64]) -> Result<Vec<Product>> {
     Ok(rows.iter().map(product).collect::<Result<_, _>>()?)
 }
 
+#[tracing::instrument(
+    name = "UPDATE products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "UPDATE")
+)]
 pub(super) async fn update(db: &Db, id: i64, input: &ProductInput) -> Result<Option<Product>> {
     let sql = format!(
         "UPDATE catalog_products SET sku = $1, name = $2, description = $3, price_cents = $4, \
@@ -90,6 +110,11 @@ pub(super) async fn update(db: &Db, id: i64, input: &ProductInput) -> Result<Opt
     Ok(row.as_ref().map(product).transpose()?)
 }
 
+#[tracing::instrument(
+    name = "DELETE products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "DELETE")
+)]
 pub(super) async fn delete(db: &Db, id: i64) -> Result<bool> {
     let done = sqlx::query("DELETE FROM catalog_products WHERE id = $1")
         .bind(id)
@@ -98,6 +123,11 @@ pub(super) async fn delete(db: &Db, id: i64) -> Result<bool> {
     Ok(done.rows_affected() > 0)
 }
 
+#[tracing::instrument(
+    name = "SELECT products",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = db.backend().system_name(), db.collection.name = "products", db.operation.name = "SELECT")
+)]
 pub(super) async fn list(db: &Db, query: &ProductQuery) -> Result<ProductPage> {
     let mut select = db.statement(format!(
         "SELECT {COLUMNS} FROM catalog_products WHERE id > "

@@ -3,6 +3,5 @@
 //! provider-state hook for contract verification.
 
 pub mod extract;
-pub mod metrics;
 pub(crate) mod ops;
 pub mod states;

@@ -9,7 +9,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use monolith::app::{self, Services};
 use monolith::db::{Db, DbOptions};
-use monolith::http::metrics::Metrics;
+use telemetry::metrics::Metrics;
 use monolith::payments::FakeProvider;
 use serde_json::{json, Value};
 use tower::ServiceExt;

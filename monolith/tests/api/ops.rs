@@ -42,22 +42,22 @@ async fn metrics_count_requests_per_route_and_status(db: TestDb) {
     let text = metrics.text;
     assert!(
         text.contains(
-            r#"http_requests_total{method="GET",route="/catalog/products/{id}",status="404"} 3"#
+            r#"strangler_http_requests_total{method="GET",route="/catalog/products/{id}",status="404"} 3"#
         ),
         "{text}"
     );
     assert!(
         text.contains(
-            r#"http_requests_total{method="GET",route="/catalog/products",status="200"} 1"#
+            r#"strangler_http_requests_total{method="GET",route="/catalog/products",status="200"} 1"#
         ),
         "{text}"
     );
     assert!(
-        text.contains(r#"http_request_duration_seconds_count{method="GET",route="/catalog/products/{id}",status="404"} 3"#),
+        text.contains(r#"strangler_http_request_duration_seconds_count{method="GET",route="/catalog/products/{id}",status="404"} 3"#),
         "{text}"
     );
     assert!(
-        text.contains("http_request_duration_seconds_bucket{"),
+        text.contains("strangler_http_request_duration_seconds_bucket{"),
         "{text}"
     );
 }

@@ -454,7 +454,7 @@ async fn transitions_follow_the_order_and_are_audited() {
         .unwrap();
     let text = metrics.text().await.unwrap();
     assert!(
-        text.contains(r#"strangler_carveout_phase{carveout="catalog",phase="monolith"} 1"#),
+        text.contains(r#"strangler_proxy_carveout_phase{carveout="catalog",phase="monolith"} 1"#),
         "{text}"
     );
 }

@@ -26,7 +26,7 @@ async fn monolith_proxy(proxy_settings: &str, monolith: &Stub, service: &Stub) -
 fn breaker_open(proxy: &TestProxy, upstream: &Stub, name: &str) -> bool {
     let metrics = proxy.proxy.metrics().render();
     metrics.contains(&format!(
-        r#"strangler_breaker_open{{upstream="{name}",instance="{}/"}} 1"#,
+        r#"strangler_proxy_breaker_open{{upstream="{name}",instance="{}/"}} 1"#,
         upstream.url()
     ))
 }

@@ -190,11 +190,15 @@ async fn upstream_failures_are_problems_not_hangs() {
     );
     let metrics = proxy.proxy.metrics().render();
     assert!(
-        metrics.contains(r#"strangler_upstream_errors_total{upstream="catalog",kind="timeout"} 1"#),
+        metrics.contains(
+            r#"strangler_proxy_upstream_errors_total{upstream="catalog",kind="timeout"} 1"#
+        ),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"strangler_upstream_errors_total{upstream="catalog",kind="connect"}"#),
+        metrics.contains(
+            r#"strangler_proxy_upstream_errors_total{upstream="catalog",kind="connect"}"#
+        ),
         "{metrics}"
     );
     proxy.shutdown().await;

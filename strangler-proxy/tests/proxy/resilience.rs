@@ -32,7 +32,7 @@ async fn a_failing_service_in_canary_falls_back_for_reads() {
     // Five failures opened the breaker: the service is not tried again for 200 ms.
     let metrics = proxy.proxy.metrics().render();
     let open = format!(
-        r#"strangler_breaker_open{{upstream="catalog",instance="{}/"}} 1"#,
+        r#"strangler_proxy_breaker_open{{upstream="catalog",instance="{}/"}} 1"#,
         service.url()
     );
     assert!(metrics.contains(&open), "{metrics}");
@@ -55,7 +55,7 @@ async fn a_failing_service_in_canary_falls_back_for_reads() {
     let metrics = proxy.proxy.metrics().render();
     let fallbacks = metrics
         .lines()
-        .find_map(|l| l.strip_prefix(r#"strangler_fallbacks_total{carveout="catalog"} "#))
+        .find_map(|l| l.strip_prefix(r#"strangler_proxy_fallbacks_total{carveout="catalog"} "#))
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap();
     // 20 failed reads, plus those served by the monolith while the breaker was open.
@@ -175,11 +175,11 @@ async fn retries_move_to_a_healthy_instance_and_a_dead_one_is_ejected() {
     // Round robin sent every other request to the dead instance until its breaker opened after
     // 3 failures; each of those was retried on the healthy one, and none after.
     assert!(
-        metrics.contains(r#"strangler_retries_total{upstream="catalog"} 3"#),
+        metrics.contains(r#"strangler_proxy_retries_total{upstream="catalog"} 3"#),
         "{metrics}"
     );
     let ejected = format!(
-        r#"strangler_breaker_open{{upstream="catalog",instance="{}/"}} 1"#,
+        r#"strangler_proxy_breaker_open{{upstream="catalog",instance="{}/"}} 1"#,
         dead.url()
     );
     assert!(metrics.contains(&ejected), "{metrics}");

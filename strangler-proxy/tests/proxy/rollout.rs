@@ -217,12 +217,11 @@ async fn a_service_that_starts_failing_is_rolled_back_and_clients_see_no_failed_
         rendered.push_str(&text);
     }
     assert!(
-        rendered
-            .contains(r#"strangler_rollout_check_passed{carveout="catalog",check="error_rate"} 0"#)
-            && rendered.contains(
-                r#"strangler_rollout_check_figure{carveout="catalog",check="error_rate"}"#
-            )
-            && rendered.contains(r#"strangler_rollout_step{carveout="catalog"} 3"#),
+        rendered.contains(
+            r#"strangler_proxy_rollout_check_passed{carveout="catalog",check="error_rate"} 0"#
+        ) && rendered.contains(
+            r#"strangler_proxy_rollout_check_figure{carveout="catalog",check="error_rate"}"#
+        ) && rendered.contains(r#"strangler_proxy_rollout_step{carveout="catalog"} 3"#),
         "{rendered}"
     );
     // Halted: it stays in the safe phase however long it waits.

@@ -32,7 +32,7 @@ async fn shadow_records_mismatches_and_honours_ignore_rules() {
             .proxy
             .metrics()
             .render()
-            .contains(r#"strangler_shadow_comparisons_total{carveout="catalog"} 1"#)
+            .contains(r#"strangler_proxy_shadow_comparisons_total{carveout="catalog"} 1"#)
     })
     .await;
     assert!(
@@ -55,7 +55,7 @@ async fn shadow_records_mismatches_and_honours_ignore_rules() {
     assert_eq!(mismatch.differences[0].actual, json!(250));
     let metrics = proxy.proxy.metrics().render();
     assert!(
-        metrics.contains(r#"strangler_shadow_mismatches_total{carveout="catalog"} 1"#),
+        metrics.contains(r#"strangler_proxy_shadow_mismatches_total{carveout="catalog"} 1"#),
         "{metrics}"
     );
 

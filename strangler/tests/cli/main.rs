@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod guide;
+mod observe;
 mod readme;
 mod saga;
 

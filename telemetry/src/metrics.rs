@@ -1,4 +1,7 @@
-//! Prometheus metrics: request count and latency histogram per route, method and status.
+//! Prometheus metrics of an HTTP service (the monolith, an extracted service): request count and
+//! latency histogram per route, method and status, named `strangler_http_*` like every metric
+//! of the toolkit (`strangler_<component>_<what>[_<unit>]`: `strangler_proxy_*`,
+//! `strangler_sync_*`, `strangler_http_*`).
 //!
 //! Each application owns its [`Registry`] (no process-global recorder), so several shops can run
 //! in one test process without sharing counters.
@@ -25,7 +28,7 @@ struct RequestLabels {
     status: u16,
 }
 
-/// The shop's HTTP metrics and the registry that exports them.
+/// A service's HTTP metrics and the registry that exports them.
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,
@@ -52,7 +55,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with the HTTP metrics registered.
     pub fn new() -> Self {
-        let mut registry = Registry::default();
+        let mut registry = Registry::with_prefix("strangler");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
@@ -120,4 +123,17 @@ pub async fn export(State(metrics): State<Metrics>) -> impl IntoResponse {
         )],
         metrics.render(),
     )
+}
+
+/// Serves `GET /metrics` beside `router`'s routes, and counts and traces every request it
+/// answers (a `request` span per request, see [`crate::http::trace_request`]). Call it once the
+/// routes and the fallback are in place: a layer wraps only what is there.
+pub fn observe(router: axum::Router, metrics: Metrics) -> axum::Router {
+    router
+        .route(
+            "/metrics",
+            axum::routing::get(export).with_state(metrics.clone()),
+        )
+        .layer(axum::middleware::from_fn_with_state(metrics, record))
+        .layer(axum::middleware::from_fn(crate::http::trace_request))
 }

@@ -9,9 +9,9 @@ use axum::Router;
 use http_body_util::BodyExt;
 use monolith::app::{self, Services};
 use monolith::db::{Db, DbOptions};
-use telemetry::metrics::Metrics;
 use monolith::payments::FakeProvider;
 use serde_json::{json, Value};
+use telemetry::metrics::Metrics;
 use tower::ServiceExt;
 
 pub use e2e::{eventually, TestDb};

@@ -23,8 +23,13 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /livez` | liveness (no token needed) |
 //! | `GET /readyz` | readiness: 503 while the control database is unavailable (no token needed) |
+//! | `GET /dashboard` | the operator dashboard (see [`super::dashboard`]; the page holds no data) |
+//! | `GET /dashboard/data` | everything the dashboard shows, in one read |
+//! | `POST /dashboard/session` | `{"token"}`: signs the dashboard in (an HttpOnly cookie); `DELETE` signs it out |
 //!
-//! Every route but `/livez` needs `Authorization: Bearer <token>` when tokens are configured;
+//! Every route but `/livez`, `/readyz` and the dashboard's page, script and sign-in needs
+//! `Authorization: Bearer <token>` (or the dashboard's cookie, which a change must back with
+//! `X-Strangler-Csrf: 1`) when tokens are configured;
 //! the proxy refuses to start the admin API on a non-loopback address without one, and refuses
 //! blank tokens. Each token belongs to a named operator: the audit log records that name as the
 //! actor, and a request that claims another `actor` is refused (403). Only an open admin API
@@ -114,6 +119,7 @@ pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
         .route("/replicas", get(replicas))
         .route("/control/epoch", get(epoch))
         .route("/control/await", post(await_applied))
+        .route("/dashboard/data", get(dashboard_data))
         .route_layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             require_control,
@@ -125,6 +131,10 @@ pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
         ))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        // The page and its script hold no data: whoever has no token sees the sign-in form.
+        .route("/dashboard", get(dashboard_page))
+        .route("/dashboard/app.js", get(dashboard_script))
+        .route("/dashboard/session", post(sign_in).delete(sign_out))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such admin route") })
         .with_state(admin)
 }
@@ -157,23 +167,71 @@ fn problem_with(
     response
 }
 
+/// The dashboard's sign-in cookie: the token, base64url-encoded.
+const COOKIE: &str = "strangler_admin";
+/// The header a change signed in by the cookie must carry (a cross-site form cannot set it).
+const CSRF_HEADER: &str = "x-strangler-csrf";
+
+/// The operator a token belongs to.
+fn operator_of(admin: &Admin, presented: &str) -> Option<Arc<str>> {
+    // Every token is compared, whichever matches, so timing tells nothing.
+    let mut found = None;
+    for known in admin.tokens.iter() {
+        if constant_time_eq(presented.as_bytes(), known.token.as_bytes()) {
+            found = Some(Arc::<str>::from(known.name.as_str()));
+        }
+    }
+    found
+}
+
+/// The token in the dashboard's cookie, if the request carries one.
+fn cookie_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find_map(|value| {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(value)
+                .ok()?;
+            String::from_utf8(bytes).ok()
+        })
+}
+
 async fn authorize(State(admin): State<Admin>, mut request: Request, next: Next) -> Response {
     let mut operator = Operator(None);
     if !admin.tokens.is_empty() {
-        let presented = request
+        let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let by_cookie = bearer.is_none();
+        let presented = bearer
+            .or_else(|| cookie_token(request.headers()))
             .unwrap_or_default();
-        // Every token is compared, whichever matches, so timing tells nothing.
-        let mut found = None;
-        for known in admin.tokens.iter() {
-            if constant_time_eq(presented.as_bytes(), known.token.as_bytes()) {
-                found = Some(Arc::<str>::from(known.name.as_str()));
+        operator = Operator(operator_of(&admin, &presented));
+        let reads = matches!(
+            *request.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+        if operator.0.is_some() && by_cookie && !reads {
+            let marked = request
+                .headers()
+                .get(CSRF_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"1");
+            if !marked {
+                return problem(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    "a change signed in by the dashboard's cookie needs the X-Strangler-Csrf: 1 header",
+                );
             }
         }
-        operator = Operator(found);
         if operator.0.is_none() {
             let mut response = problem(
                 StatusCode::UNAUTHORIZED,
@@ -1033,4 +1091,86 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         admin.control.proxy().metrics().render(),
     )
         .into_response()
+}
+
+async fn dashboard_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        super::dashboard::PAGE,
+    )
+        .into_response()
+}
+
+async fn dashboard_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        super::dashboard::SCRIPT,
+    )
+        .into_response()
+}
+
+async fn dashboard_data(State(admin): State<Admin>) -> Response {
+    match admin.control.overview().await {
+        Ok(overview) => Json(overview).into_response(),
+        Err(err) => internal(&err),
+    }
+}
+
+/// The body of `POST /dashboard/session`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    token: String,
+}
+
+/// Signs the dashboard in: a valid token becomes an HttpOnly, SameSite=Strict cookie (the page's
+/// script never holds it after this request).
+async fn sign_in(
+    State(admin): State<Admin>,
+    body: Result<Json<SignIn>, JsonRejection>,
+) -> Response {
+    use base64::Engine as _;
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return problem(rejection.status(), "invalid-body", &rejection.body_text())
+        }
+    };
+    if admin.tokens.is_empty() {
+        // An open admin API needs no sign-in.
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let Some(name) = operator_of(&admin, &body.token) else {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this is not a valid admin token",
+        );
+    };
+    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.token.as_bytes());
+    let cookie = format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/");
+    let mut response = Json(serde_json::json!({ "operator": &*name })).into_response();
+    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+async fn sign_out() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("strangler_admin=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    response
 }

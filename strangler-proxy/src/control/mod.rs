@@ -30,6 +30,7 @@
 //!   starts, every 30 s while it lasts, and when it ends, not at every poll.
 
 pub mod admin;
+pub mod dashboard;
 pub mod mismatches;
 pub mod ownership;
 pub mod rollout;

@@ -3,6 +3,7 @@
 // A panic is how a test reports an unexpected error.
 #![allow(clippy::unwrap_used)]
 
+mod dashboard;
 mod deploy;
 mod guide;
 mod observe;

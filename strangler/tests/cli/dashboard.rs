@@ -26,15 +26,7 @@ async fn the_dashboard_works_in_a_real_browser() {
 
     // The catalog service answers for both sides: the figures are what matters here.
     let dir = tempfile::tempdir().unwrap();
-    let catalog = catalog_service::Service::build(&catalog_service::config::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: dir.path().join("catalog.db").display().to_string(),
-        ..catalog_service::config::Config::defaults()
-    })
-    .await
-    .unwrap();
-    let catalog_url = format!("http://{}", catalog.local_addr());
-    tokio::spawn(catalog.run_until(std::future::pending()));
+    let catalog_url = super::catalog_service(dir.path()).await;
     let http = reqwest::Client::new();
     let product: Value = http
         .post(format!("{catalog_url}/catalog/products"))

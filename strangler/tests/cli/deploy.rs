@@ -70,15 +70,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let catalog = catalog_service::Service::build(&catalog_service::config::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: dir.path().join("catalog.db").display().to_string(),
-        ..catalog_service::config::Config::defaults()
-    })
-    .await
-    .unwrap();
-    let catalog_url = format!("http://{}", catalog.local_addr());
-    tokio::spawn(catalog.run_until(std::future::pending()));
+    let catalog_url = super::catalog_service(dir.path()).await;
     let service = reqwest::get(format!("{catalog_url}/metrics"))
         .await
         .unwrap()

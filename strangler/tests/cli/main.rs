@@ -75,6 +75,21 @@ async fn replica_with(text: &str) -> Running {
     }
 }
 
+/// A catalog service served in-process on port 0 (its SQLite file in `dir`), until the test
+/// ends; its URL.
+async fn catalog_service(dir: &std::path::Path) -> String {
+    let catalog = catalog_service::Service::build(&catalog_service::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: dir.join("catalog.db").display().to_string(),
+        ..catalog_service::config::Config::defaults()
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}", catalog.local_addr());
+    tokio::spawn(catalog.run_until(std::future::pending()));
+    url
+}
+
 /// Runs the CLI; returns (success, stdout, stderr).
 async fn cli(admin: &str, token: &str, args: &[&str]) -> (bool, String, String) {
     let mut command = Command::new(BIN);

@@ -51,6 +51,7 @@ use super::store::{AuditEntry, CarveOutState, Verification};
 use super::{ControlPlane, PhaseChange, TransitionError};
 use crate::config::OperatorToken;
 use crate::phase::Phase;
+use crate::problem::Problem;
 
 /// State of the admin routes.
 #[derive(Clone)]
@@ -66,17 +67,16 @@ struct Operator(Option<Arc<str>>);
 impl Operator {
     /// The actor to record: the token's operator; on an open API, the caller's claim or
     /// `anonymous`. A claim that is not the token's operator is refused.
-    #[allow(clippy::result_large_err)]
-    fn actor(&self, claimed: Option<String>) -> Result<String, Response> {
+    fn actor(&self, claimed: Option<String>) -> Result<String, Problem> {
         match (&self.0, claimed) {
-            (Some(name), Some(claimed)) if claimed != **name => Err(problem(
+            (Some(name), Some(claimed)) if claimed != **name => Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "actor-mismatch",
-                &format!("this token belongs to {name}; it cannot act as {claimed:?}"),
+                format!("this token belongs to {name}; it cannot act as {claimed:?}"),
             )),
             (Some(name), _) => Ok(name.to_string()),
             (None, Some(claimed)) if claimed.trim().is_empty() || claimed.len() > 64 => {
-                Err(problem(
+                Err(Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid-body",
                     "actor must be 1 to 64 characters",
@@ -135,36 +135,10 @@ pub fn router(control: ControlPlane, tokens: Vec<OperatorToken>) -> Router {
         .route("/dashboard", get(dashboard_page))
         .route("/dashboard/app.js", get(dashboard_script))
         .route("/dashboard/session", post(sign_in).delete(sign_out))
-        .fallback(|| async { problem(StatusCode::NOT_FOUND, "not-found", "no such admin route") })
+        .fallback(|| async {
+            Problem::new(StatusCode::NOT_FOUND, "not-found", "no such admin route")
+        })
         .with_state(admin)
-}
-
-fn problem(status: StatusCode, slug: &str, detail: &str) -> Response {
-    problem_with(status, slug, detail, serde_json::Value::Null)
-}
-
-/// A problem+json response with extension members (the fields of `extra`, an object).
-fn problem_with(
-    status: StatusCode,
-    slug: &str,
-    detail: &str,
-    extra: serde_json::Value,
-) -> Response {
-    let mut body = serde_json::json!({
-        "type": format!("/problems/{slug}"),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
-        body.extend(extra);
-    }
-    let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    response
 }
 
 /// The dashboard's sign-in cookie: the token, base64url-encoded.
@@ -201,6 +175,85 @@ fn cookie_token(headers: &axum::http::HeaderMap) -> Option<String> {
         })
 }
 
+/// The answer of an admin route: a success, or a problem (every refusal is problem+json).
+type Answer<T = Response> = Result<T, Problem>;
+
+/// The control database failed: 503, with the cause (it names no secret), to try again.
+fn unavailable(err: &sqlx::Error) -> Problem {
+    tracing::warn!(error = %err, "control database unavailable");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "control-database-unavailable",
+        format!("the control database is unavailable: {err}"),
+    )
+    .with_header(header::RETRY_AFTER, "1")
+}
+
+impl From<sqlx::Error> for Problem {
+    fn from(err: sqlx::Error) -> Problem {
+        unavailable(&err)
+    }
+}
+
+impl From<JsonRejection> for Problem {
+    fn from(rejection: JsonRejection) -> Problem {
+        Problem::new(rejection.status(), "invalid-body", rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for Problem {
+    fn from(rejection: QueryRejection) -> Problem {
+        Problem::new(rejection.status(), "invalid-query", rejection.body_text())
+    }
+}
+
+/// A refused phase change.
+impl From<TransitionError> for Problem {
+    fn from(err: TransitionError) -> Problem {
+        let (status, slug) = match &err {
+            TransitionError::UnknownCarveOut(_) => (StatusCode::NOT_FOUND, "not-found"),
+            TransitionError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+            TransitionError::Skips { .. } => (StatusCode::CONFLICT, "transition-refused"),
+            TransitionError::NoChange { .. } => (StatusCode::CONFLICT, "no-change"),
+            TransitionError::Guarded { .. } => (StatusCode::CONFLICT, "precheck-failed"),
+            TransitionError::Conflict(_) => (StatusCode::CONFLICT, "concurrent-change"),
+            TransitionError::Store(err) => return unavailable(err),
+        };
+        Problem::new(status, slug, err.to_string())
+    }
+}
+
+/// A refused rollout command.
+impl From<super::rollout::RolloutError> for Problem {
+    fn from(err: super::rollout::RolloutError) -> Problem {
+        use super::rollout::RolloutError;
+        match err {
+            RolloutError::UnknownCarveOut(_) | RolloutError::NoRollout(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "not-found", err.to_string())
+            }
+            RolloutError::NoPlan(_) | RolloutError::Invalid(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-plan",
+                err.to_string(),
+            ),
+            RolloutError::State(_) => {
+                Problem::new(StatusCode::CONFLICT, "rollout-state", err.to_string())
+            }
+            RolloutError::Transition(err) => err.into(),
+            RolloutError::Store(err) => err.into(),
+        }
+    }
+}
+
+/// 404 for a name that is not a carve-out.
+fn no_carveout(name: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!("no carve-out named {name}"),
+    )
+}
+
 async fn authorize(State(admin): State<Admin>, mut request: Request, next: Next) -> Response {
     let mut operator = Operator(None);
     if !admin.tokens.is_empty() {
@@ -225,23 +278,22 @@ async fn authorize(State(admin): State<Admin>, mut request: Request, next: Next)
                 .get(CSRF_HEADER)
                 .is_some_and(|v| v.as_bytes() == b"1");
             if !marked {
-                return problem(
+                return Problem::new(
                     StatusCode::FORBIDDEN,
                     "csrf",
                     "a change signed in by the dashboard's cookie needs the X-Strangler-Csrf: 1 header",
-                );
+                )
+                .into_response();
             }
         }
         if operator.0.is_none() {
-            let mut response = problem(
+            return Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid admin token is required (Authorization: Bearer <token>)",
-            );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            )
+            .with_header(header::WWW_AUTHENTICATE, "Bearer")
+            .into_response();
         }
     }
     request.extensions_mut().insert(operator);
@@ -252,36 +304,17 @@ async fn authorize(State(admin): State<Admin>, mut request: Request, next: Next)
 /// a change written to a deleted SQLite file would be acknowledged and lost.
 async fn require_control(State(admin): State<Admin>, request: Request, next: Next) -> Response {
     if let Err(err) = admin.control.store().health().await {
-        return unavailable(&err);
+        return unavailable(&err).into_response();
     }
     next.run(request).await
 }
 
-async fn ready(State(admin): State<Admin>) -> Response {
-    match admin.control.ready().await {
-        Ok(()) => "ready".into_response(),
-        Err(why) => {
-            let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, "not-ready", &why);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
-    }
-}
-
-/// The control database failed: 503, with the cause (it names no secret).
-fn unavailable(err: &sqlx::Error) -> Response {
-    tracing::debug!(error = %err, "control database unavailable");
-    let mut response = problem(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "control-database-unavailable",
-        &format!("the control database is unavailable: {err}"),
-    );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
+async fn ready(State(admin): State<Admin>) -> Answer<&'static str> {
+    admin.control.ready().await.map_err(|why| {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", why)
+            .with_header(header::RETRY_AFTER, "1")
+    })?;
+    Ok("ready")
 }
 
 /// Compares without an early exit, so response time does not leak the token.
@@ -357,34 +390,24 @@ fn view(control: &ControlPlane, state: CarveOutState) -> CarveOutView {
     }
 }
 
-fn internal(err: &sqlx::Error) -> Response {
-    tracing::error!(error = %err, "control database error");
-    unavailable(err)
+async fn list(State(admin): State<Admin>) -> Answer<Json<Vec<CarveOutView>>> {
+    let states = admin.control.store().states().await?;
+    Ok(Json(
+        states
+            .into_iter()
+            .map(|s| view(&admin.control, s))
+            .collect(),
+    ))
 }
 
-async fn list(State(admin): State<Admin>) -> Response {
-    match admin.control.store().states().await {
-        Ok(states) => Json(
-            states
-                .into_iter()
-                .map(|s| view(&admin.control, s))
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(err) => internal(&err),
-    }
-}
-
-async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
-    match admin.control.store().state(&name).await {
-        Ok(Some(state)) => Json(view(&admin.control, state)).into_response(),
-        Ok(None) => problem(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("no carve-out named {name}"),
-        ),
-        Err(err) => internal(&err),
-    }
+async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Answer<Json<CarveOutView>> {
+    let state = admin
+        .control
+        .store()
+        .state(&name)
+        .await?
+        .ok_or_else(|| no_carveout(&name))?;
+    Ok(Json(view(&admin.control, state)))
 }
 
 /// The body of `POST /carveouts/{name}/phase`.
@@ -410,49 +433,21 @@ async fn set_phase(
     Extension(operator): Extension<Operator>,
     Path(name): Path<String>,
     body: Result<Json<PhaseRequest>, JsonRejection>,
-) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return problem(rejection.status(), "invalid-body", &rejection.body_text())
-        }
-    };
-    let to = match Phase::from_parts(&request.phase, request.percent) {
-        Ok(phase) => phase,
-        Err(reason) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", &reason),
-    };
-    let actor = match operator.actor(request.actor) {
-        Ok(actor) => actor,
-        Err(refusal) => return refusal,
-    };
+) -> Answer<Json<CarveOutView>> {
+    let Json(request) = body?;
+    let to = Phase::from_parts(&request.phase, request.percent).map_err(|reason| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", reason)
+    })?;
     let change = PhaseChange {
         to,
-        actor,
+        actor: operator.actor(request.actor)?,
         reason: request.reason,
         force: request.force,
     };
-    match admin.control.transition(&name, change).await {
-        Ok(state) => {
-            let mut shown = view(&admin.control, state);
-            shown.epoch = admin.control.store().epoch().await.ok();
-            Json(shown).into_response()
-        }
-        Err(err) => transition_problem(&err),
-    }
-}
-
-/// A refused phase change as a problem.
-fn transition_problem(err: &TransitionError) -> Response {
-    let (status, slug) = match err {
-        TransitionError::UnknownCarveOut(_) => (StatusCode::NOT_FOUND, "not-found"),
-        TransitionError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
-        TransitionError::Skips { .. } => (StatusCode::CONFLICT, "transition-refused"),
-        TransitionError::NoChange { .. } => (StatusCode::CONFLICT, "no-change"),
-        TransitionError::Guarded { .. } => (StatusCode::CONFLICT, "precheck-failed"),
-        TransitionError::Conflict(_) => (StatusCode::CONFLICT, "concurrent-change"),
-        TransitionError::Store(err) => return internal(err),
-    };
-    problem(status, slug, &err.to_string())
+    let state = admin.control.transition(&name, change).await?;
+    let mut shown = view(&admin.control, state);
+    shown.epoch = admin.control.store().epoch().await.ok();
+    Ok(Json(shown))
 }
 
 /// The body of `POST /carveouts/{name}/rollout`.
@@ -478,50 +473,29 @@ pub struct RolloutCommand {
 
 /// A JSON body that may be left out (then the defaults); a malformed one is a problem, as
 /// every refusal of the admin API is.
-#[allow(clippy::result_large_err)]
-fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Answer<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|err| {
-        problem(
+        Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-body",
-            &format!("the body is not the expected JSON: {err}"),
+            format!("the body is not the expected JSON: {err}"),
         )
     })
 }
 
-fn rollout_problem(err: &super::rollout::RolloutError) -> Response {
-    use super::rollout::RolloutError;
-    match err {
-        RolloutError::UnknownCarveOut(_) | RolloutError::NoRollout(_) => {
-            problem(StatusCode::NOT_FOUND, "not-found", &err.to_string())
-        }
-        RolloutError::NoPlan(_) | RolloutError::Invalid(_) => problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-plan",
-            &err.to_string(),
-        ),
-        RolloutError::State(_) => problem(StatusCode::CONFLICT, "rollout-state", &err.to_string()),
-        RolloutError::Transition(err) => transition_problem(err),
-        RolloutError::Store(err) => internal(err),
-    }
-}
-
-async fn rollout_show(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
-    if let Some(response) = unknown(&admin, &name) {
-        return response;
-    }
-    match admin.control.rollout_view(&name).await {
-        Ok(Some(view)) => Json(view).into_response(),
-        Ok(None) => problem(
+async fn rollout_show(State(admin): State<Admin>, Path(name): Path<String>) -> Answer {
+    known(&admin, &name)?;
+    let view = admin.control.rollout_view(&name).await?.ok_or_else(|| {
+        Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",
-            &format!("{name} has no rollout; start one with `strangler rollout start {name}`"),
-        ),
-        Err(err) => internal(&err),
-    }
+            format!("{name} has no rollout; start one with `strangler rollout start {name}`"),
+        )
+    })?;
+    Ok(Json(view).into_response())
 }
 
 async fn rollout_start(
@@ -529,30 +503,17 @@ async fn rollout_start(
     Extension(operator): Extension<Operator>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
-    let request: RolloutStart = match optional_json(&body) {
-        Ok(request) => request,
-        Err(refusal) => return refusal,
-    };
-    let actor = match operator.actor(request.actor) {
-        Ok(actor) => actor,
-        Err(refusal) => return refusal,
-    };
-    let plan = match request
+) -> Answer {
+    let request: RolloutStart = optional_json(&body)?;
+    let actor = operator.actor(request.actor)?;
+    let plan = request
         .plan
         .as_ref()
         .map(crate::rollout::Plan::from_section)
-    {
-        None => None,
-        Some(Ok(plan)) => Some(plan),
-        Some(Err(reason)) => {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-plan", &reason)
-        }
-    };
-    match admin.control.start_rollout(&name, plan, &actor).await {
-        Ok(view) => Json(view).into_response(),
-        Err(err) => rollout_problem(&err),
-    }
+        .transpose()
+        .map_err(|reason| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-plan", reason))?;
+    let view = admin.control.start_rollout(&name, plan, &actor).await?;
+    Ok(Json(view).into_response())
 }
 
 async fn rollout_act(
@@ -560,7 +521,7 @@ async fn rollout_act(
     Extension(operator): Extension<Operator>,
     Path((name, action)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Response {
+) -> Answer {
     use super::rollout::Action;
     let action = match action.as_str() {
         "pause" => Action::Pause,
@@ -568,36 +529,27 @@ async fn rollout_act(
         "abort" => Action::Abort,
         "approve" => Action::Approve,
         other => {
-            return problem(
+            return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
-                &format!("no rollout action {other:?} (pause, resume, abort, approve)"),
-            )
+                format!("no rollout action {other:?} (pause, resume, abort, approve)"),
+            ))
         }
     };
-    let request: RolloutCommand = match optional_json(&body) {
-        Ok(request) => request,
-        Err(refusal) => return refusal,
-    };
+    let request: RolloutCommand = optional_json(&body)?;
     if request.reason.chars().count() > super::MAX_REASON {
-        return problem(
+        return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-body",
-            &format!("a reason is at most {} characters", super::MAX_REASON),
-        );
+            format!("a reason is at most {} characters", super::MAX_REASON),
+        ));
     }
-    let actor = match operator.actor(request.actor) {
-        Ok(actor) => actor,
-        Err(refusal) => return refusal,
-    };
-    match admin
+    let actor = operator.actor(request.actor)?;
+    let view = admin
         .control
         .rollout_action(&name, action, &actor, &request.reason)
-        .await
-    {
-        Ok(view) => Json(view).into_response(),
-        Err(err) => rollout_problem(&err),
-    }
+        .await?;
+    Ok(Json(view).into_response())
 }
 
 /// The body of `POST /carveouts/{name}/cutover` and `/rollback`.
@@ -629,7 +581,7 @@ async fn cut_over(
     Extension(operator): Extension<Operator>,
     Path(name): Path<String>,
     body: Result<Json<MoveBody>, JsonRejection>,
-) -> Response {
+) -> Answer<Json<MoveReport>> {
     run_procedure(admin, operator, name, body, Asked::CutOver).await
 }
 
@@ -638,7 +590,7 @@ async fn roll_back(
     Extension(operator): Extension<Operator>,
     Path(name): Path<String>,
     body: Result<Json<MoveBody>, JsonRejection>,
-) -> Response {
+) -> Answer<Json<MoveReport>> {
     run_procedure(admin, operator, name, body, Asked::RollBack).await
 }
 
@@ -647,7 +599,7 @@ async fn retire(
     Extension(operator): Extension<Operator>,
     Path(name): Path<String>,
     body: Result<Json<MoveBody>, JsonRejection>,
-) -> Response {
+) -> Answer<Json<MoveReport>> {
     run_procedure(admin, operator, name, body, Asked::Retire).await
 }
 
@@ -671,53 +623,39 @@ async fn run_procedure(
     name: String,
     body: Result<Json<MoveBody>, JsonRejection>,
     asked: Asked,
-) -> Response {
-    if let Some(response) = unknown(&admin, &name) {
-        return response;
-    }
-    let Json(body) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return problem(rejection.status(), "invalid-body", &rejection.body_text())
-        }
-    };
+) -> Answer<Json<MoveReport>> {
+    known(&admin, &name)?;
+    let Json(body) = body?;
+    let invalid =
+        |slug, detail: String| Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, slug, detail));
     if body.reason.trim().is_empty() || body.reason.chars().count() > super::MAX_REASON {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return invalid(
             "invalid-request",
-            &format!(
+            format!(
                 "a reason of 1 to {} characters is required",
                 super::MAX_REASON
             ),
         );
     }
-    let actor = match operator.actor(body.actor) {
-        Ok(actor) => actor,
-        Err(refusal) => return refusal,
-    };
+    let actor = operator.actor(body.actor)?;
     if body.percent.is_some() && asked != Asked::RollBack {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-body",
-            "percent belongs to a roll-back",
-        );
+        return invalid("invalid-body", "percent belongs to a roll-back".to_owned());
     }
     if body.force && asked != Asked::CutOver {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return invalid(
             "invalid-body",
-            "force belongs to a cut-over (it passes the contract guard only)",
+            "force belongs to a cut-over (it passes the contract guard only)".to_owned(),
         );
     }
     let procedure = match asked {
         Asked::CutOver => Procedure::Move(super::ownership::Move::CutOver),
         Asked::Retire => Procedure::Retire,
-        Asked::RollBack => match Phase::from_parts("canary", Some(body.percent.unwrap_or(0.0))) {
-            Ok(phase) => Procedure::Move(super::ownership::Move::RollBack(phase)),
-            Err(reason) => {
-                return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", &reason)
-            }
-        },
+        Asked::RollBack => {
+            let phase = Phase::from_parts("canary", Some(body.percent.unwrap_or(0.0))).map_err(
+                |reason| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-phase", reason),
+            )?;
+            Procedure::Move(super::ownership::Move::RollBack(phase))
+        }
     };
     let request = super::ownership::MoveRequest {
         actor,
@@ -728,23 +666,19 @@ async fn run_procedure(
         Procedure::Retire => admin.control.run_retire(&name, request).await,
         Procedure::Move(movement) => admin.control.run_move(&name, movement, request).await,
     };
-    match moved {
-        Ok(steps) => Json(MoveReport {
-            carveout: name,
-            steps,
-        })
-        .into_response(),
-        Err(err) => problem_with(
-            StatusCode::CONFLICT,
-            if err.refused {
-                "move-refused"
-            } else {
-                "move-aborted"
-            },
-            &err.message,
-            serde_json::json!({ "steps": err.steps }),
-        ),
-    }
+    let steps = moved.map_err(|err| {
+        let slug = if err.refused {
+            "move-refused"
+        } else {
+            "move-aborted"
+        };
+        Problem::new(StatusCode::CONFLICT, slug, err.message)
+            .with_members(serde_json::json!({ "steps": err.steps }))
+    })?;
+    Ok(Json(MoveReport {
+        carveout: name,
+        steps,
+    }))
 }
 
 /// Query of `GET /audit`.
@@ -757,43 +691,29 @@ struct AuditQuery {
 async fn audit(
     State(admin): State<Admin>,
     query: Result<Query<AuditQuery>, QueryRejection>,
-) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid-query",
-                &rejection.body_text(),
-            )
-        }
-    };
+) -> Answer<Json<Vec<AuditEntry>>> {
+    let Query(query) = query?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return problem(
+        return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-query",
             "limit must be between 1 and 1000",
-        );
+        ));
     }
     if let Some(name) = &query.carveout {
-        if let Some(response) = unknown(&admin, name) {
-            return response;
-        }
+        known(&admin, name)?;
     }
-    match admin
+    let entries = admin
         .control
         .store()
         .audit(query.carveout.as_deref(), limit)
-        .await
-    {
-        Ok(entries) => Json::<Vec<AuditEntry>>(entries).into_response(),
-        Err(err) => internal(&err),
-    }
+        .await?;
+    Ok(Json(entries))
 }
 
-/// A problem response when `name` is not a carve-out of this replica.
-fn unknown(admin: &Admin, name: &str) -> Option<Response> {
+/// Refuses (404) a name that is not a carve-out of this replica.
+fn known(admin: &Admin, name: &str) -> Answer<()> {
     let known = admin
         .control
         .proxy()
@@ -801,25 +721,23 @@ fn unknown(admin: &Admin, name: &str) -> Option<Response> {
         .carveouts()
         .iter()
         .any(|c| c.spec.name == name);
-    (!known).then(|| {
-        problem(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("no carve-out named {name}"),
-        )
-    })
+    if known {
+        Ok(())
+    } else {
+        Err(no_carveout(name))
+    }
 }
 
-async fn status(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
-    match admin.control.status(&name).await {
-        Ok(Some(status)) => Json(status).into_response(),
-        Ok(None) => problem(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("no carve-out named {name}"),
-        ),
-        Err(err) => internal(&err),
-    }
+async fn status(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+) -> Answer<Json<super::status::Status>> {
+    let status = admin
+        .control
+        .status(&name)
+        .await?
+        .ok_or_else(|| no_carveout(&name))?;
+    Ok(Json(status))
 }
 
 /// The query of `GET /carveouts/{name}/mismatches`.
@@ -833,21 +751,12 @@ async fn mismatches(
     State(admin): State<Admin>,
     Path(name): Path<String>,
     query: Result<Query<MismatchQuery>, QueryRejection>,
-) -> Response {
-    if let Some(response) = unknown(&admin, &name) {
-        return response;
-    }
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => {
-            return problem(rejection.status(), "invalid-query", &rejection.body_text())
-        }
-    };
+) -> Answer {
+    known(&admin, &name)?;
+    let Query(query) = query?;
     let limit = query.limit.unwrap_or(20).clamp(0, super::mismatches::KEPT);
-    match admin.control.mismatch_report(&name, limit).await {
-        Ok(report) => Json(report).into_response(),
-        Err(err) => internal(&err),
-    }
+    let report = admin.control.mismatch_report(&name, limit).await?;
+    Ok(Json(report).into_response())
 }
 
 /// The body of `POST /carveouts/{name}/fence`.
@@ -862,58 +771,39 @@ async fn fence(
     State(admin): State<Admin>,
     Path(name): Path<String>,
     body: Result<Json<FenceRequest>, JsonRejection>,
-) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return problem(rejection.status(), "invalid-body", &rejection.body_text())
-        }
-    };
+) -> Answer<Json<serde_json::Value>> {
+    let Json(request) = body?;
     if !(1..=30_000).contains(&request.hold_ms) {
-        return problem(
+        return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-body",
             "hold_ms must be between 1 and 30000",
-        );
+        ));
     }
-    match admin
+    let until = admin
         .control
         .fence(&name, std::time::Duration::from_millis(request.hold_ms))
-        .await
-    {
-        Ok(Some(until)) => Json(serde_json::json!({
-            "carveout": name,
-            "fenced_until_ms": until,
-            "applies_within_ms": u64::try_from(admin.control.applies_within().as_millis()).unwrap_or(u64::MAX),
-            "epoch": admin.control.store().epoch().await.ok(),
-        }))
-        .into_response(),
-        Ok(None) => problem(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("no carve-out named {name}"),
-        ),
-        Err(err) => internal(&err),
+        .await?
+        .ok_or_else(|| no_carveout(&name))?;
+    Ok(Json(serde_json::json!({
+        "carveout": name,
+        "fenced_until_ms": until,
+        "applies_within_ms": u64::try_from(admin.control.applies_within().as_millis()).unwrap_or(u64::MAX),
+        "epoch": admin.control.store().epoch().await.ok(),
+    })))
+}
+
+async fn unfence(State(admin): State<Admin>, Path(name): Path<String>) -> Answer<StatusCode> {
+    if admin.control.unfence(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_carveout(&name))
     }
 }
 
-async fn unfence(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
-    match admin.control.unfence(&name).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => problem(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("no carve-out named {name}"),
-        ),
-        Err(err) => internal(&err),
-    }
-}
-
-async fn captures(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
-    if let Some(response) = unknown(&admin, &name) {
-        return response;
-    }
-    Json(admin.control.proxy().captures().list(&name)).into_response()
+async fn captures(State(admin): State<Admin>, Path(name): Path<String>) -> Answer {
+    known(&admin, &name)?;
+    Ok(Json(admin.control.proxy().captures().list(&name)).into_response())
 }
 
 /// The body of `POST /carveouts/{name}/verifications`.
@@ -935,35 +825,24 @@ async fn report_verification(
     Extension(operator): Extension<Operator>,
     Path(name): Path<String>,
     body: Result<Json<VerificationReport>, JsonRejection>,
-) -> Response {
-    if let Some(response) = unknown(&admin, &name) {
-        return response;
-    }
-    let Json(report) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return problem(rejection.status(), "invalid-body", &rejection.body_text())
-        }
+) -> Answer<(StatusCode, Json<Verification>)> {
+    known(&admin, &name)?;
+    let Json(report) = body?;
+    let invalid = |detail: &'static str| {
+        Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            detail,
+        ))
     };
     if report.interactions < 0 || report.failures < 0 || report.failures > report.interactions {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-body",
-            "interactions and failures must be counts, with failures <= interactions",
-        );
+        return invalid("interactions and failures must be counts, with failures <= interactions");
     }
     if report.provider.is_empty() || report.provider.len() > 500 {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-body",
-            "provider must be 1 to 500 characters",
-        );
+        return invalid("provider must be 1 to 500 characters");
     }
-    let actor = match operator.actor(report.actor) {
-        Ok(actor) => actor,
-        Err(refusal) => return refusal,
-    };
-    match admin
+    let actor = operator.actor(report.actor)?;
+    let recorded = admin
         .control
         .store()
         .record_verification(
@@ -973,33 +852,27 @@ async fn report_verification(
             report.interactions,
             report.failures,
         )
-        .await
-    {
-        Ok(v) => (StatusCode::CREATED, Json::<Verification>(v)).into_response(),
-        Err(err) => internal(&err),
-    }
+        .await?;
+    Ok((StatusCode::CREATED, Json(recorded)))
 }
 
 async fn verifications(
     State(admin): State<Admin>,
     Path(name): Path<String>,
     query: Result<Query<AuditQuery>, QueryRejection>,
-) -> Response {
-    if let Some(response) = unknown(&admin, &name) {
-        return response;
-    }
+) -> Answer<Json<Vec<Verification>>> {
+    known(&admin, &name)?;
     let limit = query.ok().and_then(|Query(q)| q.limit).unwrap_or(20);
     if !(1..=1000).contains(&limit) {
-        return problem(
+        return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-query",
             "limit must be between 1 and 1000",
-        );
+        ));
     }
-    match admin.control.store().verifications(&name, limit).await {
-        Ok(list) => Json::<Vec<Verification>>(list).into_response(),
-        Err(err) => internal(&err),
-    }
+    Ok(Json(
+        admin.control.store().verifications(&name, limit).await?,
+    ))
 }
 
 /// A replica as the admin API shows it.
@@ -1012,30 +885,23 @@ pub struct ReplicaView {
     pub live: bool,
 }
 
-async fn replicas(State(admin): State<Admin>) -> Response {
-    match admin.control.store().replicas().await {
-        Ok(replicas) => {
-            let now = sqlkit::now_ms();
-            Json(
-                replicas
-                    .into_iter()
-                    .map(|replica| ReplicaView {
-                        live: replica.live(now),
-                        replica,
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .into_response()
-        }
-        Err(err) => internal(&err),
-    }
+async fn replicas(State(admin): State<Admin>) -> Answer<Json<Vec<ReplicaView>>> {
+    let replicas = admin.control.store().replicas().await?;
+    let now = sqlkit::now_ms();
+    Ok(Json(
+        replicas
+            .into_iter()
+            .map(|replica| ReplicaView {
+                live: replica.live(now),
+                replica,
+            })
+            .collect(),
+    ))
 }
 
-async fn epoch(State(admin): State<Admin>) -> Response {
-    match admin.control.epoch().await {
-        Ok(epoch) => Json(serde_json::json!({ "epoch": epoch })).into_response(),
-        Err(err) => internal(&err),
-    }
+async fn epoch(State(admin): State<Admin>) -> Answer<Json<serde_json::Value>> {
+    let epoch = admin.control.epoch().await?;
+    Ok(Json(serde_json::json!({ "epoch": epoch })))
 }
 
 /// The body of `POST /control/await`.
@@ -1051,34 +917,28 @@ pub struct AwaitRequest {
 async fn await_applied(
     State(admin): State<Admin>,
     body: Result<Json<AwaitRequest>, JsonRejection>,
-) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return problem(rejection.status(), "invalid-body", &rejection.body_text())
-        }
-    };
+) -> Answer<Json<serde_json::Value>> {
+    let Json(request) = body?;
     if !(1..=60_000).contains(&request.timeout_ms) {
-        return problem(
+        return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-body",
             "timeout_ms must be between 1 and 60000",
-        );
+        ));
     }
     let within = std::time::Duration::from_millis(request.timeout_ms);
     match admin.control.await_applied(request.epoch, within).await {
-        Ok(live) => Json(serde_json::json!({
+        Ok(live) => Ok(Json(serde_json::json!({
             "epoch": request.epoch,
             "replicas": live.len(),
-        }))
-        .into_response(),
-        Err(super::AwaitError::NotApplied(not)) => problem_with(
-            StatusCode::CONFLICT,
-            "not-applied",
-            &not.to_string(),
-            serde_json::json!({ "laggards": not.laggards }),
-        ),
-        Err(super::AwaitError::Store(err)) => internal(&err),
+        }))),
+        Err(super::AwaitError::NotApplied(not)) => {
+            Err(
+                Problem::new(StatusCode::CONFLICT, "not-applied", not.to_string())
+                    .with_members(serde_json::json!({ "laggards": not.laggards })),
+            )
+        }
+        Err(super::AwaitError::Store(err)) => Err(err.into()),
     }
 }
 
@@ -1119,11 +979,8 @@ async fn dashboard_script() -> Response {
         .into_response()
 }
 
-async fn dashboard_data(State(admin): State<Admin>) -> Response {
-    match admin.control.overview().await {
-        Ok(overview) => Json(overview).into_response(),
-        Err(err) => internal(&err),
-    }
+async fn dashboard_data(State(admin): State<Admin>) -> Answer<Json<super::dashboard::Overview>> {
+    Ok(Json(admin.control.overview().await?))
 }
 
 /// The body of `POST /dashboard/session`.
@@ -1135,35 +992,27 @@ struct SignIn {
 
 /// Signs the dashboard in: a valid token becomes an HttpOnly, SameSite=Strict cookie (the page's
 /// script never holds it after this request).
-async fn sign_in(
-    State(admin): State<Admin>,
-    body: Result<Json<SignIn>, JsonRejection>,
-) -> Response {
+async fn sign_in(State(admin): State<Admin>, body: Result<Json<SignIn>, JsonRejection>) -> Answer {
     use base64::Engine as _;
-    let Json(body) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return problem(rejection.status(), "invalid-body", &rejection.body_text())
-        }
-    };
+    let Json(body) = body?;
     if admin.tokens.is_empty() {
         // An open admin API needs no sign-in.
-        return StatusCode::NO_CONTENT.into_response();
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let Some(name) = operator_of(&admin, &body.token) else {
-        return problem(
+    let name = operator_of(&admin, &body.token).ok_or_else(|| {
+        Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "this is not a valid admin token",
-        );
-    };
+        )
+    })?;
     let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.token.as_bytes());
     let cookie = format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/");
     let mut response = Json(serde_json::json!({ "operator": &*name })).into_response();
     if let Ok(cookie) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
-    response
+    Ok(response)
 }
 
 async fn sign_out() -> Response {

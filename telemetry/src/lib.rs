@@ -103,6 +103,8 @@ impl Drop for Telemetry {
 /// `default_filter`) and, when an OTLP endpoint is configured, the trace export as `service`
 /// (unless `OTEL_SERVICE_NAME` names it). Call it once, before starting a Tokio runtime.
 pub fn init(service: &str, format: LogFormat, default_filter: &str) -> Telemetry {
+    // Every layer is filtered: an unfiltered one would enable every callsite of every library
+    // (hyper's trace spans on the proxy's hot path among them).
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let (provider, warning) = match exporter_wanted() {
@@ -133,14 +135,17 @@ pub fn init(service: &str, format: LogFormat, default_filter: &str) -> Telemetry
             // write with eprintln!, which panics).
             .log_internal_errors(false)
             .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .log_internal_errors(false)
-            .event_format(json::JsonLines)
+        // The trace ids of requests, kept for the JSON lines, for the spans the logs see.
+        LogFormat::Json => json::RequestTraceIds
+            .and_then(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .log_internal_errors(false)
+                    .event_format(json::JsonLines),
+            )
             .boxed(),
     };
     let installed = tracing_subscriber::registry()
-        .with(json::RequestTraceIds)
         .with(otel)
         .with(logs.with_filter(filter))
         .try_init();

@@ -841,7 +841,7 @@ async fn a_rollout_cuts_over_on_approval_and_moves_the_writes_back_when_the_serv
     let f = Fixture::start_full(
         db,
         "max_lag_events = 5, fence_ms = 1500",
-        r#"rollout = { steps = ["100% 300ms", "cutover 60s"], interval_ms = 200, failure_limit = 0, min_requests = 5, min_interval_requests = 3 }"#,
+        r#"rollout = { steps = ["100% 300ms", "cutover 60s"], interval_ms = 200, failure_limit = 0, min_requests = 5, min_interval_requests = 3, p99_floor_ms = 100 }"#,
     )
     .await;
     let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));

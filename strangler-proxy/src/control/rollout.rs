@@ -753,6 +753,22 @@ impl ControlPlane {
             .await?
             .map(|s| s.phase)
             .ok_or_else(|| RolloutError::UnknownCarveOut(rollout.carveout.clone()))?;
+        if !rollout.in_step_phase(phase) && self.step_change_lost(&rollout, phase).await? {
+            // The controller that promoted this step died between recording it and changing
+            // the phase (the phase is still the previous step's, last set by the rollout):
+            // finish its change instead of halting.
+            let reason = format!(
+                "rollout: step {} ({step}) entered by the controller that took over",
+                rollout.progress.step + 1
+            );
+            rollout.event(reason.trim_start_matches("rollout: ").to_owned());
+            rollout.evaluated_to_ms = fresh_from(now);
+            if self.save(&mut rollout).await? {
+                self.enter_step(&rollout.carveout, step.phase(), &reason, false)
+                    .await?;
+            }
+            return Ok(());
+        }
         if !rollout.in_step_phase(phase) {
             rollout.state = RolloutState::Halted;
             rollout.event(format!(
@@ -805,6 +821,28 @@ impl ControlPlane {
             }
         }
         self.apply(rollout, step, decision, now).await
+    }
+
+    /// Whether `phase` is the previous step's, set by the rollout itself: the current step was
+    /// recorded but its phase change never happened (its controller died in between). A phase
+    /// anyone else set last is an operator's, which halts the rollout instead.
+    async fn step_change_lost(
+        &self,
+        rollout: &Rollout,
+        phase: Phase,
+    ) -> Result<bool, RolloutError> {
+        let previous = rollout
+            .progress
+            .step
+            .checked_sub(1)
+            .and_then(|i| rollout.plan.steps.get(i));
+        let resumable = matches!(rollout.step(), Some(step) if !matches!(step, Step::CutOver { .. }))
+            && previous.is_some_and(|p| !matches!(p, Step::CutOver { .. }) && p.phase() == phase);
+        if !resumable {
+            return Ok(false);
+        }
+        let last = self.store.audit(Some(&rollout.carveout), 1).await?;
+        Ok(last.first().is_some_and(|entry| entry.actor == ACTOR))
     }
 
     /// The data sync's lag in seconds (of the direction `phase` runs), for a carve-out with a

@@ -191,7 +191,7 @@ async fn the_cut_over_of_the_inventory_under_order_load(db: TestDb, broker: Brok
     // what confirmed orders took is what there was, and nothing is held.
     let confirmed = shop.confirmed_units().await;
     for product in &products {
-        let (available, held, committed) = shop.ledger(true, *product).await;
+        let (available, held, committed) = shop.ledger_at_rest(*product).await;
         let sold = confirmed.get(product).copied().unwrap_or(0);
         assert_eq!((held, committed), (0, sold), "product {product}");
         assert_eq!(available + sold, 400, "product {product}");
@@ -282,7 +282,7 @@ async fn assert_settled_and_consistent(shop: &Shop, product: i64, stock: i64) {
         .get(&product)
         .copied()
         .unwrap_or(0);
-    let (available, held, committed) = shop.ledger(true, product).await;
+    let (available, held, committed) = shop.ledger_at_rest(product).await;
     assert_eq!((held, committed, available + sold), (0, sold, stock));
     let reserves: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT order_id, CAST(COUNT(*) AS BIGINT) FROM stock_movements WHERE reason = 'reserve' GROUP BY order_id",

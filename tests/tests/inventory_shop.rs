@@ -359,6 +359,19 @@ impl Shop {
         units
     }
 
+    /// The owner's (the service's) ledger of `product` once nothing is held: a failed order
+    /// settles before its release, sent by message, is applied. A reservation that is never
+    /// released fails the wait.
+    pub(crate) async fn ledger_at_rest(&self, product: i64) -> (i64, i64, i64) {
+        eventually(
+            Duration::from_secs(20),
+            "every release to be applied",
+            || async { self.ledger(true, product).await.1 == 0 },
+        )
+        .await;
+        self.ledger(true, product).await
+    }
+
     /// (available, held, committed units) of a product in `db`'s own schema.
     pub(crate) async fn ledger(&self, service: bool, product: i64) -> (i64, i64, i64) {
         let (db, stock, held, committed) = if service {

@@ -148,15 +148,19 @@ pub enum ProxyBody {
 pub struct Tee {
     inner: Stream,
     copy: Option<BytesMut>,
+    /// The largest of the receivers' bounds: past it, no receiver wants the copy.
     limit: usize,
-    done: Option<oneshot::Sender<Option<Bytes>>>,
+    /// Each receiver with its own bound.
+    done: Vec<(usize, oneshot::Sender<Option<Bytes>>)>,
 }
 
 impl Tee {
-    /// Hands the copy over (once): `None` if it was abandoned.
+    /// Hands the copy over (once) to each receiver whose bound it fits: `None` if it was
+    /// abandoned or is too large for that receiver.
     fn finish(&mut self) {
-        if let Some(done) = self.done.take() {
-            let _ = done.send(self.copy.take().map(BytesMut::freeze));
+        let copy = self.copy.take().map(BytesMut::freeze);
+        for (limit, done) in self.done.drain(..) {
+            let _ = done.send(copy.clone().filter(|c| c.len() <= limit));
         }
     }
 }
@@ -200,21 +204,29 @@ impl ProxyBody {
         }))
     }
 
-    /// Streams `body` (a streamed body; any other is returned as it is, with no copy) and, when
-    /// it ends, sends a copy of it (or `None` if it passed `limit` bytes or failed) to the
-    /// returned receiver.
+    /// Streams `body` (a streamed body, or one teed already; any other is returned as it is,
+    /// with no copy) and, when it ends, sends a copy of it (or `None` if it passed `limit`
+    /// bytes or failed) to the returned receiver. A body teed twice streams once and hands
+    /// one copy to both receivers.
     pub fn tee(body: ProxyBody, limit: usize) -> (Self, oneshot::Receiver<Option<Bytes>>) {
         let (tx, rx) = oneshot::channel();
-        let ProxyBody::Streamed(inner) = body else {
-            return (body, rx);
-        };
-        let tee = Tee {
-            inner: *inner,
-            copy: Some(BytesMut::new()),
-            limit,
-            done: Some(tx),
-        };
-        (ProxyBody::Tee(Box::new(tee)), rx)
+        match body {
+            ProxyBody::Streamed(inner) => {
+                let tee = Tee {
+                    inner: *inner,
+                    copy: Some(BytesMut::new()),
+                    limit,
+                    done: vec![(limit, tx)],
+                };
+                (ProxyBody::Tee(Box::new(tee)), rx)
+            }
+            ProxyBody::Tee(mut tee) => {
+                tee.limit = tee.limit.max(limit);
+                tee.done.push((limit, tx));
+                (ProxyBody::Tee(tee), rx)
+            }
+            ProxyBody::Full(_) => (body, rx),
+        }
     }
 }
 

@@ -44,6 +44,11 @@ impl CarveOut {
     pub fn counts(&self) -> crate::analysis::Counts {
         self.metrics.counts()
     }
+
+    /// The service it is carved out to.
+    pub fn service(&self) -> &Upstream {
+        &self.service
+    }
 }
 
 /// A carve-out with its live phase.
@@ -53,6 +58,8 @@ pub struct CarveOut {
     pub spec: CarveOutSpec,
     /// Its current phase.
     pub phase: Phase,
+    /// The service it is carved out to.
+    service: Arc<Upstream>,
     metrics: RouteMetrics,
     comparator: Comparator,
     capturer: Option<Arc<Capturer>>,
@@ -65,7 +72,8 @@ pub struct CarveOut {
 pub struct Routing {
     routes: RouteTable,
     carveouts: Vec<CarveOut>,
-    upstreams: Vec<Arc<Upstream>>,
+    /// Where every request goes that no carve-out takes.
+    monolith: Arc<Upstream>,
     unrouted: RouteMetrics,
     override_header: bool,
     served_by_header: Option<HeaderName>,
@@ -77,6 +85,13 @@ pub struct Routing {
 impl Routing {
     /// Builds a snapshot from a validated configuration.
     pub fn new(config: &Config, metrics: &Metrics) -> Routing {
+        // One pool per upstream, shared by the carve-outs it serves; the first is the monolith.
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(|u| Arc::new(Upstream::new(u, metrics)))
+            .collect();
         let carveouts = config
             .carveouts
             .iter()
@@ -85,6 +100,7 @@ impl Routing {
                 CarveOut {
                     spec: spec.clone(),
                     phase: spec.phase,
+                    service: Arc::clone(&upstreams[spec.upstream]),
                     metrics: metrics.route(&spec.name),
                     comparator: Comparator::new(&spec.shadow.ignore, &spec.shadow.headers),
                     capturer: spec.capture.clone().map(|c| Arc::new(Capturer::new(c))),
@@ -100,12 +116,7 @@ impl Routing {
         Routing {
             routes: config.routes.clone(),
             carveouts,
-            upstreams: config
-                .upstreams
-                .iter()
-                .cloned()
-                .map(|u| Arc::new(Upstream::new(u, metrics)))
-                .collect(),
+            monolith: Arc::clone(&upstreams[0]),
             unrouted: metrics.route("-"),
             override_header: config.override_header,
             served_by_header: config.served_by_header.clone(),
@@ -137,17 +148,9 @@ impl Routing {
             .map(|route| self.carveouts[route.carveout].spec.name.clone())
     }
 
-    /// Whether every instance of the upstream at `index` answers `GET /readyz` with a success.
-    pub async fn upstream_ready(&self, index: usize) -> Result<(), String> {
-        match self.upstreams.get(index) {
-            Some(upstream) => upstream.ready().await,
-            None => Err(format!("no upstream {index}")),
-        }
-    }
-
-    /// The name of the upstream at `index`.
-    pub fn upstream_name(&self, index: usize) -> &str {
-        self.upstreams.get(index).map_or("", |u| u.name())
+    /// The monolith.
+    pub fn monolith(&self) -> &Upstream {
+        &self.monolith
     }
 
     /// Which carve-out owns a request (if any) and where its phase sends it.
@@ -198,7 +201,7 @@ impl Routing {
         Some(Routing {
             routes: self.routes.clone(),
             carveouts,
-            upstreams: self.upstreams.clone(),
+            monolith: Arc::clone(&self.monolith),
             unrouted: self.unrouted.clone(),
             override_header: self.override_header,
             served_by_header: self.served_by_header.clone(),
@@ -387,86 +390,283 @@ impl Proxy {
         &self.captures
     }
 
-    /// Answers one request.
+    /// Answers one request: its stages in order, each a method below over one [`Exchange`].
+    ///
+    /// | stage       | what it does                                                          |
+    /// |-------------|-----------------------------------------------------------------------|
+    /// | admit       | refuses what no upstream should see, puts the path in normal form     |
+    /// | fence       | a write to a carve-out being moved waits for the move to end          |
+    /// | route       | finds the carve-out; its phase decides the target, shadow, fallback   |
+    /// | view        | a carve-out write without a fresh routing view is refused (503)       |
+    /// | prepare     | hop-by-hop headers out, forwarding and trace headers in, the body     |
+    /// |             | bounded, a capture sampled, a bodiless request kept for replay        |
+    /// | forward     | sends to the target (with retries), falls back to the monolith        |
+    /// | answer      | the response's head: hop-by-hop out, served-by, span and metrics      |
+    /// | observe     | tees the monolith's answer to the shadow comparison and the capture   |
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
-        let start = Instant::now();
+        let started = Instant::now();
         let mut request = request;
-        let mut routing = self.routing.load_full();
+        let routing = self.routing.load_full();
         let declared = match screen(&mut request, routing.max_body_bytes) {
             Ok(declared) => declared,
             Err(refusal) => return refusal,
         };
-        // A cut-over's write fence: the carve-out's writes wait (none fail) until it lifts or
-        // lapses, then go wherever the routing sends them by then.
-        if self.any_fence.load(Ordering::Relaxed)
-            && !matches!(*request.method(), Method::GET | Method::HEAD)
-        {
-            if let Some(name) = routing.owner(request.method(), request.uri().path()) {
-                if self.wait_fence(&name).await {
-                    routing = self.routing.load_full();
-                }
-            }
-        }
-        // Whatever the framing (a length, chunks, or HTTP/2 frames with neither), a body that
-        // has not ended yet is one: it is streamed once, bounded, and never replayed.
-        let has_body = !request.body().is_end_stream();
-        let (carveout, decision) = routing.decide(&request, client);
-        let metrics = carveout.map_or(&routing.unrouted, |c| &c.metrics);
-        // Fail closed for writes: without a fresh view, this replica may not know who owns them.
-        if carveout.is_some()
-            && !matches!(*request.method(), Method::GET | Method::HEAD)
-            && self.view_expired()
-        {
-            let mut refusal = problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "routing-view-expired",
-                "this replica cannot read the control database, so it does not know who owns this write; try again",
-            );
-            refusal
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let routing = self.fence(&request, routing).await;
+        let mut exchange = Exchange::route(&routing, &request, client, started, declared);
+        if let Some(refusal) = self.refuse_without_view(&exchange, request.method()) {
             return refusal;
         }
+        let request = exchange.prepare(request);
+        let response = match self.forward(&mut exchange, request).await {
+            Ok(response) => exchange.answer(response),
+            Err(err) => return self.failed(&exchange, &err),
+        };
+        self.observe(exchange, response)
+    }
+
+    /// The fence stage: during a cut-over's write fence, the carve-out's writes wait (none
+    /// fail) until it lifts or lapses, then go wherever the routing sends them by then.
+    async fn fence(&self, request: &Request<Incoming>, routing: Arc<Routing>) -> Arc<Routing> {
+        if !self.any_fence.load(Ordering::Relaxed) || is_read(request.method()) {
+            return routing;
+        }
+        match routing.owner(request.method(), request.uri().path()) {
+            Some(name) if self.wait_fence(&name).await => self.routing.load_full(),
+            _ => routing,
+        }
+    }
+
+    /// The view stage: fail closed for writes. Without a fresh view, this replica may not know
+    /// who owns a carve-out's writes.
+    fn refuse_without_view(
+        &self,
+        exchange: &Exchange<'_>,
+        method: &Method,
+    ) -> Option<Response<ProxyBody>> {
+        if exchange.carveout.is_none() || is_read(method) || !self.view_expired() {
+            return None;
+        }
+        let mut refusal = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "routing-view-expired",
+            "this replica cannot read the control database, so it does not know who owns this write; try again",
+        );
+        refusal
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        Some(refusal)
+    }
+
+    /// The forward stage: the request to its target, retried where that is safe; on a
+    /// failure of the service where the phase falls back, the kept copy to the monolith.
+    async fn forward(
+        &self,
+        exchange: &mut Exchange<'_>,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let upstream = exchange.upstream(exchange.decision.target);
+        let retry = exchange
+            .replay
+            .as_ref()
+            .filter(|r| upstream.retries(&r.method));
+        let result = upstream.send(request, retry).await;
+        let failed = match &result {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        };
+        let (true, true, Some(replay), Some(carveout)) = (
+            exchange.decision.fallback,
+            failed,
+            &exchange.replay,
+            exchange.carveout,
+        ) else {
+            return result;
+        };
+        if let Err(err) = &result {
+            self.metrics.upstream_error(upstream.name(), err.kind());
+        }
+        carveout.metrics.fallbacks.inc();
+        exchange.answered_by = Target::Monolith;
+        let monolith = &exchange.routing.monolith;
+        let retry = Some(replay).filter(|r| monolith.retries(&r.method));
+        monolith.send(replay.request(), retry).await
+    }
+
+    /// The answer when no upstream answered: a problem, counted against the upstream unless
+    /// the client is what failed.
+    fn failed(&self, exchange: &Exchange<'_>, err: &UpstreamError) -> Response<ProxyBody> {
+        if !matches!(err, UpstreamError::Client(_)) {
+            let upstream = exchange.upstream(exchange.answered_by);
+            self.metrics.upstream_error(upstream.name(), err.kind());
+        }
+        let response = upstream_problem(err);
+        exchange.record(response.status());
+        response
+    }
+
+    /// The observe stage: the monolith's answer, as it streams to the client, is copied to
+    /// the shadow comparison (a shadowed read) and to the capture (a sampled exchange).
+    fn observe(&self, exchange: Exchange<'_>, response: Response<Incoming>) -> Response<ProxyBody> {
+        let idle = exchange.routing.body_idle_timeout;
+        let (parts, body) = response.into_parts();
+        let mut body = ProxyBody::upstream(body, idle);
+        if exchange.answered_by != Target::Monolith {
+            return Response::from_parts(parts, body);
+        }
+        if let (true, Some(replay), Some(carveout)) =
+            (exchange.decision.shadow, exchange.replay, exchange.carveout)
+        {
+            if let Some(permit) = self.shadower.try_start(&carveout.metrics) {
+                let primary = Observed {
+                    status: parts.status.as_u16(),
+                    headers: pick_headers(&parts.headers, carveout.comparator.headers()),
+                    body: None,
+                };
+                let (teed, primary_body) = ProxyBody::tee(body, self.shadower.max_body());
+                body = teed;
+                self.shadower.spawn(
+                    ShadowJob {
+                        carveout: carveout.spec.name.clone(),
+                        request: replay,
+                        primary,
+                        primary_body,
+                        service: Arc::clone(&carveout.service),
+                        comparator: carveout.comparator.clone(),
+                        metrics: carveout.metrics.clone(),
+                        redactor: carveout.redactor.clone(),
+                    },
+                    permit,
+                );
+            }
+        }
+        if let (Some(capture), Some(carveout)) = (exchange.capture, exchange.carveout) {
+            let (teed, response_body) = ProxyBody::tee(body, capture.capturer.max_body_bytes());
+            body = teed;
+            self.captures.spawn(CaptureJob {
+                carveout: carveout.spec.name.clone(),
+                response_headers: capture.capturer.headers(&parts.headers, false),
+                capturer: capture.capturer,
+                method: capture.method,
+                path: capture.path,
+                query: capture.query,
+                request_headers: capture.request_headers,
+                request_body: capture.request_body,
+                status: parts.status.as_u16(),
+                response_body,
+            });
+        }
+        Response::from_parts(parts, body)
+    }
+}
+
+/// Whether `method` only reads.
+fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+}
+
+/// One exchange on its way through [`Proxy::handle`]: what routing decided, and what the
+/// stages after the forward need of the request.
+struct Exchange<'r> {
+    started: Instant,
+    client: SocketAddr,
+    routing: &'r Routing,
+    /// The carve-out that owns the request, if any.
+    carveout: Option<&'r CarveOut>,
+    decision: Decision,
+    /// Who answers: the decision's target, or the monolith after a fallback.
+    answered_by: Target,
+    /// The client's body: whether there is one (streamed once, bounded, never replayed),
+    /// and its declared length.
+    has_body: bool,
+    declared: Option<u64>,
+    /// What a retry, a fallback or the shadow copy sends again (bodiless requests only).
+    replay: Option<Replay>,
+    /// The request's half of a sampled capture.
+    capture: Option<CaptureStart>,
+    span: tracing::Span,
+}
+
+/// What a sampled capture keeps of the request, until the response completes it.
+struct CaptureStart {
+    capturer: Arc<Capturer>,
+    method: String,
+    path: String,
+    query: Option<String>,
+    /// Redacted, as the client sent them (before the forwarding headers).
+    request_headers: Vec<(String, String)>,
+    request_body: Option<tokio::sync::oneshot::Receiver<Option<bytes::Bytes>>>,
+}
+
+impl<'r> Exchange<'r> {
+    /// The route stage: which carve-out owns the request and what its phase decides.
+    fn route(
+        routing: &'r Routing,
+        request: &Request<Incoming>,
+        client: SocketAddr,
+        started: Instant,
+        declared: Option<u64>,
+    ) -> Self {
+        let (carveout, decision) = routing.decide(request, client);
         let span = tracing::Span::current();
         if let Some(carveout) = carveout {
             span.record("strangler.carveout", carveout.spec.name.as_str());
             span.record("strangler.phase", carveout.phase.name());
             span.record("strangler.shadow", decision.shadow);
         }
+        Exchange {
+            started,
+            client,
+            routing,
+            carveout,
+            answered_by: decision.target,
+            decision,
+            // Whatever the framing (a length, chunks, or HTTP/2 frames with neither), a body
+            // that has not ended yet is one.
+            has_body: !request.body().is_end_stream(),
+            declared,
+            replay: None,
+            capture: None,
+            span,
+        }
+    }
 
+    /// The upstream that serves `target` for this exchange.
+    fn upstream(&self, target: Target) -> &'r Arc<Upstream> {
+        match (target, self.carveout) {
+            (Target::Service, Some(carveout)) => &carveout.service,
+            _ => &self.routing.monolith,
+        }
+    }
+
+    /// The prepare stage: the request as it goes upstream.
+    fn prepare(&mut self, request: Request<Incoming>) -> Request<ProxyBody> {
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        // A sample of monolith-served exchanges of a capturing carve-out is kept for contracts;
-        // a request body is captured only when its declared length fits the bound.
-        let capture = carveout
-            .and_then(|c| c.capturer.as_ref())
-            .filter(|c| {
-                decision.target == Target::Monolith
-                    && (!has_body || declared.is_some_and(|l| l <= c.max_body_bytes() as u64))
-                    && c.sample()
-            })
-            .map(|c| (Arc::clone(c), c.headers(&parts.headers, true)));
-        add_forwarding(&mut parts.headers, client.ip(), routing.trusts(client.ip()));
+        self.capture = self.sample_capture(&parts);
+        let client = self.client.ip();
+        add_forwarding(&mut parts.headers, client, self.routing.trusts(client));
         // With traces exported, the next hop is a child of this proxy's span.
-        telemetry::http::inject(&span, &mut parts.headers);
-        if !span.is_disabled() {
+        telemetry::http::inject(&self.span, &mut parts.headers);
+        if !self.span.is_disabled() {
             // For log lines: the trace this request belongs to (kept or started above).
             if let Some(trace_id) = telemetry::http::trace_id(&parts.headers) {
-                span.record("trace_id", trace_id);
+                self.span.record("trace_id", trace_id);
             }
         }
-        let mut request_copy = None;
-        let idle = routing.body_idle_timeout;
-        let body = if has_body {
-            let body = ProxyBody::client(body, routing.max_body_bytes, idle);
-            match &capture {
-                Some((capturer, _)) => {
-                    let (body, copy) = ProxyBody::tee(body, capturer.max_body_bytes());
-                    request_copy = Some(copy);
+        let body = if self.has_body {
+            let body = ProxyBody::client(
+                body,
+                self.routing.max_body_bytes,
+                self.routing.body_idle_timeout,
+            );
+            match &mut self.capture {
+                Some(capture) => {
+                    let (body, copy) = ProxyBody::tee(body, capture.capturer.max_body_bytes());
+                    capture.request_body = Some(copy);
                     body
                 }
                 None => body,
@@ -474,146 +674,70 @@ impl Proxy {
         } else {
             ProxyBody::empty()
         };
-        let service = carveout.map(|c| Arc::clone(&routing.upstreams[c.spec.upstream]));
-        let monolith = &routing.upstreams[0];
-        let upstream = match decision.target {
-            Target::Service => service.as_ref().unwrap_or(monolith),
-            Target::Monolith => monolith,
-        };
-        // A bodiless request can be sent again: keep what a retry, a fallback or a shadow copy
-        // needs. A request with a body is streamed once and never replayed.
+        let retries = self.upstream(self.decision.target).retries(&parts.method);
         let replayable =
-            !has_body && (decision.fallback || decision.shadow || upstream.retries(&parts.method));
-        let capture_path = capture.as_ref().map(|_| {
-            (
-                parts.method.to_string(),
-                parts.uri.path().to_owned(),
-                parts.uri.query().map(str::to_owned),
-            )
-        });
-        let replay = replayable.then(|| Replay {
+            !self.has_body && (self.decision.fallback || self.decision.shadow || retries);
+        self.replay = replayable.then(|| Replay {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
         });
-        let retry = replay.as_ref().filter(|r| upstream.retries(&r.method));
-        let mut target = decision.target;
-        let mut result = upstream.send(Request::from_parts(parts, body), retry).await;
+        Request::from_parts(parts, body)
+    }
 
-        if decision.fallback {
-            let failed = match &result {
-                Ok(response) => response.status().is_server_error(),
-                Err(_) => true,
-            };
-            if let (true, Some(replay), Some(carveout)) = (failed, &replay, carveout) {
-                if let Err(err) = &result {
-                    self.metrics.upstream_error(upstream.name(), err.kind());
-                }
-                carveout.metrics.fallbacks.inc();
-                target = Target::Monolith;
-                let retry = Some(replay).filter(|r| monolith.retries(&r.method));
-                result = monolith.send(replay.request(), retry).await;
-            }
+    /// A sample of the monolith-served exchanges of a capturing carve-out is kept for
+    /// contracts; a request body is captured only when its declared length fits the bound.
+    fn sample_capture(&self, parts: &http::request::Parts) -> Option<CaptureStart> {
+        let capturer = self.carveout?.capturer.as_ref()?;
+        let fits = !self.has_body
+            || self
+                .declared
+                .is_some_and(|l| l <= capturer.max_body_bytes() as u64);
+        if self.decision.target != Target::Monolith || !fits || !capturer.sample() {
+            return None;
         }
+        Some(CaptureStart {
+            capturer: Arc::clone(capturer),
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            request_headers: capturer.headers(&parts.headers, true),
+            request_body: None,
+        })
+    }
 
-        let mut response = match result {
-            Ok(response) => response,
-            Err(err) => {
-                let target_upstream = if target == Target::Monolith {
-                    monolith
-                } else {
-                    upstream
-                };
-                if !matches!(err, UpstreamError::Client(_)) {
-                    self.metrics
-                        .upstream_error(target_upstream.name(), err.kind());
-                }
-                let response = upstream_problem(&err);
-                metrics.record(
-                    target,
-                    response.status().as_u16(),
-                    start.elapsed().as_secs_f64(),
-                );
-                return response;
-            }
-        };
+    /// The answer stage: the response's head as it goes back, the span and the metrics.
+    fn answer(&self, mut response: Response<Incoming>) -> Response<Incoming> {
         strip_hop_by_hop(response.headers_mut());
-        if let Some(name) = &routing.served_by_header {
-            let served = if target == Target::Monolith {
-                monolith
-            } else {
-                upstream
-            };
-            response
-                .headers_mut()
-                .insert(name.clone(), served.name_value().clone());
+        if let Some(name) = &self.routing.served_by_header {
+            let served = self.upstream(self.answered_by).name_value().clone();
+            response.headers_mut().insert(name.clone(), served);
         }
-        span.record("strangler.target", target.as_str());
-        span.record("strangler.fallback", target != decision.target);
-        span.record("http.response.status_code", response.status().as_u16());
-        tracing::debug!(status = response.status().as_u16(), "answered");
-        if response.status().is_server_error() {
-            span.record("otel.status_code", "ERROR");
-        }
-        metrics.record(
-            target,
-            response.status().as_u16(),
-            start.elapsed().as_secs_f64(),
+        let status = response.status();
+        self.span
+            .record("strangler.target", self.answered_by.as_str());
+        self.span.record(
+            "strangler.fallback",
+            self.answered_by != self.decision.target,
         );
+        self.span
+            .record("http.response.status_code", status.as_u16());
+        tracing::debug!(status = status.as_u16(), "answered");
+        if status.is_server_error() {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        self.record(status);
+        response
+    }
 
-        if decision.shadow && target == Target::Monolith {
-            if let (Some(replay), Some(carveout), Some(service)) = (replay, carveout, service) {
-                if let Some(permit) = self.shadower.try_start(&carveout.metrics) {
-                    let primary = Observed {
-                        status: response.status().as_u16(),
-                        headers: pick_headers(response.headers(), carveout.comparator.headers()),
-                        body: None,
-                    };
-                    let (parts, body) = response.into_parts();
-                    let (body, primary_body) =
-                        ProxyBody::tee(ProxyBody::upstream(body, idle), self.shadower.max_body());
-                    self.shadower.spawn(
-                        ShadowJob {
-                            carveout: carveout.spec.name.clone(),
-                            request: replay,
-                            primary,
-                            primary_body,
-                            service,
-                            comparator: carveout.comparator.clone(),
-                            metrics: carveout.metrics.clone(),
-                            redactor: carveout.redactor.clone(),
-                        },
-                        permit,
-                    );
-                    return Response::from_parts(parts, body);
-                }
-            }
-        }
-        if let (Some((capturer, request_headers)), Some((method, path, query)), Some(carveout)) =
-            (capture, capture_path, carveout)
-        {
-            if target == Target::Monolith {
-                let response_headers = capturer.headers(response.headers(), false);
-                let status = response.status().as_u16();
-                let (parts, body) = response.into_parts();
-                let (body, response_body) =
-                    ProxyBody::tee(ProxyBody::upstream(body, idle), capturer.max_body_bytes());
-                self.captures.spawn(CaptureJob {
-                    carveout: carveout.spec.name.clone(),
-                    capturer,
-                    method,
-                    path,
-                    query,
-                    request_headers,
-                    request_body: request_copy,
-                    status,
-                    response_headers,
-                    response_body,
-                });
-                return Response::from_parts(parts, body);
-            }
-        }
-        response.map(|body| ProxyBody::upstream(body, idle))
+    /// Counts the exchange for its carve-out (or the unrouted requests).
+    fn record(&self, status: StatusCode) {
+        let metrics = self.carveout.map_or(&self.routing.unrouted, |c| &c.metrics);
+        metrics.record(
+            self.answered_by,
+            status.as_u16(),
+            self.started.elapsed().as_secs_f64(),
+        );
     }
 }
 

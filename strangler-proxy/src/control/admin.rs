@@ -378,9 +378,7 @@ fn view(control: &ControlPlane, state: CarveOutState) -> CarveOutView {
             Phase::Canary { basis_points } => Some(f64::from(basis_points) / 100.0),
             _ => None,
         },
-        upstream: live.map_or_else(String::new, |c| {
-            routing.upstream_name(c.spec.upstream).to_owned()
-        }),
+        upstream: live.map_or_else(String::new, |c| c.service().name().to_owned()),
         routes,
         version: state.version,
         updated_at: state.updated_at,

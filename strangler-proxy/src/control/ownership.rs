@@ -467,16 +467,16 @@ impl ControlPlane {
     /// Whether every instance of the new owner answers `/readyz`.
     async fn owner_ready(&self, carveout: &str, movement: Move) -> Result<(), String> {
         let routing = self.proxy.routing();
-        let upstream = routing
+        let live = routing
             .carveouts()
             .iter()
             .find(|c| c.spec.name == carveout)
-            .map(|c| match movement {
-                Move::CutOver => c.spec.upstream,
-                Move::RollBack(_) => 0,
-            })
             .ok_or_else(|| format!("no carve-out named {carveout}"))?;
-        routing.upstream_ready(upstream).await
+        let owner = match movement {
+            Move::CutOver => live.service(),
+            Move::RollBack(_) => routing.monolith(),
+        };
+        owner.ready().await
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -129,3 +129,46 @@ async fn capture_is_sampled_and_bounded() {
     let kept = proxy.proxy.captures().list("catalog");
     assert_eq!(kept.len(), 5, "only the newest are kept");
 }
+
+#[tokio::test]
+async fn in_shadow_a_sampled_read_is_compared_and_captured() {
+    let (monolith, service) = (Stub::start("monolith").await, Stub::start("service").await);
+    let config = catalog_config(
+        "phase = \"shadow\"",
+        "capture = { sample_percent = 100 }\nshadow = { ignore = [\"/served_by\", \"/headers\"] }",
+    );
+    let proxy = TestProxy::start(&config, &monolith, &service).await;
+    monolith.set_extra(json!({"price_cents": 100}));
+    service.set_extra(json!({"price_cents": 250}));
+    for i in 1..=3 {
+        let (status, body) = proxy.get(&format!("/catalog/products/{i}"), &[]).await;
+        assert_eq!(
+            (status, body["served_by"].as_str()),
+            (200, Some("monolith"))
+        );
+    }
+    // One answer streamed once, copied to both: the comparison sees the monolith's body
+    // (the price differs), and the capture keeps it.
+    eventually(Duration::from_secs(5), "three comparisons", || async {
+        proxy.proxy.mismatches().list("catalog").len() == 3
+    })
+    .await;
+    let mismatch = &proxy.proxy.mismatches().list("catalog")[0];
+    assert_eq!(mismatch.differences[0].path, "/price_cents");
+    assert_eq!(mismatch.differences[0].expected, json!(100));
+    eventually(Duration::from_secs(5), "three captures", || async {
+        proxy.proxy.captures().list("catalog").len() == 3
+    })
+    .await;
+    let mut captures = proxy.proxy.captures().list("catalog");
+    captures.sort_by(|a, b| a.path.cmp(&b.path));
+    for (i, capture) in captures.iter().enumerate() {
+        assert_eq!(capture.path, format!("/catalog/products/{}", i + 1));
+        let body = capture.response_body.as_ref().unwrap();
+        assert_eq!(
+            (body["served_by"].as_str(), body["price_cents"].as_i64()),
+            (Some("monolith"), Some(100))
+        );
+    }
+    assert_eq!(service.hits(), 3, "the service saw the copies");
+}

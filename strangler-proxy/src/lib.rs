@@ -22,6 +22,7 @@ pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod control;
+pub mod framing;
 pub mod hygiene;
 pub mod metrics;
 pub mod phase;

@@ -12,6 +12,8 @@
 //!   the process never runs out of file descriptors and its admin API, on its own listener,
 //!   stays reachable. [`raise_fd_limit`] lifts the soft descriptor limit at start.
 //! - Body idle timeouts and the body size limit are the request path's ([`crate::body`]).
+//! - **Strict framing**: a request with both `Content-Length` and `Transfer-Encoding` is answered
+//!   400 and the connection closed ([`crate::framing`] reads the heads beside hyper).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,7 +29,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::body::ProxyBody;
 use crate::config::Config;
+use crate::framing::Inspected;
+use crate::problem::problem;
 use crate::proxy::Proxy;
 
 /// The data plane bound to its listener.
@@ -123,6 +128,7 @@ impl Server {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let (stream, verdicts) = Inspected::new(stream, self.max_header_bytes);
             let proxy = Arc::clone(&self.proxy);
             let asked = Arc::new(AtomicBool::new(false));
             let first = Arc::clone(&asked);
@@ -130,8 +136,16 @@ impl Server {
                 first.store(true, Ordering::Relaxed);
                 let proxy = Arc::clone(&proxy);
                 let span = request_span(&request, peer);
-                async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
-                    .instrument(span)
+                // Each HTTP/1 request takes its verdict, in order (HTTP/2 has no such header).
+                let ambiguous =
+                    request.version() != http::Version::HTTP_2 && verdicts.next_is_ambiguous();
+                async move {
+                    if ambiguous {
+                        return Ok::<_, Infallible>(ambiguous_framing());
+                    }
+                    Ok(proxy.handle(request, peer).await)
+                }
+                .instrument(span)
             });
             let connection = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -170,6 +184,21 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The answer to a request with both `Content-Length` and `Transfer-Encoding` (see
+/// [`crate::framing`]); the connection closes after it, as hyper closes it after any such head.
+fn ambiguous_framing() -> hyper::Response<ProxyBody> {
+    let mut refusal = problem(
+        http::StatusCode::BAD_REQUEST,
+        "bad-framing",
+        "a request with both Content-Length and Transfer-Encoding is refused",
+    );
+    refusal.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    refusal
 }
 
 /// A span per request. When traces are exported it is an info span, a child of the caller's

@@ -76,30 +76,40 @@ async fn smuggling_and_oversized_requests_are_refused() {
     );
     let proxy = TestProxy::start(&text, &monolith, &service).await;
 
-    // Content-Length with Transfer-Encoding: hyper's parser lets Transfer-Encoding win, drops
-    // Content-Length before the proxy sees the request, and closes the connection after the
-    // answer (RFC 9112 §6.3). So the upstream gets one unambiguous chunked request, and nothing
-    // smuggled behind it is ever read: the classic CL.TE desync cannot happen.
-    let smuggled = b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
-    let answer = raw_exchange(&proxy, smuggled).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(
-        answer.to_ascii_lowercase().contains("connection: close"),
-        "{answer}"
-    );
-    assert!(
-        answer.contains(r#""body_len":3"#),
-        "the upstream got the chunked body: {answer}"
-    );
-    assert!(
-        !answer.contains("content-length\":\"4"),
-        "no Content-Length upstream: {answer}"
-    );
-    assert!(
-        !answer.contains("/smuggled"),
-        "the smuggled request was never read: {answer}"
-    );
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    // Content-Length with Transfer-Encoding, in either order: refused 400 and the connection
+    // closed, so nothing is forwarded and nothing smuggled behind it is ever read. Before it,
+    // on the same connection, a request with a length and a chunked one pass: the framing is
+    // followed from one request to the next.
+    let both = [
+        "Content-Length: 4\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 4",
+    ];
+    for headers in both {
+        let before = monolith.hits();
+        let stream = format!(
+            "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+             POST /orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+             POST /orders HTTP/1.1\r\nHost: x\r\n{headers}\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+             GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        let answer = raw_exchange(&proxy, stream.as_bytes()).await;
+        let statuses: Vec<&str> = answer
+            .match_indices("HTTP/1.1 ")
+            .map(|(at, _)| &answer[at + 9..at + 12])
+            .collect();
+        assert_eq!(statuses, ["200", "200", "400"], "{headers}: {answer}");
+        assert!(answer.contains("/problems/bad-framing"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        assert!(!answer.contains("/smuggled"), "{answer}");
+        assert_eq!(
+            monolith.hits(),
+            before + 2,
+            "{headers}: only the first two went on"
+        );
+    }
     let two_lengths =
         b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
     assert!(
@@ -156,10 +166,11 @@ async fn smuggling_and_oversized_requests_are_refused() {
             .starts_with("HTTP/1.1 431"),
         "header too large"
     );
-    // Reached the monolith: the chunked request, the small one, and the start of the streamed
-    // oversized one, whose body was cut off unterminated (streaming means it was under way
-    // before its size was known; the upstream can never take it for a complete request).
-    assert_eq!(monolith.hits(), 3);
+    // Reached the monolith: the four requests before the refused ones, the small one, and the
+    // start of the streamed oversized one, whose body was cut off unterminated (streaming
+    // means it was under way before its size was known; the upstream can never take it for a
+    // complete request).
+    assert_eq!(monolith.hits(), 6);
     proxy.shutdown().await;
 }
 

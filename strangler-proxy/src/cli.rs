@@ -8,26 +8,22 @@ use crate::control::ControlPlane;
 /// Serves with the runtime the configuration asks for (`workers`), until SIGINT or SIGTERM;
 /// SIGHUP reloads the configuration file.
 pub fn main(args: &ProxyArgs) -> anyhow::Result<()> {
-    let config = Config::load(args)?;
-    // As many workers as CPUs this process may use (1 when pinned to one core).
-    let workers = config
-        .workers
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1);
-    // On one CPU a single-threaded runtime keeps a request, its client connection and its
-    // server connection on one thread: no cross-thread wake-ups.
-    let runtime = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()?
-    };
+    // As many data-plane workers as CPUs this process may use (1 when pinned to one core),
+    // each a thread with a single-threaded runtime (see `Server::run_until`): a request, its
+    // client connection and its upstream connection stay on one thread. This thread is the
+    // first worker, and runs the control plane and the admin API too.
+    let mut args = args.clone();
+    args.workers = Some(
+        args.workers
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1),
+    );
+    let config = Config::load(&args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     crate::server::raise_fd_limit(config.max_connections);
-    runtime.block_on(serve_config(args, &config))
+    runtime.block_on(serve_config(&args, &config))
 }
 
 /// Serves on the current runtime, until SIGINT or SIGTERM; SIGHUP reloads the configuration.

@@ -90,7 +90,7 @@ impl Routing {
             .upstreams
             .iter()
             .cloned()
-            .map(|u| Arc::new(Upstream::new(u, metrics)))
+            .map(|u| Arc::new(Upstream::new(u, config.workers.unwrap_or(1), metrics)))
             .collect();
         let carveouts = config
             .carveouts

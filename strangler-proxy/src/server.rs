@@ -43,6 +43,7 @@ pub struct Server {
     header_timeout: Duration,
     max_connections: usize,
     shutdown_timeout: Duration,
+    workers: usize,
 }
 
 /// Raises this process's soft limit on open files as far as its hard limit allows, and warns
@@ -76,6 +77,7 @@ impl Server {
             header_timeout: config.header_timeout,
             max_connections: config.max_connections,
             shutdown_timeout: config.shutdown_timeout,
+            workers: config.workers.unwrap_or(1).max(1),
         })
     }
 
@@ -91,8 +93,93 @@ impl Server {
         Arc::clone(&self.proxy)
     }
 
-    /// Serves until `shutdown` completes, then drains.
+    /// Serves until `shutdown` completes, then drains. With `workers` above 1, as many
+    /// threads accept and serve, each with a single-threaded runtime of its own (the calling
+    /// thread is the first): a connection, its requests and their upstream connections stay
+    /// on one thread, as in nginx's workers, with no work stealing or cross-thread wake-ups.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Accepting {
+            proxy: Arc::clone(&self.proxy),
+            slots: Arc::new(tokio::sync::Semaphore::new(self.max_connections)),
+            max_header_bytes: self.max_header_bytes,
+            header_timeout: self.header_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+        });
+        let mut others = Vec::new();
+        let here = if self.workers > 1 {
+            let listener = self.listener.into_std()?;
+            for index in 1..self.workers {
+                let listener = listener.try_clone()?;
+                let shared = Arc::clone(&shared);
+                let stopped = stopped.clone();
+                let (done, finished) = tokio::sync::oneshot::channel::<()>();
+                std::thread::Builder::new()
+                    .name(format!("proxy-worker-{index}"))
+                    .spawn(move || {
+                        WORKER.set(index);
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build();
+                        match runtime {
+                            Ok(runtime) => runtime.block_on(async {
+                                match TcpListener::from_std(listener) {
+                                    Ok(listener) => shared.serve(listener, stopped).await,
+                                    Err(err) => {
+                                        tracing::error!(error = %err, "a worker cannot listen")
+                                    }
+                                }
+                            }),
+                            Err(err) => tracing::error!(error = %err, "cannot start a worker"),
+                        }
+                        let _ = done.send(());
+                    })?;
+                others.push(finished);
+            }
+            TcpListener::from_std(listener)?
+        } else {
+            self.listener
+        };
+        let serving = shared.serve(here, stopped);
+        tokio::pin!(serving);
+        tokio::select! {
+            () = &mut serving => {}
+            () = shutdown => {
+                let _ = stop.send(true);
+                serving.await;
+            }
+        }
+        for finished in others {
+            let _ = finished.await;
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The data-plane worker this thread is (0: the thread that called [`Server::run_until`], and
+/// every thread that is no worker).
+pub fn worker() -> usize {
+    WORKER.get()
+}
+
+/// What every worker's accept loop shares.
+struct Accepting {
+    proxy: Arc<Proxy>,
+    /// The connection bound, over all workers.
+    slots: Arc<tokio::sync::Semaphore>,
+    max_header_bytes: usize,
+    header_timeout: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Accepting {
+    /// Accepts and serves on this thread's runtime until `stopped` turns true, then drains
+    /// this worker's connections (bounded by the shutdown timeout).
+    async fn serve(&self, listener: TcpListener, mut stopped: tokio::sync::watch::Receiver<bool>) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -106,17 +193,22 @@ impl Server {
             .max_concurrent_streams(256)
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         let graceful = GracefulShutdown::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
-        tokio::pin!(shutdown);
+        let stop = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(stop);
         loop {
             // Back-pressure: no accept until a connection slot is free.
             let slot = tokio::select! {
-                slot = Arc::clone(&slots).acquire_owned() => slot?,
-                () = &mut shutdown => break,
+                slot = Arc::clone(&self.slots).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = &mut stop => break,
             };
             let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
-                () = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+                () = &mut stop => break,
             };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
@@ -174,15 +266,17 @@ impl Server {
                 }
             });
         }
-        drop(self.listener);
-        tracing::info!("shutting down: draining in-flight requests");
+        drop(listener);
+        tracing::info!(
+            worker = worker(),
+            "shutting down: draining in-flight requests"
+        );
         tokio::select! {
             () = graceful.shutdown() => {}
             () = tokio::time::sleep(self.shutdown_timeout) => {
                 tracing::warn!("in-flight requests did not finish in time; stopping anyway");
             }
         }
-        Ok(())
     }
 }
 

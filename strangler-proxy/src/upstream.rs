@@ -117,7 +117,9 @@ pub struct Upstream {
     shared_name: Arc<str>,
     /// Its name as a header value (the side that served a response).
     name_value: http::HeaderValue,
-    client: Client<HttpConnector, ProxyBody>,
+    /// One pool per data-plane worker thread ([`crate::server::worker`]): a request is sent
+    /// over connections whose tasks run on its own thread.
+    clients: Box<[Client<HttpConnector, ProxyBody>]>,
     next: AtomicUsize,
     instances: Vec<Instance>,
     budget: RetryBudget,
@@ -133,15 +135,19 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// A pool for `spec`, reporting to `metrics`.
-    pub fn new(spec: UpstreamSpec, metrics: &Metrics) -> Self {
+    /// Pools for `spec`, one per data-plane worker (`workers`), reporting to `metrics`.
+    pub fn new(spec: UpstreamSpec, workers: usize, metrics: &Metrics) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(spec.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let clients = (0..workers.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(1024)
+                    .build(connector.clone())
+            })
+            .collect();
         let instances = spec
             .instances
             .iter()
@@ -160,7 +166,7 @@ impl Upstream {
             budget: RetryBudget::new(spec.retry),
             retries: metrics.retries(&spec.name),
             spec,
-            client,
+            clients,
             next: AtomicUsize::new(0),
             instances,
         }
@@ -173,7 +179,8 @@ impl Upstream {
             let request = Request::get(uri.as_str())
                 .body(ProxyBody::empty())
                 .map_err(|e| format!("{uri}: {e}"))?;
-            match tokio::time::timeout(Duration::from_secs(3), self.client.request(request)).await {
+            match tokio::time::timeout(Duration::from_secs(3), self.client().request(request)).await
+            {
                 Ok(Ok(response)) if response.status().is_success() => {}
                 Ok(Ok(response)) => return Err(format!("{uri} answered {}", response.status())),
                 Ok(Err(err)) => return Err(format!("{uri} does not answer ({err})")),
@@ -181,6 +188,11 @@ impl Upstream {
             }
         }
         Ok(())
+    }
+
+    /// The pool of the worker thread this runs on.
+    fn client(&self) -> &Client<HttpConnector, ProxyBody> {
+        &self.clients[crate::server::worker() % self.clients.len()]
     }
 
     /// Whether a bodiless request with this method may be retried here.
@@ -275,7 +287,7 @@ impl Upstream {
         *request.version_mut() = http::Version::HTTP_11;
         let timeout = self.spec.request_timeout;
         let name = Arc::clone(&self.shared_name);
-        let call = self.client.request(request);
+        let call = self.client().request(request);
         async move {
             match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(response)) => {

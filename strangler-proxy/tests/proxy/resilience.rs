@@ -196,31 +196,74 @@ async fn retries_move_to_a_healthy_instance_and_a_dead_one_is_ejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_requests_finish() {
+    shutdown_lets_in_flight_requests_finish_with(None).await;
+}
+
+/// Two data-plane workers, each a thread with its own runtime: requests on many connections
+/// are served, and the shutdown drains both workers' requests in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_serve_and_drain() {
+    shutdown_lets_in_flight_requests_finish_with(Some(2)).await;
+}
+
+async fn shutdown_lets_in_flight_requests_finish_with(workers: Option<usize>) {
     let monolith = Stub::start("monolith").await;
     let service = Stub::start("service").await;
-    monolith.set_mode(Mode::Slow);
-    let proxy = TestProxy::start(
+    let proxy = TestProxy::start_with_workers(
         &catalog_config("phase = \"monolith\"", ""),
         &monolith,
         &service,
+        workers,
     )
     .await;
-    let url = proxy.url("/orders/1");
-    let http = proxy.http.clone();
-    let in_flight = tokio::spawn(async move { http.get(url).send().await });
+    // Every connection its own client: connections land on whichever worker accepts them.
+    let clients: Vec<reqwest::Client> = (0..8).map(|_| reqwest::Client::new()).collect();
+    for round in 0..3 {
+        for client in &clients {
+            let response = client
+                .get(proxy.url(&format!("/orders/{round}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(workers) = workers {
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        for index in 1..workers {
+            let name = format!("proxy-worker-{index}");
+            assert!(names.contains(&name), "no thread {name}: {names:?}");
+        }
+    }
+    monolith.set_mode(Mode::Slow);
+    let before = monolith.hits();
+    let in_flight: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let request = client.get(proxy.url("/orders/1")).send();
+            tokio::spawn(request)
+        })
+        .collect();
     crate::support::eventually(
         Duration::from_secs(5),
-        "the request to reach the monolith",
-        || async { monolith.hits() == 1 },
+        "the requests to reach the monolith",
+        || async { monolith.hits() == before + 8 },
     )
     .await;
     let addr = proxy.addr;
     proxy.shutdown_and_wait().await.unwrap();
-    let response = in_flight
-        .await
-        .unwrap()
-        .expect("the in-flight request was answered");
-    assert_eq!(response.status(), 200);
+    for request in in_flight {
+        let response = request
+            .await
+            .unwrap()
+            .expect("the in-flight request was answered");
+        assert_eq!(response.status(), 200);
+    }
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"

@@ -164,12 +164,23 @@ pub struct TestProxy {
 impl TestProxy {
     /// Serves `toml` (whose `{monolith}` and `{service}` are replaced by the stubs' URLs).
     pub async fn start(toml: &str, monolith: &Stub, service: &Stub) -> TestProxy {
+        TestProxy::start_with_workers(toml, monolith, service, None).await
+    }
+
+    /// As [`TestProxy::start`], with `workers` data-plane worker threads.
+    pub async fn start_with_workers(
+        toml: &str,
+        monolith: &Stub,
+        service: &Stub,
+        workers: Option<usize>,
+    ) -> TestProxy {
         let text = toml
             .replace("{monolith}", &monolith.url())
             .replace("{service}", &service.url());
         let args = ProxyArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
             shutdown_timeout: 5,
+            workers,
             ..ProxyArgs::defaults()
         };
         let config = Config::from_toml(&text, &args).unwrap();

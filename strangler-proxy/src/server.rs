@@ -1,6 +1,6 @@
 //! Serving: the accept loop (HTTP/1.1 with keep-alive, and HTTP/2 from clients that speak it),
-//! its limits, and graceful shutdown (stop accepting, let in-flight requests finish, bounded by
-//! a timeout).
+//! one per worker thread ([`Server::run_until`]), its limits, and graceful shutdown (stop
+//! accepting, let in-flight requests finish, bounded by a timeout).
 //!
 //! Limits that keep slow or hostile clients from exhausting the process:
 //! - **Header timeout**: a connection must deliver a complete request head within

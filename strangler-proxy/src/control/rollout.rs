@@ -256,6 +256,36 @@ impl Rollout {
         }
     }
 
+    /// The history event of a controller finishing the current step's lost phase change.
+    fn takeover_event(&self, step: &Step) -> String {
+        format!(
+            "step {} ({step}) entered by the controller that took over",
+            self.progress.step + 1
+        )
+    }
+
+    /// Whether the current step's phase change may have been lost and may be made now (if the
+    /// rollout set `phase` last): `phase` is the previous step's, neither step is a cut-over,
+    /// and no controller tried already. A change that failed once is not tried every
+    /// interval: the rollout halts instead.
+    fn may_finish_lost_change(&self, phase: Phase) -> bool {
+        let Some(step) = self.step() else {
+            return false;
+        };
+        let previous = self
+            .progress
+            .step
+            .checked_sub(1)
+            .and_then(|i| self.plan.steps.get(i));
+        let resumable = !matches!(step, Step::CutOver { .. })
+            && previous.is_some_and(|p| !matches!(p, Step::CutOver { .. }) && p.phase() == phase);
+        let tried = self
+            .history
+            .last()
+            .is_some_and(|entry| entry.event == self.takeover_event(step));
+        resumable && !tried
+    }
+
     fn step(&self) -> Option<&Step> {
         self.plan.steps.get(self.progress.step)
     }
@@ -757,11 +787,9 @@ impl ControlPlane {
             // The controller that promoted this step died between recording it and changing
             // the phase (the phase is still the previous step's, last set by the rollout):
             // finish its change instead of halting.
-            let reason = format!(
-                "rollout: step {} ({step}) entered by the controller that took over",
-                rollout.progress.step + 1
-            );
-            rollout.event(reason.trim_start_matches("rollout: ").to_owned());
+            let event = rollout.takeover_event(&step);
+            let reason = format!("rollout: {event}");
+            rollout.event(event);
             rollout.evaluated_to_ms = fresh_from(now);
             if self.save(&mut rollout).await? {
                 self.enter_step(&rollout.carveout, step.phase(), &reason, false)
@@ -831,14 +859,7 @@ impl ControlPlane {
         rollout: &Rollout,
         phase: Phase,
     ) -> Result<bool, RolloutError> {
-        let previous = rollout
-            .progress
-            .step
-            .checked_sub(1)
-            .and_then(|i| rollout.plan.steps.get(i));
-        let resumable = matches!(rollout.step(), Some(step) if !matches!(step, Step::CutOver { .. }))
-            && previous.is_some_and(|p| !matches!(p, Step::CutOver { .. }) && p.phase() == phase);
-        if !resumable {
+        if !rollout.may_finish_lost_change(phase) {
             return Ok(false);
         }
         let last = self.store.audit(Some(&rollout.carveout), 1).await?;
@@ -1031,5 +1052,45 @@ impl ControlPlane {
         rollout.state = RolloutState::Halted;
         self.save(&mut rollout).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::PlanSection;
+
+    fn at_second_step() -> Rollout {
+        let section = PlanSection {
+            steps: Some(vec!["canary 10% 1m".to_owned(), "canary 50% 1m".to_owned()]),
+            ..PlanSection::default()
+        };
+        Rollout {
+            carveout: "catalog".to_owned(),
+            state: RolloutState::Running,
+            plan: Plan::from_section(&section).unwrap(),
+            progress: Progress::at(1, 0),
+            evaluated_to_ms: 0,
+            last_checks: Vec::new(),
+            history: Vec::new(),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_lost_step_change_is_finished_once_then_the_rollout_halts() {
+        let mut rollout = at_second_step();
+        let previous = Phase::Canary { basis_points: 1000 };
+        assert!(rollout.may_finish_lost_change(previous));
+        // Not the previous step's phase: someone else's change.
+        assert!(!rollout.may_finish_lost_change(Phase::Monolith));
+        // The controller that took over tried: the next one does not try again.
+        let step = *rollout.step().unwrap();
+        let event = rollout.takeover_event(&step);
+        rollout.event(event);
+        assert!(!rollout.may_finish_lost_change(previous));
+        // A later event (the step went on) does not count as a try of this step.
+        rollout.event("step 2: checks passed".to_owned());
+        assert!(rollout.may_finish_lost_change(previous));
     }
 }

@@ -119,6 +119,8 @@ struct Served {
     url: String,
     admin: Option<String>,
     log: std::path::PathBuf,
+    /// Its stdout, kept open: a line it prints later must not meet a closed pipe.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl Served {
@@ -133,11 +135,9 @@ impl Served {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
         let mut urls = line
             .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
             .filter(|w| w.starts_with("http://"));
@@ -156,6 +156,7 @@ impl Served {
             url,
             admin,
             log,
+            _stdout: stdout,
         }
     }
 

@@ -16,8 +16,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -87,8 +87,7 @@ impl Scanner {
                 State::Off => return,
                 State::Head => self.head(bytes, &mut found),
                 State::Length(left) => {
-                    let used = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
-                    let left = left - used as u64;
+                    let (used, left) = skip(left, bytes);
                     self.state = if left == 0 {
                         State::Head
                     } else {
@@ -98,8 +97,7 @@ impl Scanner {
                 }
                 State::ChunkSize => self.line(bytes, Self::chunk_size),
                 State::ChunkData(left) => {
-                    let used = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
-                    let left = left - used as u64;
+                    let (used, left) = skip(left, bytes);
                     self.state = if left == 0 {
                         State::ChunkEnd
                     } else {
@@ -126,13 +124,25 @@ impl Scanner {
 
     /// Reads head bytes; returns how many of `bytes` it used.
     fn head(&mut self, bytes: &[u8], found: &mut impl FnMut(Head)) -> usize {
-        // Usually the whole head is in one read: parse it where it lies.
+        // Usually the whole head is in one read: parse it where it lies. A head that trickles
+        // in is parsed again only when the new bytes may end it (an empty line), so a client
+        // sending a byte at a time costs one parse, not one per read.
         let (parsed, kept) = if self.pending.is_empty() {
-            (parse_head(bytes), 0)
+            let parsed = if may_end_head(bytes) {
+                parse_head(bytes)
+            } else {
+                Parsed::Partial
+            };
+            (parsed, 0)
         } else {
             let kept = self.pending.len();
             self.pending.extend_from_slice(bytes);
-            (parse_head(&self.pending), kept)
+            let parsed = if may_end_head(&self.pending[kept.saturating_sub(3)..]) {
+                parse_head(&self.pending)
+            } else {
+                Parsed::Partial
+            };
+            (parsed, kept)
         };
         match parsed {
             Parsed::Partial => {
@@ -197,6 +207,17 @@ impl Scanner {
             self.state = State::Head;
         }
     }
+}
+
+/// Steps over up to `left` bytes of `bytes`: how many it used, and how many are still left.
+fn skip(left: u64, bytes: &[u8]) -> (usize, u64) {
+    let used = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+    (used, left - used as u64)
+}
+
+/// Whether `bytes` hold an empty line's end (`\n\n` or `\n\r\n`), without which no head ends.
+fn may_end_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 enum Parsed {
@@ -270,35 +291,39 @@ fn parse_head(bytes: &[u8]) -> Parsed {
     }
 }
 
-/// The heads of one connection the server must refuse, shared by its reader and its service.
-#[derive(Debug, Default)]
+/// The head of one connection the server must refuse, shared by its reader and its service.
+/// Only the first ambiguous head counts: the connection closes after its answer (hyper closes
+/// it after any head with both headers), so no request after it is served.
+#[derive(Debug)]
 pub struct Verdicts {
-    any: AtomicBool,
-    flagged: Mutex<Vec<u64>>,
+    /// The index of the first ambiguous head (`u64::MAX`: none yet).
+    first_ambiguous: AtomicU64,
     served: AtomicU64,
+}
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Verdicts {
+            first_ambiguous: AtomicU64::new(u64::MAX),
+            served: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Verdicts {
     fn flag(&self, head: Head) {
         if head.ambiguous {
-            self.flagged
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(head.index);
-            self.any.store(true, Ordering::Release);
+            self.first_ambiguous
+                .fetch_min(head.index, Ordering::Relaxed);
         }
     }
 
     /// Called once for each HTTP/1 request the connection serves, in order: whether that
-    /// request's head had both `Content-Length` and `Transfer-Encoding`.
+    /// request's head had both `Content-Length` and `Transfer-Encoding`. The reader flagged it
+    /// before hyper could hand the request over (it read the head first).
     pub fn next_is_ambiguous(&self) -> bool {
         let index = self.served.fetch_add(1, Ordering::Relaxed);
-        self.any.load(Ordering::Acquire)
-            && self
-                .flagged
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(&index)
+        self.first_ambiguous.load(Ordering::Relaxed) == index
     }
 }
 
@@ -513,6 +538,34 @@ mod tests {
         let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
         long.extend(std::iter::repeat_n(b'a', 9000));
         assert!(scan(&long, &[100, 5000]).1);
+    }
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_is_found() {
+        let input = [
+            Message::Both {
+                length_first: false,
+            }
+            .bytes(),
+            Message::Length(b"\r\n\r\n".to_vec()).bytes(),
+        ]
+        .concat();
+        let cuts: Vec<usize> = (1..input.len()).collect();
+        let (heads, off) = scan(&input, &cuts);
+        assert!(!off);
+        assert_eq!(
+            heads,
+            [
+                Head {
+                    index: 0,
+                    ambiguous: true
+                },
+                Head {
+                    index: 1,
+                    ambiguous: false
+                }
+            ]
+        );
     }
 
     #[test]

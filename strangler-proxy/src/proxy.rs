@@ -27,7 +27,7 @@ use crate::hygiene::{
 };
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::phase::{self, Decision, Phase, Target};
-use crate::problem::problem;
+use crate::problem::{problem, Problem};
 use crate::routes::RouteTable;
 use crate::shadow::{pick_headers, MismatchStore, ShadowJob, Shadower};
 use crate::upstream::{Replay, Upstream, UpstreamError};
@@ -450,15 +450,13 @@ impl Proxy {
         if exchange.carveout.is_none() || is_read(method) || !self.view_expired() {
             return None;
         }
-        let mut refusal = problem(
+        let refusal = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "routing-view-expired",
             "this replica cannot read the control database, so it does not know who owns this write; try again",
-        );
-        refusal
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        Some(refusal)
+        )
+        .with_header(header::RETRY_AFTER, "1");
+        Some(refusal.into_proxy_response())
     }
 
     /// The forward stage: the request to its target, retried where that is safe; on a
@@ -749,16 +747,16 @@ fn screen(
     max_body_bytes: u64,
 ) -> Result<Option<u64>, Response<ProxyBody>> {
     if request.method() == Method::CONNECT {
-        let mut refusal = problem(
+        return Err(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             "CONNECT is not proxied",
-        );
-        refusal.headers_mut().insert(
+        )
+        .with_header(
             header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-        );
-        return Err(refusal);
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        )
+        .into_proxy_response());
     }
     if let Err(err) = check_host(request.version(), request.headers()) {
         return Err(problem(

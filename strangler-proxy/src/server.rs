@@ -32,7 +32,7 @@ use tracing::Instrument;
 use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::framing::Inspected;
-use crate::problem::problem;
+use crate::problem::Problem;
 use crate::proxy::Proxy;
 
 /// The data plane bound to its listener.
@@ -283,16 +283,13 @@ impl Accepting {
 /// The answer to a request with both `Content-Length` and `Transfer-Encoding` (see
 /// [`crate::framing`]); the connection closes after it, as hyper closes it after any such head.
 fn ambiguous_framing() -> hyper::Response<ProxyBody> {
-    let mut refusal = problem(
+    Problem::new(
         http::StatusCode::BAD_REQUEST,
         "bad-framing",
         "a request with both Content-Length and Transfer-Encoding is refused",
-    );
-    refusal.headers_mut().insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    refusal
+    )
+    .with_header(http::header::CONNECTION, "close")
+    .into_proxy_response()
 }
 
 /// A span per request. When traces are exported it is an info span, a child of the caller's
